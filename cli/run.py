@@ -1,0 +1,160 @@
+"""Commands that run things: the worker, the load generator and the demo."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+from typing import Annotated
+
+import anyio
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from eventsched.config import DecisionSettings
+from eventsched.demo import run_demo
+from eventsched.keys import DEFAULT_CELL, DEFAULT_NAMESPACE, CellKeys
+from eventsched.loadgen import LoadSpec, run_load
+from eventsched.metrics import RunReport
+from eventsched.store import MEMORY_URL, Store
+from eventsched.worker import DEFAULT_BATCH, Worker
+
+__all__ = ["register"]
+
+RedisUrl = Annotated[str, typer.Option("--redis-url", help="redis://host:port/db or memory://")]
+Namespace = Annotated[str, typer.Option(help="key namespace in front of each cell's tag")]
+Nodes = Annotated[int, typer.Option(min=1, max=100_000, help="simulated nodes")]
+Sessions = Annotated[int, typer.Option(min=1, max=100_000, help="simulated sessions")]
+Utterances = Annotated[int, typer.Option(min=1, max=100_000, help="utterances per session")]
+Seed = Annotated[int, typer.Option(help="seed of the simulation's choices")]
+AsJson = Annotated[bool, typer.Option("--json", help="print one JSON object as the last line")]
+
+
+def _cells(cells: str, namespace: str) -> list[CellKeys]:
+    return [CellKeys(cell.strip(), namespace) for cell in cells.split(",") if cell.strip()]
+
+
+def _report(console: Console, report: RunReport, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report.as_dict(), sort_keys=True))
+        return
+    table = Table(title="run summary (read back from the streams)")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for name, value in report.as_dict().items():
+        table.add_row(name, str(value))
+    console.print(table)
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("outcomes delivered"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+def worker(
+    redis_url: RedisUrl = "redis://127.0.0.1:6379",
+    cells: Annotated[str, typer.Option(help="comma-separated cells to apply")] = DEFAULT_CELL,
+    namespace: Namespace = DEFAULT_NAMESPACE,
+    name: Annotated[str, typer.Option(help="consumer name in the groups")] = "worker-1",
+    batch: Annotated[int, typer.Option(min=1, max=1000, help="entries per apply call")] = (
+        DEFAULT_BATCH
+    ),
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Apply the cells' logs until SIGTERM or SIGINT (the batch in hand is finished)."""
+    if verbose:
+        logging.getLogger("eventsched").setLevel(logging.INFO)
+    store = Store(redis_url)
+
+    async def main() -> None:
+        client = store.client()
+        stop = anyio.Event()
+        runner = Worker(client, _cells(cells, namespace), DecisionSettings(), name, batch)
+        async with anyio.create_task_group() as group:
+
+            async def on_signal() -> None:
+                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for _ in signals:
+                        stop.set()
+                        return
+
+            group.start_soon(on_signal)
+            await runner.run(stop)
+            group.cancel_scope.cancel()
+        await client.aclose()
+
+    anyio.run(main)
+
+
+def loadgen(
+    redis_url: RedisUrl = "redis://127.0.0.1:6379",
+    cell: Annotated[str, typer.Option(help="cell to load")] = DEFAULT_CELL,
+    namespace: Namespace = DEFAULT_NAMESPACE,
+    nodes: Nodes = 20,
+    sessions: Sessions = 40,
+    utterances: Utterances = 10,
+    seed: Seed = 7,
+    as_json: AsJson = False,
+) -> None:
+    """Simulate nodes and sessions against a cell that a worker is applying."""
+    if redis_url.startswith(MEMORY_URL):
+        raise ValueError("loadgen needs a worker in another process: give a redis:// URL")
+    spec = LoadSpec(nodes=nodes, sessions=sessions, utterances=utterances, seed=seed)
+    console = Console(stderr=True)
+
+    async def main() -> RunReport:
+        client = Store(redis_url).client()
+        try:
+            with _progress(console) as bar:
+                task = bar.add_task("load", total=spec.sessions * spec.utterances)
+                return await run_load(
+                    client,
+                    CellKeys(cell, namespace),
+                    spec,
+                    lambda done, _total: bar.update(task, completed=done),
+                )
+        finally:
+            await client.aclose()
+
+    _report(Console(), anyio.run(main), as_json)
+
+
+def demo(
+    redis_url: RedisUrl = MEMORY_URL,
+    cell: Annotated[str, typer.Option(help="cell to use")] = DEFAULT_CELL,
+    namespace: Namespace = DEFAULT_NAMESPACE,
+    nodes: Nodes = 20,
+    sessions: Sessions = 40,
+    utterances: Utterances = 10,
+    seed: Seed = 7,
+    as_json: AsJson = False,
+) -> None:
+    """Run the load generator with an in-process worker (embedded fakeredis by default)."""
+    spec = LoadSpec(nodes=nodes, sessions=sessions, utterances=utterances, seed=seed)
+    console = Console(stderr=True)
+
+    async def main() -> RunReport:
+        with _progress(console) as bar:
+            task = bar.add_task("demo", total=spec.sessions * spec.utterances)
+            return await run_demo(
+                redis_url,
+                CellKeys(cell, namespace),
+                spec,
+                on_progress=lambda done, _total: bar.update(task, completed=done),
+            )
+
+    _report(Console(), anyio.run(main), as_json)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(worker)
+    app.command()(loadgen)
+    app.command()(demo)

@@ -1,0 +1,165 @@
+"""Apply a batch of log entries: validate in Python, then one EVALSHA of apply.lua.
+
+Python turns each entry into the flat fields apply.lua reads (see its header); an entry
+that does not validate becomes a ``bad`` entry, which the script dead-letters with its
+reason and original fields in the same call that applies the rest of the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from .config import DecisionSettings
+from .events import (
+    ENTRY_FIELD,
+    Event,
+    JobResult,
+    NodeDeregistered,
+    NodeDraining,
+    NodeHeartbeat,
+    NodeRegistered,
+    PoolsConfigured,
+    SessionClosed,
+    SessionOpened,
+    UtteranceFinalized,
+    canonical_json,
+    decode_event,
+    split_job_id,
+)
+from .keys import CellKeys
+from .scripts import register
+from .store import RedisClient
+
+__all__ = ["APPLIER_GROUP", "Applier", "BatchResult", "Entry", "entry_args", "event_args"]
+
+APPLIER_GROUP = "applier"
+MAX_REASON = 200
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+Arg = str | int | bytes
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    applied: int
+    skipped: int
+    dead_lettered: int
+
+
+def event_args(event: Event) -> tuple[str, list[Arg]]:
+    """The script's type code and flat fields for a valid event."""
+    match event:
+        case NodeRegistered():
+            return "reg", [
+                event.node_id,
+                event.max_concurrency,
+                ",".join(event.pool_languages()),
+                ",".join(event.services.pairs()),
+                event.gpu,
+            ]
+        case NodeHeartbeat():
+            return "hb", [
+                event.node_id,
+                event.cpu_pct,
+                event.gpu_pct,
+                event.mem_pct,
+                len(event.running_jobs),
+            ]
+        case NodeDraining():
+            return "drain", [event.node_id]
+        case NodeDeregistered():
+            return "dereg", [event.node_id]
+        case PoolsConfigured():
+            fields: list[Arg] = [len(event.pools)]
+            for pool in event.pools:
+                fields += [pool.name, pool.order, ",".join(sorted(pool.languages))]
+            return "pools", fields
+        case SessionOpened():
+            return "open", [event.session_id, event.src_lang, event.tgt_lang]
+        case UtteranceFinalized():
+            return "fin", [
+                event.session_id,
+                event.utterance_index,
+                event.reason,
+                event.audio_ref,
+                event.duration_ms,
+            ]
+        case JobResult():
+            session_id, index = split_job_id(event.job_id)
+            return "res", [
+                event.job_id,
+                session_id,
+                index,
+                event.attempt,
+                event.node_id,
+                1 if event.ok else 0,
+                event.error_code or "",
+                event.asr_text,
+                event.nmt_text,
+                event.tts_audio_ref,
+                event.tts_duration_ms,
+                canonical_json(event.timings.model_dump(mode="json")),
+            ]
+        case SessionClosed():
+            return "close", [event.session_id]
+    raise TypeError(f"no script fields for {type(event).__name__}")  # pragma: no cover
+
+
+def _invalid_reason(exc: ValidationError) -> str:
+    first = exc.errors(include_url=False)[0]
+    where = ".".join(str(part) for part in first["loc"]) or "event"
+    return f"invalid_event: {where}: {first['msg']}"[:MAX_REASON]
+
+
+def entry_args(fields: dict[bytes, bytes]) -> tuple[str, list[Arg]]:
+    """Type code and fields for one log entry; ``bad`` with a reason when it is invalid."""
+    raw = fields.get(ENTRY_FIELD.encode())
+    if not fields:
+        # Redis hands back a pending entry without fields once it has been trimmed.
+        reason = "entry_deleted: trimmed before it was applied"
+    elif raw is None or len(fields) != 1:
+        reason = f"malformed_entry: expected the single field {ENTRY_FIELD!r}"
+    else:
+        try:
+            return event_args(decode_event(raw))
+        except ValidationError as exc:
+            reason = _invalid_reason(exc)
+    original: list[Arg] = [part for item in fields.items() for part in item]
+    return "bad", [reason, *original]
+
+
+class Applier:
+    """Applies batches of one cell's log with apply.lua."""
+
+    def __init__(
+        self,
+        client: RedisClient,
+        keys: CellKeys,
+        settings: DecisionSettings | None = None,
+        group: str = APPLIER_GROUP,
+    ) -> None:
+        self.keys = keys
+        self.group = group
+        self._script = register(client, "apply")
+        self._head: list[Arg] = [
+            keys.prefix,
+            group,
+            *(settings or DecisionSettings()).as_argv(),
+        ]
+
+    def build_args(self, entries: Sequence[Entry]) -> list[Arg]:
+        args: list[Arg] = [*self._head, len(entries)]
+        for entry_id, fields in entries:
+            kind, values = entry_args(fields)
+            args += [entry_id, kind, len(values), *values]
+        return args
+
+    async def apply(self, entries: Sequence[Entry]) -> BatchResult:
+        if not entries:
+            return BatchResult(0, 0, 0)
+        reply = await self._script(keys=self.keys.apply_keys(), args=self.build_args(entries))
+        applied, skipped, dead = (int(x) for x in reply)
+        return BatchResult(applied, skipped, dead)

@@ -1,0 +1,44 @@
+"""The settings that change decisions. They travel with a fixture, so replay uses the
+values the live run used; everything here is an integer so Lua sees exact values."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["DecisionSettings"]
+
+
+class DecisionSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rate_per_s: int = Field(default=10, ge=1, le=10_000, description="job creations per session")
+    rate_burst: int = Field(default=10, ge=1, le=10_000, description="bucket size of the limit")
+    max_attempts: int = Field(default=3, ge=1, le=100, description="attempts per job")
+    job_timeout_ms: int = Field(default=15_000, ge=1, le=3_600_000, description="job deadline")
+    heartbeat_fresh_ms: int = Field(
+        default=5_000, ge=1, le=3_600_000, description="a node is eligible this long after a beat"
+    )
+    cpu_max_pct: int = Field(default=95, ge=0, le=100, description="overloaded above this")
+    gpu_max_pct: int = Field(default=95, ge=0, le=100, description="overloaded above this")
+    mem_max_pct: int = Field(default=95, ge=0, le=100, description="overloaded above this")
+    scan_limit: int = Field(
+        default=64, ge=1, le=10_000, description="pool members examined per pool per decision"
+    )
+    group_max_utterances: int = Field(
+        default=32, ge=1, le=1000, description="a conversation group is cut after this many"
+    )
+
+    def as_argv(self) -> list[int]:
+        """The values in the order apply.lua reads them (ARGV[3] onwards)."""
+        return [
+            self.rate_per_s,
+            self.rate_burst,
+            self.max_attempts,
+            self.job_timeout_ms,
+            self.heartbeat_fresh_ms,
+            self.cpu_max_pct,
+            self.gpu_max_pct,
+            self.mem_max_pct,
+            self.scan_limit,
+            self.group_max_utterances,
+        ]

@@ -1,0 +1,38 @@
+"""The demo: the load generator and an in-process worker on one store."""
+
+from __future__ import annotations
+
+import anyio
+
+from .config import DecisionSettings
+from .keys import CellKeys
+from .loadgen import LoadSpec, Progress, run_load
+from .metrics import RunReport
+from .store import MEMORY_URL, Store
+from .worker import Worker
+
+__all__ = ["run_demo"]
+
+
+async def run_demo(
+    url: str = MEMORY_URL,
+    keys: CellKeys | None = None,
+    spec: LoadSpec | None = None,
+    settings: DecisionSettings | None = None,
+    on_progress: Progress | None = None,
+) -> RunReport:
+    cell = keys or CellKeys()
+    store = Store(url)
+    loader, applier_client = store.client(), store.client()
+    worker = Worker(applier_client, [cell], settings, name="demo-worker")
+    await worker.setup()
+    stop = anyio.Event()
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(worker.run, stop)
+            report = await run_load(loader, cell, spec or LoadSpec(), on_progress)
+            stop.set()
+        return report
+    finally:
+        await loader.aclose()
+        await applier_client.aclose()

@@ -1,0 +1,26 @@
+"""Appending events to a cell's log."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .events import ENTRY_FIELD, Event, encode_event
+from .keys import CellKeys
+from .store import RedisClient
+
+__all__ = ["append", "append_many"]
+
+
+async def append(client: RedisClient, keys: CellKeys, event: Event) -> str:
+    """Append one event; returns its log ID, which is also its event time."""
+    entry_id = await client.xadd(keys.log, {ENTRY_FIELD: encode_event(event)})
+    return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+
+async def append_many(client: RedisClient, keys: CellKeys, events: Iterable[Event]) -> list[str]:
+    """Append several events in one round trip, in order."""
+    async with client.pipeline(transaction=False) as pipe:
+        for event in events:
+            pipe.xadd(keys.log, {ENTRY_FIELD: encode_event(event)})
+        ids = await pipe.execute()
+    return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]

@@ -1,0 +1,174 @@
+"""What a run did, read back from the streams alone.
+
+Nothing here trusts a counter kept by the code under test: every figure is recomputed
+from the log (what was asked), the decisions stream (what the applier decided), the
+node inboxes (what was handed off, and when) and the session outputs (what sessions
+received).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import asdict, dataclass
+
+from pydantic import ValidationError
+
+from .events import ENTRY_FIELD, NodeRegistered, UtteranceFinalized, decode_event
+from .keys import CellKeys
+from .store import RedisClient
+
+__all__ = ["RunReport", "measure", "read_stream"]
+
+_PAGE = 2000
+
+
+@dataclass(frozen=True)
+class RunReport:
+    finalized: int
+    dispatched: int
+    retried: int
+    completed: int
+    rejected: int
+    failed: int
+    delivered: int
+    lost: int
+    duplicate_jobs: int
+    max_overcommit: int
+    out_of_order: int
+    dead_lettered: int
+    dispatch_p50_ms: float
+    dispatch_p99_ms: float
+
+    def as_dict(self) -> dict[str, int | float]:
+        return asdict(self)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _ms(entry_id: str) -> int:
+    return int(entry_id.split("-", 1)[0])
+
+
+async def read_stream(
+    client: RedisClient, stream: str, start: str = "-"
+) -> AsyncIterator[tuple[str, dict[str, str]]]:
+    """Every entry of a stream from ``start``, a page at a time, as text."""
+    cursor = start
+    while True:
+        page = await client.xrange(stream, min=cursor, count=_PAGE)
+        for entry_id, fields in page:
+            yield _text(entry_id), {_text(k): _text(v) for k, v in fields.items()}
+        if len(page) < _PAGE:
+            return
+        cursor = "(" + _text(page[-1][0])
+
+
+def _names_any(raw_event: str, names: set[str]) -> bool:
+    """Whether a dead-lettered event's JSON names one of these sessions or nodes."""
+    try:
+        fields = json.loads(raw_event)
+    except ValueError:
+        return False
+    if not isinstance(fields, dict):
+        return False
+    owner = fields.get("session_id") or fields.get("node_id") or ""
+    return isinstance(owner, str) and owner in names
+
+
+def _percentile(sorted_values: list[int], fraction: float) -> float:
+    if not sorted_values:
+        return 0.0
+    rank = min(len(sorted_values) - 1, max(0, round(fraction * (len(sorted_values) - 1))))
+    return float(sorted_values[rank])
+
+
+async def measure(
+    client: RedisClient,
+    keys: CellKeys,
+    session_ids: Iterable[str],
+    node_ids: Iterable[str],
+) -> RunReport:
+    """The report of a run, limited to its own sessions and nodes."""
+    sessions, nodes = set(session_ids), set(node_ids)
+
+    finalize_ms: dict[tuple[str, int], int] = {}
+    capacity: dict[str, int] = {}
+    async for entry_id, fields in read_stream(client, keys.log):
+        try:
+            event = decode_event(fields.get(ENTRY_FIELD, ""))
+        except ValidationError:
+            continue
+        if isinstance(event, UtteranceFinalized) and event.session_id in sessions:
+            finalize_ms.setdefault((event.session_id, event.utterance_index), _ms(entry_id))
+        elif isinstance(event, NodeRegistered) and event.node_id in nodes:
+            capacity[event.node_id] = event.max_concurrency
+
+    dispatched = retried = completed = 0
+    live_attempts: dict[str, int] = defaultdict(int)
+    running: dict[str, int] = defaultdict(int)
+    duplicate_jobs: set[str] = set()
+    max_overcommit = 0
+    async for _, fields in read_stream(client, keys.decisions):
+        job = fields.get("job", "")
+        if job.rpartition(":")[0] not in sessions:
+            continue
+        kind, node = fields["k"], fields.get("node", "")
+        if kind == "d":
+            if fields["att"] == "1":
+                dispatched += 1
+            else:
+                retried += 1
+            live_attempts[job] += 1
+            if live_attempts[job] > 1:
+                duplicate_jobs.add(job)
+            running[node] += 1
+            max_overcommit = max(max_overcommit, running[node] - capacity.get(node, 0))
+        elif kind == "r":
+            live_attempts[job] -= 1
+            running[node] -= 1
+            completed += fields["ok"] == "1"
+
+    latencies: list[int] = []
+    for node in sorted(nodes):
+        async for entry_id, fields in read_stream(client, keys.inbox(node)):
+            key = (fields["sid"], int(fields["idx"]))
+            if fields["att"] == "1" and key in finalize_ms:
+                latencies.append(_ms(entry_id) - finalize_ms[key])
+    latencies.sort()
+
+    delivered = rejected = failed = out_of_order = 0
+    for session in sorted(sessions):
+        previous = -1
+        async for _, fields in read_stream(client, keys.output(session)):
+            delivered += 1
+            index = int(fields["idx"])
+            out_of_order += index <= previous
+            previous = index
+            rejected += fields["st"] == "rejected"
+            failed += fields["st"] == "failed"
+
+    dead = 0
+    async for _, fields in read_stream(client, keys.dlq):
+        dead += _names_any(fields.get("f:e", ""), sessions | nodes)
+
+    finalized = len(finalize_ms)
+    return RunReport(
+        finalized=finalized,
+        dispatched=dispatched,
+        retried=retried,
+        completed=completed,
+        rejected=rejected,
+        failed=failed,
+        delivered=delivered,
+        lost=finalized - delivered,
+        duplicate_jobs=len(duplicate_jobs),
+        max_overcommit=max_overcommit,
+        out_of_order=out_of_order,
+        dead_lettered=dead,
+        dispatch_p50_ms=_percentile(latencies, 0.50),
+        dispatch_p99_ms=_percentile(latencies, 0.99),
+    )

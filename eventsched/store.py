@@ -1,0 +1,45 @@
+"""One way to get Redis clients: a real server from a ``redis://`` URL, or the embedded
+fakeredis (created as Redis 7.0, Lua included) from ``memory://``."""
+
+from __future__ import annotations
+
+import fakeredis
+import redis.asyncio as aioredis
+
+__all__ = ["MEMORY_URL", "RedisClient", "Store", "connect", "is_memory_url"]
+
+MEMORY_URL = "memory://"
+
+RedisClient = aioredis.Redis
+
+
+def is_memory_url(url: str) -> bool:
+    return url.startswith("memory://")
+
+
+class Store:
+    """A place the scheduler's data lives. Every client of one ``memory://`` store sees
+    the same embedded server, so a worker and a load generator in one process share it."""
+
+    def __init__(self, url: str = MEMORY_URL) -> None:
+        if not is_memory_url(url) and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                f"unsupported Redis URL {url!r}: use redis://, rediss://, unix:// or memory://"
+            )
+        self.url = url
+        self._server = fakeredis.FakeServer(version=(7, 0)) if is_memory_url(url) else None
+
+    @property
+    def embedded(self) -> bool:
+        return self._server is not None
+
+    def client(self) -> RedisClient:
+        if self._server is not None:
+            client: RedisClient = fakeredis.FakeAsyncRedis(server=self._server)
+            return client
+        return aioredis.Redis.from_url(self.url)
+
+
+def connect(url: str = MEMORY_URL) -> RedisClient:
+    """A client for ``url``; each ``memory://`` call makes a new, empty embedded store."""
+    return Store(url).client()

@@ -1,0 +1,579 @@
+-- apply.lua: apply a batch of one cell's log entries, in log order, all or nothing.
+--
+-- Folds node and pool events into the snapshot (node records, pool sorted sets by
+-- load, language index), makes the dispatch decision for every finalize, releases
+-- slots and retries on results, delivers outcomes to sessions in utterance order, then
+-- writes the tracking marker and XACKs the batch. Time is the log: `now` is the
+-- millisecond part of the entry being applied; nothing here reads a clock or a random
+-- number, and no table with string keys is iterated, so the same log gives the same
+-- bytes on every Redis.
+--
+-- KEYS[1] log         the cell's event stream (XACK target)
+-- KEYS[2] meta        hash: applied (tracking marker, last applied ID), mode
+-- KEYS[3] decisions   stream: d=dispatch x=reject r=release f=failed
+-- KEYS[4] dlq         stream: dead letters, reason + log_id + f:<field> copies
+-- KEYS[5] pools       hash: pool name -> "order|lang,lang"
+-- KEYS[6] lang_index  hash: "src>tgt" -> pool,pool (fallback order)
+-- KEYS[7] nodes       sorted set: every node id, score 0
+--
+-- ARGV[1]  cell prefix, e.g. "es:{c0}:"; per-node/session keys are built from it and
+--          share the cell's hash tag
+-- ARGV[2]  consumer group to XACK
+-- ARGV[3..12] settings: rate_per_s rate_burst max_attempts job_timeout_ms
+--          heartbeat_fresh_ms cpu_max_pct gpu_max_pct mem_max_pct scan_limit
+--          group_max_utterances
+-- ARGV[13] entry count, then per entry: id, type, field count, fields...
+--   reg   node max_concurrency pool_langs pairs gpu
+--   hb    node cpu_pct gpu_pct mem_pct running_count
+--   drain node            dereg node
+--   pools count, then per pool: name order langs
+--   open  session src tgt
+--   fin   session index cut audio_ref duration_ms
+--   res   job session index attempt node ok error asr nmt tts tts_ms timings_json
+--   close session
+--   bad   reason, then original field name/value pairs
+-- Returns {applied, skipped_as_already_applied, dead_lettered}.
+
+local K_LOG, K_META, K_DEC, K_DLQ, K_POOLS, K_LIDX, K_NODES =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local P = ARGV[1]
+local GROUP = ARGV[2]
+local RATE = tonumber(ARGV[3])
+local BURST = tonumber(ARGV[4])
+local MAX_ATTEMPTS = tonumber(ARGV[5])
+local TIMEOUT_MS = tonumber(ARGV[6])
+local FRESH_MS = tonumber(ARGV[7])
+local CPU_MAX = tonumber(ARGV[8])
+local GPU_MAX = tonumber(ARGV[9])
+local MEM_MAX = tonumber(ARGV[10])
+local SCAN_LIMIT = tonumber(ARGV[11])
+local GROUP_MAX = tonumber(ARGV[12])
+
+-- Key suffixes; keys.py SUFFIXES holds the same strings (tested).
+local S_NODE, S_INBOX, S_NJOBS, S_POOL = 'node:', 'inbox:', 'njobs:', 'pool:'
+local S_SESS, S_UTT, S_INFL, S_HELD = 'sess:', 'utt:', 'infl:', 'held:'
+local S_OUT, S_GRP, S_JOB = 'out:', 'grp:', 'job:'
+
+local FULL = 1000 -- load score of a node with no free slot; pools are read below it
+local OUT_FIELDS = {'st', 'reason', 'err', 'cut', 'job', 'att', 'node', 'asr', 'nmt',
+                    'tts', 'tts_ms', 'timings'}
+
+local now_ms, now_id = 0, ''
+
+local function split(text, sep)
+  local out = {}
+  if text and text ~= '' then
+    for part in string.gmatch(text, '[^' .. sep .. ']+') do out[#out + 1] = part end
+  end
+  return out
+end
+
+local function id_parts(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+
+local function id_after(a, b) -- a > b, comparing (ms, seq) as integers, never as strings
+  local ams, aseq = id_parts(a)
+  local bms, bseq = id_parts(b)
+  return ams > bms or (ams == bms and aseq > bseq)
+end
+
+local function dead_letter(reason, extra)
+  local args = {K_DLQ, '*', 'reason', reason, 'log_id', now_id}
+  for i = 1, #extra, 2 do
+    args[#args + 1] = 'f:' .. extra[i]
+    args[#args + 1] = extra[i + 1]
+  end
+  redis.call('XADD', unpack(args))
+end
+
+-- The log entry's own fields, for dead letters found here rather than in Python.
+local function dead_letter_entry(reason)
+  local found = redis.call('XRANGE', K_LOG, now_id, now_id)
+  dead_letter(reason, found[1] and found[1][2] or {})
+end
+
+---------------------------------------------------------------- pools and nodes
+
+local function load_score(running, max_concurrency)
+  return math.floor(running * FULL / max_concurrency)
+end
+
+local function index_pool(name, langs, keep_sorted)
+  local list = split(langs, ',')
+  for _, src in ipairs(list) do
+    for _, tgt in ipairs(list) do
+      if src ~= tgt then
+        local pair = src .. '>' .. tgt
+        local pools = split(redis.call('HGET', K_LIDX, pair) or '', ',')
+        pools[#pools + 1] = name
+        if keep_sorted then table.sort(pools) end
+        redis.call('HSET', K_LIDX, pair, table.concat(pools, ','))
+      end
+    end
+  end
+end
+
+-- The pools a node with these pool languages belongs to, sorted by name.
+local function pools_for(langs)
+  if redis.call('HGET', K_META, 'mode') ~= 'configured' then
+    local name = 'auto+' .. string.gsub(langs, ',', '+')
+    if redis.call('HSETNX', K_POOLS, name, '0|' .. langs) == 1 then
+      index_pool(name, langs, true)
+    end
+    return {name}
+  end
+  local have = ',' .. langs .. ','
+  local flat = redis.call('HGETALL', K_POOLS)
+  local names, defs = {}, {}
+  for i = 1, #flat, 2 do
+    names[#names + 1] = flat[i]
+    defs[flat[i]] = flat[i + 1]
+  end
+  table.sort(names)
+  local out = {}
+  for _, name in ipairs(names) do
+    local covered = true
+    for _, lang in ipairs(split(string.match(defs[name], '|(.*)$'), ',')) do
+      if not string.find(have, ',' .. lang .. ',', 1, true) then
+        covered = false
+        break
+      end
+    end
+    if covered then out[#out + 1] = name end
+  end
+  return out
+end
+
+-- Keep a node in its pools' sorted sets exactly while it can take work: up and not
+-- overloaded. Freshness is checked when it is picked, since it changes with time alone.
+local function sync_membership(node_id)
+  local nk = P .. S_NODE .. node_id
+  local f = redis.call('HMGET', nk, 'st', 'cpu', 'gpu', 'mem', 'run', 'mc', 'pools', 'inpool')
+  local wanted = f[1] == 'up' and tonumber(f[2]) <= CPU_MAX and tonumber(f[3]) <= GPU_MAX
+    and tonumber(f[4]) <= MEM_MAX
+  if wanted and f[8] ~= '1' then
+    local score = load_score(tonumber(f[5]), tonumber(f[6]))
+    for _, pool in ipairs(split(f[7], ',')) do
+      redis.call('ZADD', P .. S_POOL .. pool, score, node_id)
+    end
+    redis.call('HSET', nk, 'inpool', '1')
+  elseif not wanted and f[8] == '1' then
+    for _, pool in ipairs(split(f[7], ',')) do
+      redis.call('ZREM', P .. S_POOL .. pool, node_id)
+    end
+    redis.call('HSET', nk, 'inpool', '0')
+  end
+end
+
+local function leave_pools(node_id)
+  local nk = P .. S_NODE .. node_id
+  local f = redis.call('HMGET', nk, 'pools', 'inpool')
+  if f[2] == '1' then
+    for _, pool in ipairs(split(f[1], ',')) do
+      redis.call('ZREM', P .. S_POOL .. pool, node_id)
+    end
+    redis.call('HSET', nk, 'inpool', '0')
+  end
+end
+
+local function join_pools(node_id, langs)
+  redis.call('HSET', P .. S_NODE .. node_id, 'pools', table.concat(pools_for(langs), ','))
+  sync_membership(node_id)
+end
+
+local function rescore(node_id, running)
+  local nk = P .. S_NODE .. node_id
+  local f = redis.call('HMGET', nk, 'mc', 'pools', 'inpool')
+  if f[3] == '1' then
+    local score = load_score(running, tonumber(f[1]))
+    for _, pool in ipairs(split(f[2], ',')) do
+      redis.call('ZADD', P .. S_POOL .. pool, 'XX', score, node_id)
+    end
+  end
+end
+
+local function release(node_id, job_id)
+  local nk = P .. S_NODE .. node_id
+  local running = redis.call('HINCRBY', nk, 'run', -1)
+  if running < 0 then
+    running = 0
+    redis.call('HSET', nk, 'run', 0)
+  end
+  redis.call('SREM', P .. S_NJOBS .. node_id, job_id)
+  rescore(node_id, running)
+end
+
+-- The least-loaded fresh node of a pool that serves the pair, or nil. Members are read
+-- in load order (ties by node id, the sorted set's own order), a page at a time, and at
+-- most SCAN_LIMIT are examined: the cost does not grow with the pool.
+local function pick_in_pool(pool, pair, exclude)
+  local key = P .. S_POOL .. pool
+  local needle = ',' .. pair .. ','
+  local seen = 0
+  while seen < SCAN_LIMIT do
+    local page = math.min(16, SCAN_LIMIT - seen)
+    local ids = redis.call('ZRANGEBYSCORE', key, '-inf', '(' .. FULL, 'LIMIT', seen, page)
+    for _, node_id in ipairs(ids) do
+      if node_id ~= exclude then
+        local f = redis.call('HMGET', P .. S_NODE .. node_id, 'hb', 'pairs')
+        if now_ms - tonumber(f[1]) <= FRESH_MS and string.find(f[2], needle, 1, true) then
+          return node_id
+        end
+      end
+    end
+    if #ids < page then return nil end
+    seen = seen + #ids
+  end
+  return nil
+end
+
+-- Candidate pools for the pair: the session's preferred pool first, then the language
+-- index's order. Returns node, pool, or nil and the rejection reason.
+local function place(pair, preferred, exclude)
+  local listed = redis.call('HGET', K_LIDX, pair)
+  if not listed then return nil, nil, 'no_pool' end
+  local pools = split(listed, ',')
+  if preferred ~= '' then
+    for i, pool in ipairs(pools) do
+      if pool == preferred then
+        table.remove(pools, i)
+        table.insert(pools, 1, pool)
+        break
+      end
+    end
+  end
+  for _, pool in ipairs(pools) do
+    local node_id = pick_in_pool(pool, pair, exclude)
+    if node_id then return node_id, pool end
+  end
+  return nil, nil, 'no_capacity'
+end
+
+---------------------------------------------------------------- sessions
+
+local function update_group(session_id, cut, st, asr, nmt, tts_ms)
+  local gk = P .. S_GRP .. session_id
+  local g = redis.call('HMGET', gk, 'gid', 'n', 'asr', 'nmt', 'ended', 'tts_until')
+  local gid, count, asr_all, nmt_all = tonumber(g[1] or 0), tonumber(g[2] or 0), g[3], g[4]
+  if not g[1] or g[5] == '1' or count >= GROUP_MAX then
+    gid, count, asr_all, nmt_all = gid + 1, 0, '', ''
+  end
+  if st == 'ok' then
+    if asr ~= '' then asr_all = (asr_all == '' and asr) or (asr_all .. ' ' .. asr) end
+    if nmt ~= '' then nmt_all = (nmt_all == '' and nmt) or (nmt_all .. ' ' .. nmt) end
+  end
+  local tts_until = tonumber(g[6] or 0)
+  if st == 'ok' and tonumber(tts_ms) > 0 then
+    tts_until = math.max(now_ms, tts_until) + tonumber(tts_ms)
+  end
+  -- ASR_FINAL and NMT_DONE land in one write (the seeds' merged group lock).
+  redis.call('HSET', gk, 'gid', gid, 'n', count + 1, 'asr', asr_all, 'nmt', nmt_all,
+    'ended', (cut == 'max_length') and '0' or '1', 'tts_until', tts_until)
+  return gid
+end
+
+local function deliver(session_id, index, values)
+  local gid = update_group(session_id, values[4], values[1], values[8], values[9], values[11])
+  local args = {P .. S_OUT .. session_id, '0-' .. (index + 1), 'idx', index}
+  for i, name in ipairs(OUT_FIELDS) do
+    args[#args + 1] = name
+    args[#args + 1] = values[i]
+  end
+  args[#args + 1] = 'grp'
+  args[#args + 1] = gid
+  args[#args + 1] = 'at'
+  args[#args + 1] = now_id
+  redis.call('XADD', unpack(args))
+  redis.call('HSET', P .. S_SESS .. session_id, 'last', index)
+end
+
+-- An utterance has ended (result, rejection or failure). Deliver it if every earlier
+-- finalized utterance of the session is delivered, else hold it; then deliver whatever
+-- it was holding up.
+local function settle(session_id, index, outcome)
+  local values = {}
+  for i, name in ipairs(OUT_FIELDS) do values[i] = outcome[name] or '' end
+  local infl = P .. S_INFL .. session_id
+  local first = redis.call('ZRANGE', infl, 0, 0)[1]
+  if tonumber(first) ~= index then
+    local held = {P .. S_HELD .. session_id .. ':' .. index}
+    for i, name in ipairs(OUT_FIELDS) do
+      held[#held + 1] = name
+      held[#held + 1] = values[i]
+    end
+    redis.call('HSET', unpack(held))
+    return
+  end
+  deliver(session_id, index, values)
+  redis.call('ZREM', infl, index)
+  while true do
+    local next_index = redis.call('ZRANGE', infl, 0, 0)[1]
+    if not next_index then return end
+    local hk = P .. S_HELD .. session_id .. ':' .. next_index
+    local waiting = redis.call('HMGET', hk, unpack(OUT_FIELDS))
+    if not waiting[1] then return end
+    deliver(session_id, tonumber(next_index), waiting)
+    redis.call('DEL', hk)
+    redis.call('ZREM', infl, next_index)
+  end
+end
+
+---------------------------------------------------------------- jobs
+
+-- Try attempt `attempt` of a job: place it, reserve the slot, record it, hand it off.
+local function start_attempt(job_id, attempt, exclude)
+  local jk = P .. S_JOB .. job_id
+  local j = redis.call('HMGET', jk, 'sid', 'idx', 'audio')
+  local sk = P .. S_SESS .. j[1]
+  local s = redis.call('HMGET', sk, 'src', 'tgt', 'pool')
+  local node_id, pool, why = place(s[1] .. '>' .. s[2], s[3], exclude)
+  if not node_id then return nil, why end
+  local nk = P .. S_NODE .. node_id
+  rescore(node_id, redis.call('HINCRBY', nk, 'run', 1))
+  redis.call('SADD', P .. S_NJOBS .. node_id, job_id)
+  local deadline = now_ms + TIMEOUT_MS
+  redis.call('HSET', jk, 'att', attempt, 'node', node_id, 'pool', pool, 'st', 'run',
+    'dl', deadline)
+  if pool ~= s[3] then redis.call('HSET', sk, 'pool', pool) end
+  redis.call('XADD', P .. S_INBOX .. node_id, '*', 'job', job_id, 'att', attempt,
+    'sid', j[1], 'idx', j[2], 'src', s[1], 'tgt', s[2], 'audio', j[3], 'dl', deadline)
+  redis.call('XADD', K_DEC, '*', 'k', 'd', 'job', job_id, 'att', attempt, 'node', node_id,
+    'pool', pool, 'at', now_id)
+  return node_id
+end
+
+local function fail_job(job_id, attempt, node_id, reason, err)
+  local jk = P .. S_JOB .. job_id
+  redis.call('HSET', jk, 'st', 'failed')
+  local j = redis.call('HMGET', jk, 'sid', 'idx', 'cut')
+  redis.call('XADD', K_DEC, '*', 'k', 'f', 'job', job_id, 'att', attempt, 'reason', reason,
+    'err', err, 'at', now_id)
+  settle(j[1], tonumber(j[2]), {st = 'failed', reason = reason, err = err, cut = j[3],
+    job = job_id, att = attempt, node = node_id})
+end
+
+-- Move a job off a node that failed it: the next attempt elsewhere, or a failure.
+local function retry_or_fail(job_id, attempt, node_id, err)
+  if attempt >= MAX_ATTEMPTS then
+    fail_job(job_id, attempt, node_id, 'retries_exhausted', err)
+    return
+  end
+  local placed, why = start_attempt(job_id, attempt + 1, node_id)
+  if not placed then fail_job(job_id, attempt, node_id, why, err) end
+end
+
+---------------------------------------------------------------- event handlers
+
+local handlers = {}
+
+function handlers.reg(f)
+  local node_id, langs = f[1], f[3]
+  local nk = P .. S_NODE .. node_id
+  local old = redis.call('HMGET', nk, 'run', 'cpu', 'gpu', 'mem')
+  leave_pools(node_id)
+  redis.call('HSET', nk, 'mc', f[2], 'run', old[1] or 0, 'hb', now_ms, 'st', 'up',
+    'cpu', old[2] or 0, 'gpu', old[3] or 0, 'mem', old[4] or 0, 'langs', langs,
+    'pairs', ',' .. f[4] .. ',', 'gpu_desc', f[5], 'inpool', '0')
+  redis.call('ZADD', K_NODES, 0, node_id)
+  join_pools(node_id, langs)
+end
+
+function handlers.hb(f)
+  local nk = P .. S_NODE .. f[1]
+  if redis.call('EXISTS', nk) == 0 then
+    dead_letter_entry('unknown_node')
+    return
+  end
+  redis.call('HSET', nk, 'hb', now_ms, 'cpu', f[2], 'gpu', f[3], 'mem', f[4], 'nrun', f[5])
+  sync_membership(f[1])
+end
+
+local function set_state(node_id, state)
+  local nk = P .. S_NODE .. node_id
+  if redis.call('EXISTS', nk) == 0 then
+    dead_letter_entry('unknown_node')
+    return false
+  end
+  redis.call('HSET', nk, 'st', state)
+  sync_membership(node_id)
+  return true
+end
+
+function handlers.drain(f)
+  set_state(f[1], 'drain')
+end
+
+-- A node that leaves hands its running jobs on to others now, not at their deadlines.
+function handlers.dereg(f)
+  local node_id = f[1]
+  if not set_state(node_id, 'gone') then return end
+  local jobs = redis.call('SMEMBERS', P .. S_NJOBS .. node_id)
+  table.sort(jobs)
+  for _, job_id in ipairs(jobs) do
+    local attempt = tonumber(redis.call('HGET', P .. S_JOB .. job_id, 'att'))
+    release(node_id, job_id)
+    redis.call('XADD', K_DEC, '*', 'k', 'r', 'job', job_id, 'att', attempt, 'node', node_id,
+      'ok', '0', 'err', 'NODE_LEFT', 'at', now_id)
+    retry_or_fail(job_id, attempt, node_id, 'NODE_LEFT')
+  end
+end
+
+function handlers.pools(f)
+  local count = tonumber(f[1])
+  for _, name in ipairs(redis.call('HKEYS', K_POOLS)) do
+    redis.call('DEL', P .. S_POOL .. name)
+  end
+  redis.call('DEL', K_POOLS, K_LIDX)
+  local nodes = redis.call('ZRANGE', K_NODES, 0, -1)
+  for _, node_id in ipairs(nodes) do
+    redis.call('HSET', P .. S_NODE .. node_id, 'inpool', '0')
+  end
+  if count == 0 then
+    redis.call('HSET', K_META, 'mode', 'auto')
+  else
+    redis.call('HSET', K_META, 'mode', 'configured')
+    local defs = {}
+    for i = 0, count - 1 do
+      local name, order, langs = f[2 + i * 3], tonumber(f[3 + i * 3]), f[4 + i * 3]
+      redis.call('HSET', K_POOLS, name, order .. '|' .. langs)
+      defs[#defs + 1] = {name = name, order = order, langs = langs}
+    end
+    table.sort(defs, function(a, b)
+      if a.order ~= b.order then return a.order < b.order end
+      return a.name < b.name
+    end)
+    for _, def in ipairs(defs) do index_pool(def.name, def.langs, false) end
+  end
+  for _, node_id in ipairs(nodes) do
+    join_pools(node_id, redis.call('HGET', P .. S_NODE .. node_id, 'langs'))
+  end
+end
+
+function handlers.open(f)
+  local sk = P .. S_SESS .. f[1]
+  local s = redis.call('HMGET', sk, 'src', 'tgt')
+  if s[1] then
+    if s[1] ~= f[2] or s[2] ~= f[3] then dead_letter_entry('session_exists') end
+    return
+  end
+  redis.call('HSET', sk, 'src', f[2], 'tgt', f[3], 'pool', '', 'closed', '0',
+    'tb', BURST * 1000, 'tbt', now_ms, 'last', -1)
+end
+
+local function reject(session_id, index, cut, reason)
+  redis.call('HSET', P .. S_UTT .. session_id, index, 'rejected')
+  redis.call('ZADD', P .. S_INFL .. session_id, index, index)
+  redis.call('XADD', K_DEC, '*', 'k', 'x', 'sid', session_id, 'idx', index, 'reason', reason,
+    'at', now_id)
+  settle(session_id, index, {st = 'rejected', reason = reason, cut = cut})
+end
+
+function handlers.fin(f)
+  local session_id, index, cut = f[1], tonumber(f[2]), f[3]
+  local uk = P .. S_UTT .. session_id
+  if redis.call('HEXISTS', uk, index) == 1 then return end -- step 1: idempotent
+  local sk = P .. S_SESS .. session_id
+  local s = redis.call('HMGET', sk, 'src', 'closed', 'tb', 'tbt', 'last')
+  if not s[1] then
+    dead_letter_entry('unknown_session')
+    return
+  end
+  if s[2] == '1' then
+    dead_letter_entry('session_closed')
+    return
+  end
+  if index <= tonumber(s[5]) then
+    -- A later utterance was already delivered: this one cannot be delivered in order.
+    dead_letter_entry('index_behind')
+    return
+  end
+  -- step 2: a token bucket in milli-tokens, refilled by event time
+  local tokens = math.min(BURST * 1000, tonumber(s[3]) + (now_ms - tonumber(s[4])) * RATE)
+  if tokens < 1000 then
+    reject(session_id, index, cut, 'rate_limited')
+    return
+  end
+  redis.call('HSET', sk, 'tb', tokens - 1000, 'tbt', now_ms)
+  local job_id = session_id .. ':' .. index
+  redis.call('HSET', P .. S_JOB .. job_id, 'sid', session_id, 'idx', index, 'cut', cut,
+    'audio', f[4], 'dur', f[5], 'fin', now_id)
+  local placed, why = start_attempt(job_id, 1, '') -- steps 3-8
+  if not placed then
+    redis.call('DEL', P .. S_JOB .. job_id)
+    reject(session_id, index, cut, why)
+    return
+  end
+  redis.call('HSET', uk, index, 'job')
+  redis.call('ZADD', P .. S_INFL .. session_id, index, index)
+end
+
+function handlers.res(f)
+  local job_id, session_id, index = f[1], f[2], tonumber(f[3])
+  local attempt, node_id, ok, err = tonumber(f[4]), f[5], f[6] == '1', f[7]
+  local jk = P .. S_JOB .. job_id
+  local j = redis.call('HMGET', jk, 'att', 'node', 'st', 'cut')
+  if not j[1] then
+    dead_letter_entry('unknown_job')
+    return
+  end
+  if tonumber(j[1]) ~= attempt or j[3] ~= 'run' then return end -- old attempt or duplicate
+  if j[2] ~= node_id then
+    dead_letter_entry('wrong_node')
+    return
+  end
+  release(node_id, job_id)
+  redis.call('XADD', K_DEC, '*', 'k', 'r', 'job', job_id, 'att', attempt, 'node', node_id,
+    'ok', ok and '1' or '0', 'err', err, 'at', now_id)
+  if not ok then
+    retry_or_fail(job_id, attempt, node_id, err)
+    return
+  end
+  redis.call('HSET', jk, 'st', 'done')
+  settle(session_id, index, {st = 'ok', cut = j[4], job = job_id, att = attempt,
+    node = node_id, asr = f[8], nmt = f[9], tts = f[10], tts_ms = f[11], timings = f[12]})
+end
+
+function handlers.close(f)
+  local sk = P .. S_SESS .. f[1]
+  if redis.call('EXISTS', sk) == 0 then
+    dead_letter_entry('unknown_session')
+    return
+  end
+  redis.call('HSET', sk, 'closed', '1')
+end
+
+function handlers.bad(f)
+  local original = {}
+  for i = 2, #f do original[#original + 1] = f[i] end
+  dead_letter(f[1], original)
+end
+
+---------------------------------------------------------------- the batch
+
+local applied = redis.call('HGET', K_META, 'applied') or '0-0'
+local dead_start = redis.call('XLEN', K_DLQ)
+local count = tonumber(ARGV[13])
+local pos = 14
+local ids = {}
+local done, skipped = 0, 0
+for _ = 1, count do
+  local id, kind, nfields = ARGV[pos], ARGV[pos + 1], tonumber(ARGV[pos + 2])
+  local fields = {}
+  for i = 1, nfields do fields[i] = ARGV[pos + 2 + i] end
+  pos = pos + 3 + nfields
+  ids[#ids + 1] = id
+  if id_after(id, applied) then
+    now_id = id
+    now_ms = id_parts(id)
+    handlers[kind](fields)
+    applied = id
+    done = done + 1
+  else
+    skipped = skipped + 1
+  end
+end
+redis.call('HSET', K_META, 'applied', applied)
+if #ids > 0 then redis.call('XACK', K_LOG, GROUP, unpack(ids)) end
+return {done, skipped, redis.call('XLEN', K_DLQ) - dead_start}
