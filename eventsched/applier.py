@@ -157,6 +157,10 @@ class Applier:
             args += [entry_id, kind, len(values), *values]
         return args
 
+    @property
+    def sha(self) -> str:
+        return str(self._script.sha)
+
     async def apply(self, entries: Sequence[Entry]) -> BatchResult:
         if not entries:
             return BatchResult(0, 0, 0)

@@ -8,7 +8,7 @@ out-of-bounds values are rejected; the applier dead-letters what does not valida
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
@@ -38,7 +38,7 @@ __all__ = [
     "split_job_id",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 ENTRY_FIELD = "e"
 
 # Identifiers are restricted to characters that cannot break a key name, a hash tag

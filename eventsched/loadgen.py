@@ -33,6 +33,7 @@ from .keys import CellKeys
 from .log import append, append_many
 from .metrics import RunReport, measure
 from .store import RedisClient
+from .streams import text, xread_raw
 
 __all__ = ["LoadSpec", "Progress", "run_load"]
 
@@ -153,11 +154,10 @@ async def run_load(
         cursors: dict[str, str] = {keys.inbox(n.node_id): "0-0" for n in plan.nodes}
         owner = {keys.inbox(n.node_id): n.node_id for n in plan.nodes}
         while True:
-            reply = await client.xread(cursors, block=200)  # type: ignore[arg-type]
-            for stream_name, entries in reply or []:
-                stream = stream_name.decode()
+            for stream_name, entries in await xread_raw(client, cursors, block_ms=200):
+                stream = text(stream_name)
                 for entry_id, fields in entries:
-                    cursors[stream] = entry_id.decode()
+                    cursors[stream] = text(entry_id)
                     task_group.start_soon(serve_job, owner[stream], fields)
 
     async def speak(session: SessionOpened) -> None:

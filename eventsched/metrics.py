@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 from pydantic import ValidationError
@@ -18,10 +18,9 @@ from pydantic import ValidationError
 from .events import ENTRY_FIELD, NodeRegistered, UtteranceFinalized, decode_event
 from .keys import CellKeys
 from .store import RedisClient
+from .streams import read_stream
 
-__all__ = ["RunReport", "measure", "read_stream"]
-
-_PAGE = 2000
+__all__ = ["RunReport", "measure"]
 
 
 @dataclass(frozen=True)
@@ -45,26 +44,8 @@ class RunReport:
         return asdict(self)
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _ms(entry_id: str) -> int:
     return int(entry_id.split("-", 1)[0])
-
-
-async def read_stream(
-    client: RedisClient, stream: str, start: str = "-"
-) -> AsyncIterator[tuple[str, dict[str, str]]]:
-    """Every entry of a stream from ``start``, a page at a time, as text."""
-    cursor = start
-    while True:
-        page = await client.xrange(stream, min=cursor, count=_PAGE)
-        for entry_id, fields in page:
-            yield _text(entry_id), {_text(k): _text(v) for k, v in fields.items()}
-        if len(page) < _PAGE:
-            return
-        cursor = "(" + _text(page[-1][0])
 
 
 def _names_any(raw_event: str, names: set[str]) -> bool:

@@ -20,6 +20,7 @@ from .applier import APPLIER_GROUP, Applier, BatchResult, Entry
 from .config import DecisionSettings
 from .keys import CellKeys
 from .store import RedisClient
+from .streams import text, xreadgroup_raw
 
 __all__ = ["DEFAULT_BATCH", "Worker", "ensure_group"]
 
@@ -68,21 +69,23 @@ class Worker:
     async def step(self, block: bool = True) -> int:
         """Read and apply at most one batch per cell; returns how many entries were read."""
         waiting = all(cursor == ">" for cursor in self._cursor.values())
-        reply = await self.client.xreadgroup(
+        reply = await xreadgroup_raw(
+            self.client,
             APPLIER_GROUP,
             self.name,
-            dict(self._cursor),  # type: ignore[arg-type]
-            count=self.batch_size,
-            block=self.block_ms if block and waiting else None,
+            self._cursor,
+            self.batch_size,
+            self.block_ms if block and waiting else None,
         )
         read = 0
-        for stream_name, raw_entries in reply or []:
-            stream = stream_name.decode() if isinstance(stream_name, bytes) else stream_name
-            entries: list[Entry] = [(eid, fields or {}) for eid, fields in raw_entries]
+        for stream_name, raw_entries in reply:
+            stream = text(stream_name)
             if not raw_entries and self._cursor[stream] == "0":
                 self._cursor[stream] = ">"
                 continue
-            read += len(raw_entries)
+            # A pending entry trimmed from the stream comes back without fields.
+            entries: list[Entry] = [(eid, fields or {}) for eid, fields in raw_entries]
+            read += len(entries)
             result = await self.appliers[stream].apply(entries)
             self.totals = BatchResult(
                 self.totals.applied + result.applied,
@@ -96,8 +99,9 @@ class Worker:
         await self.setup()
         total = 0
         while True:
+            reading_new = all(cursor == ">" for cursor in self._cursor.values())
             read = await self.step(block=False)
-            if not read and all(cursor == ">" for cursor in self._cursor.values()):
+            if not read and reading_new:
                 return total
             total += read
 

@@ -1,0 +1,65 @@
+"""Typed reads of Redis streams. redis-py types stream replies loosely (bytes, str or
+None everywhere); eventsched's clients return bytes, and these helpers say so once."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import cast
+
+from .store import RedisClient
+
+__all__ = ["RawEntry", "read_stream", "text", "xrange_raw", "xread_raw", "xreadgroup_raw"]
+
+RawEntry = tuple[bytes, dict[bytes, bytes]]
+StreamReply = list[tuple[bytes, list[RawEntry]]]
+
+_PAGE = 2000
+
+
+def text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def xrange_raw(
+    client: RedisClient, stream: str, start: str = "-", count: int | None = None
+) -> list[RawEntry]:
+    return cast(list[RawEntry], await client.xrange(stream, min=start, count=count))
+
+
+async def xread_raw(
+    client: RedisClient, cursors: Mapping[str, str], block_ms: int | None
+) -> StreamReply:
+    reply = await client.xread(dict(cursors), block=block_ms)  # type: ignore[arg-type]
+    return cast(StreamReply, reply or [])
+
+
+async def xreadgroup_raw(
+    client: RedisClient,
+    group: str,
+    consumer: str,
+    cursors: Mapping[str, str],
+    count: int,
+    block_ms: int | None,
+) -> StreamReply:
+    reply = await client.xreadgroup(
+        group,
+        consumer,
+        dict(cursors),  # type: ignore[arg-type]
+        count=count,
+        block=block_ms,
+    )
+    return cast(StreamReply, reply or [])
+
+
+async def read_stream(
+    client: RedisClient, stream: str, start: str = "-"
+) -> AsyncIterator[tuple[str, dict[str, str]]]:
+    """Every entry of a stream from ``start``, a page at a time, as text."""
+    cursor = start
+    while True:
+        page = await xrange_raw(client, stream, cursor, _PAGE)
+        for entry_id, fields in page:
+            yield text(entry_id), {text(k): text(v) for k, v in fields.items()}
+        if len(page) < _PAGE:
+            return
+        cursor = "(" + text(page[-1][0])

@@ -1,0 +1,82 @@
+"""Validation before the script, dead letters, and the tracking marker."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from eventsched.applier import APPLIER_GROUP, Applier
+from eventsched.events import ENTRY_FIELD
+from eventsched.streams import xrange_raw
+from eventsched.worker import Worker
+from tests.harness import Cell, finalize, node, session
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"junk": "x"}, "malformed_entry: expected the single field 'e'"),
+        ({ENTRY_FIELD: "{not json"}, "invalid_event: event: Invalid JSON"),
+        (
+            {ENTRY_FIELD: json.dumps({"type": "session_opened", "v": 1, "session_id": "s"})},
+            "invalid_event: session_opened.src_lang: Field required",
+        ),
+        ({ENTRY_FIELD: "{}", "extra": "1"}, "malformed_entry: expected the single field 'e'"),
+    ],
+)
+async def test_an_invalid_entry_is_dead_lettered_and_the_batch_goes_on(
+    cell: Cell, fields: dict[str, str], reason: str
+) -> None:
+    await cell.append(node("n1"))
+    bad_id = await cell.append_fields(fields)
+    await cell.append(session("s1"), finalize("s1", 0))
+    await cell.apply()
+    [dead] = await cell.dlq()
+    assert dead["reason"].startswith(reason)
+    assert dead["log_id"] == bad_id
+    assert {k.removeprefix("f:"): v for k, v in dead.items() if k.startswith("f:")} == fields
+    assert [d["node"] for d in await cell.decisions("d")] == ["n1"]
+    assert await cell.client.xpending(cell.keys.log, APPLIER_GROUP) == {
+        "pending": 0,
+        "min": None,
+        "max": None,
+        "consumers": [],
+    }
+
+
+async def test_entries_at_or_below_the_marker_are_not_applied_twice(cell: Cell) -> None:
+    await cell.append(node("n1"), session("s1"), finalize("s1", 0))
+    await cell.apply()
+    entries = await xrange_raw(cell.client, cell.keys.log)
+    result = await Applier(cell.client, cell.keys).apply(entries)
+    assert (result.applied, result.skipped) == (0, 3)
+    assert len(await cell.decisions()) == 1
+    assert (await cell.hash(cell.keys.node("n1")))["run"] == "1"
+    marker = (await cell.hash(cell.keys.meta))["applied"]
+    assert marker == entries[-1][0].decode()
+
+
+async def test_a_restarted_worker_applies_what_it_read_but_did_not_apply(cell: Cell) -> None:
+    await cell.append(node("n1"), session("s1"), finalize("s1", 0))
+    worker = Worker(cell.client, [cell.keys], name="w1")
+    await worker.setup()
+    # Read as the worker would, then "crash" before applying: the entries stay pending.
+    await cell.client.xreadgroup(APPLIER_GROUP, "w1", {cell.keys.log: ">"}, count=10)
+    assert (await cell.client.xpending(cell.keys.log, APPLIER_GROUP))["pending"] == 3
+    restarted = Worker(cell.client, [cell.keys], name="w1")
+    assert await restarted.drain() == 3
+    assert [d["node"] for d in await cell.decisions("d")] == ["n1"]
+    assert (await cell.client.xpending(cell.keys.log, APPLIER_GROUP))["pending"] == 0
+
+
+async def test_ids_are_compared_as_numbers_not_strings(cell: Cell) -> None:
+    # "9-0" sorts after "10-0" as a string; as an ID it comes first.
+    cell.now_ms = 9
+    await cell.step(node("n1"))
+    cell.now_ms = 10
+    await cell.step(session("s1"))
+    assert (await cell.hash(cell.keys.meta))["applied"] == "10-0"
+    assert (await cell.hash(cell.keys.session("s1")))["src"] == "en"
