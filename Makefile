@@ -37,7 +37,7 @@ bench: install
 
 # Build the wheel, install it in a fresh venv and run the demo from there.
 wheel-check: install
-	scripts/wheel-check
+	scripts/with-redis scripts/wheel-check
 
 clean:
 	rm -rf $(VENV) dist build .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -72,6 +72,8 @@ def worker(
     """Apply the cells' logs until SIGTERM or SIGINT (the batch in hand is finished)."""
     if verbose:
         logging.getLogger("eventsched").setLevel(logging.INFO)
+    if redis_url.startswith(MEMORY_URL):
+        raise ValueError("a worker serves other processes: give a redis:// URL")
     store = Store(redis_url)
 
     async def main() -> None:

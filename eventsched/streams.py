@@ -1,4 +1,4 @@
-"""Typed reads of Redis streams. redis-py types stream replies loosely (bytes, str or
+"""Typed reads of Redis streams (and hashes). redis-py types stream replies loosely (bytes, str or
 None everywhere); eventsched's clients return bytes, and these helpers say so once."""
 
 from __future__ import annotations
@@ -8,7 +8,15 @@ from typing import cast
 
 from .store import RedisClient
 
-__all__ = ["RawEntry", "read_stream", "text", "xrange_raw", "xread_raw", "xreadgroup_raw"]
+__all__ = [
+    "RawEntry",
+    "read_hash",
+    "read_stream",
+    "text",
+    "xrange_raw",
+    "xread_raw",
+    "xreadgroup_raw",
+]
 
 RawEntry = tuple[bytes, dict[bytes, bytes]]
 StreamReply = list[tuple[bytes, list[RawEntry]]]
@@ -63,3 +71,8 @@ async def read_stream(
         if len(page) < _PAGE:
             return
         cursor = "(" + text(page[-1][0])
+
+
+async def read_hash(client: RedisClient, key: str) -> dict[str, str]:
+    raw = cast(dict[bytes, bytes], await client.hgetall(key))
+    return {text(k): text(v) for k, v in raw.items()}

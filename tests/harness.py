@@ -19,7 +19,7 @@ from eventsched.events import (
 )
 from eventsched.keys import CellKeys
 from eventsched.store import RedisClient
-from eventsched.streams import read_stream, text
+from eventsched.streams import read_hash, read_stream, text
 from eventsched.worker import Worker
 
 __all__ = ["START_MS", "Cell", "beat", "error", "finalize", "node", "ok", "session"]
@@ -137,8 +137,7 @@ class Cell:
         return await self.stream(self.keys.dlq)
 
     async def hash(self, key: str) -> dict[str, str]:
-        raw = await self.client.hgetall(key)
-        return {text(k): text(v) for k, v in raw.items()}
+        return await read_hash(self.client, key)
 
     async def pool_members(self, pool: str) -> list[tuple[str, float]]:
         raw = await self.client.zrange(self.keys.pool(pool), 0, -1, withscores=True)

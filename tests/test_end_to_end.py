@@ -71,7 +71,8 @@ def test_the_demo_command_prints_its_figures_as_json() -> None:
         (("demo", "--redis-url", "bogus://x"), "unsupported Redis URL"),
         (("demo", "--redis-url", "redis://127.0.0.1:1/0"), "connecting to 127.0.0.1:1"),
         (("loadgen", "--redis-url", "memory://"), "needs a worker in another process"),
-        (("worker", "--redis-url", "memory://", "--cells", "C0!"), "invalid cell name"),
+        (("worker", "--redis-url", "memory://"), "give a redis:// URL"),
+        (("worker", "--redis-url", "redis://127.0.0.1:1", "--cells", "C0!"), "invalid cell name"),
     ],
 )
 def test_cli_errors_are_one_readable_line(args: tuple[str, ...], message: str) -> None:
