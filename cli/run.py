@@ -40,7 +40,7 @@ def _report(console: Console, report: RunReport, as_json: bool) -> None:
     if as_json:
         print(json.dumps(report.as_dict(), sort_keys=True))
         return
-    table = Table(title="run summary (read back from the streams)")
+    table = Table(title="run summary")
     table.add_column("figure")
     table.add_column("value", justify="right")
     for name, value in report.as_dict().items():

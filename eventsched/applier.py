@@ -27,7 +27,6 @@ from .events import (
     UtteranceFinalized,
     canonical_json,
     decode_event,
-    split_job_id,
 )
 from .keys import CellKeys
 from .scripts import register
@@ -88,11 +87,8 @@ def event_args(event: Event) -> tuple[str, list[Arg]]:
                 event.duration_ms,
             ]
         case JobResult():
-            session_id, index = split_job_id(event.job_id)
             return "res", [
                 event.job_id,
-                session_id,
-                index,
                 event.attempt,
                 event.node_id,
                 1 if event.ok else 0,

@@ -29,6 +29,7 @@ log = logging.getLogger("eventsched.worker")
 # One apply call holds Redis for its whole batch; about 40 us per entry on our machines
 # keeps a batch of 32 near 1.5 ms (bench/dispatch_scale.py prints the figure).
 DEFAULT_BATCH = 32
+_BACKOFF_MIN_S = 0.05
 _BACKOFF_MAX_S = 2.0
 
 
@@ -108,15 +109,18 @@ class Worker:
     async def run(self, stop: anyio.Event) -> None:
         """Apply until ``stop`` is set; the batch in hand is always finished first."""
         await self.setup()
-        backoff = 0.05
+        backoff = 0.0  # > 0 while Redis is unreachable: one log line per outage
         while not stop.is_set():
             try:
                 await self.step()
-                backoff = 0.05
+                if backoff:
+                    log.warning("redis reachable again; applying")
+                    backoff = 0.0
             except (RedisConnectionError, RedisTimeoutError) as exc:
-                log.warning("redis unavailable (%s); retrying in %.2fs", exc, backoff)
+                if not backoff:
+                    log.warning("redis unreachable (%s); retrying with backoff", exc)
+                backoff = min(max(backoff * 2, _BACKOFF_MIN_S), _BACKOFF_MAX_S)
                 await anyio.sleep(backoff)
-                backoff = min(backoff * 2, _BACKOFF_MAX_S)
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise

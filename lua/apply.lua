@@ -29,7 +29,7 @@
 --   pools count, then per pool: name order langs
 --   open  session src tgt
 --   fin   session index cut audio_ref duration_ms
---   res   job session index attempt node ok error asr nmt tts tts_ms timings_json
+--   res   job attempt node ok error asr nmt tts tts_ms timings_json
 --   close session
 --   bad   reason, then original field name/value pairs
 -- Returns {applied, skipped_as_already_applied, dead_lettered}.
@@ -510,10 +510,9 @@ function handlers.fin(f)
 end
 
 function handlers.res(f)
-  local job_id, session_id, index = f[1], f[2], tonumber(f[3])
-  local attempt, node_id, ok, err = tonumber(f[4]), f[5], f[6] == '1', f[7]
+  local job_id, attempt, node_id, ok, err = f[1], tonumber(f[2]), f[3], f[4] == '1', f[5]
   local jk = P .. S_JOB .. job_id
-  local j = redis.call('HMGET', jk, 'att', 'node', 'st', 'cut')
+  local j = redis.call('HMGET', jk, 'att', 'node', 'st', 'cut', 'sid', 'idx')
   if not j[1] then
     dead_letter_entry('unknown_job')
     return
@@ -531,8 +530,8 @@ function handlers.res(f)
     return
   end
   redis.call('HSET', jk, 'st', 'done')
-  settle(session_id, index, {st = 'ok', cut = j[4], job = job_id, att = attempt,
-    node = node_id, asr = f[8], nmt = f[9], tts = f[10], tts_ms = f[11], timings = f[12]})
+  settle(j[5], tonumber(j[6]), {st = 'ok', cut = j[4], job = job_id, att = attempt,
+    node = node_id, asr = f[6], nmt = f[7], tts = f[8], tts_ms = f[9], timings = f[10]})
 end
 
 function handlers.close(f)
