@@ -205,7 +205,8 @@ local function release(node_id, job_id)
   rescore(node_id, running)
 end
 
--- The least-loaded fresh node of a pool that serves the pair, or nil. Members are read
+-- The least-loaded fresh node of a pool that serves the pair and its fields (hb, pairs,
+-- mc, pools), or nil. Members are read
 -- in load order (ties by node id, the sorted set's own order), a page at a time, and at
 -- most SCAN_LIMIT are examined: the cost does not grow with the pool.
 local function pick_in_pool(pool, pair, exclude)
@@ -217,9 +218,9 @@ local function pick_in_pool(pool, pair, exclude)
     local ids = redis.call('ZRANGEBYSCORE', key, '-inf', '(' .. FULL, 'LIMIT', seen, page)
     for _, node_id in ipairs(ids) do
       if node_id ~= exclude then
-        local f = redis.call('HMGET', P .. S_NODE .. node_id, 'hb', 'pairs')
+        local f = redis.call('HMGET', P .. S_NODE .. node_id, 'hb', 'pairs', 'mc', 'pools')
         if now_ms - tonumber(f[1]) <= FRESH_MS and string.find(f[2], needle, 1, true) then
-          return node_id
+          return node_id, f
         end
       end
     end
@@ -230,10 +231,10 @@ local function pick_in_pool(pool, pair, exclude)
 end
 
 -- Candidate pools for the pair: the session's preferred pool first, then the language
--- index's order. Returns node, pool, or nil and the rejection reason.
+-- index's order. Returns node, pool, node fields, or nil, nil, nil and the reason.
 local function place(pair, preferred, exclude)
   local listed = redis.call('HGET', K_LIDX, pair)
-  if not listed then return nil, nil, 'no_pool' end
+  if not listed then return nil, nil, nil, 'no_pool' end
   local pools = split(listed, ',')
   if preferred ~= '' then
     for i, pool in ipairs(pools) do
@@ -245,10 +246,10 @@ local function place(pair, preferred, exclude)
     end
   end
   for _, pool in ipairs(pools) do
-    local node_id = pick_in_pool(pool, pair, exclude)
-    if node_id then return node_id, pool end
+    local node_id, fields = pick_in_pool(pool, pair, exclude)
+    if node_id then return node_id, pool, fields end
   end
-  return nil, nil, 'no_capacity'
+  return nil, nil, nil, 'no_capacity'
 end
 
 ---------------------------------------------------------------- sessions
@@ -323,25 +324,36 @@ end
 ---------------------------------------------------------------- jobs
 
 -- Try attempt `attempt` of a job: place it, reserve the slot, record it, hand it off.
-local function start_attempt(job_id, attempt, exclude)
-  local jk = P .. S_JOB .. job_id
-  local j = redis.call('HMGET', jk, 'sid', 'idx', 'audio')
-  local sk = P .. S_SESS .. j[1]
-  local s = redis.call('HMGET', sk, 'src', 'tgt', 'pool')
-  local node_id, pool, why = place(s[1] .. '>' .. s[2], s[3], exclude)
+-- `job` holds what the finalize said (id sid idx audio) and the session (src tgt pool);
+-- `extra` are more job-hash fields to write in the same HSET.
+local function start_attempt(job, attempt, exclude, extra)
+  local node_id, pool, node, why = place(job.src .. '>' .. job.tgt, job.pool, exclude)
   if not node_id then return nil, why end
-  local nk = P .. S_NODE .. node_id
-  rescore(node_id, redis.call('HINCRBY', nk, 'run', 1))
-  redis.call('SADD', P .. S_NJOBS .. node_id, job_id)
+  local running = redis.call('HINCRBY', P .. S_NODE .. node_id, 'run', 1)
+  local score = load_score(running, tonumber(node[3]))
+  for _, member_of in ipairs(split(node[4], ',')) do
+    redis.call('ZADD', P .. S_POOL .. member_of, 'XX', score, node_id)
+  end
+  redis.call('SADD', P .. S_NJOBS .. node_id, job.id)
   local deadline = now_ms + TIMEOUT_MS
-  redis.call('HSET', jk, 'att', attempt, 'node', node_id, 'pool', pool, 'st', 'run',
+  local fields = {P .. S_JOB .. job.id, 'att', attempt, 'node', node_id, 'pool', pool,
+                  'st', 'run', 'dl', deadline}
+  for _, value in ipairs(extra or {}) do fields[#fields + 1] = value end
+  redis.call('HSET', unpack(fields))
+  redis.call('XADD', P .. S_INBOX .. node_id, '*', 'job', job.id, 'att', attempt,
+    'sid', job.sid, 'idx', job.idx, 'src', job.src, 'tgt', job.tgt, 'audio', job.audio,
     'dl', deadline)
-  if pool ~= s[3] then redis.call('HSET', sk, 'pool', pool) end
-  redis.call('XADD', P .. S_INBOX .. node_id, '*', 'job', job_id, 'att', attempt,
-    'sid', j[1], 'idx', j[2], 'src', s[1], 'tgt', s[2], 'audio', j[3], 'dl', deadline)
-  redis.call('XADD', K_DEC, '*', 'k', 'd', 'job', job_id, 'att', attempt, 'node', node_id,
+  redis.call('XADD', K_DEC, '*', 'k', 'd', 'job', job.id, 'att', attempt, 'node', node_id,
     'pool', pool, 'at', now_id)
-  return node_id
+  return node_id, pool
+end
+
+-- A job's context for a retry, read back from its record and its session.
+local function job_context(job_id)
+  local j = redis.call('HMGET', P .. S_JOB .. job_id, 'sid', 'idx', 'audio')
+  local s = redis.call('HMGET', P .. S_SESS .. j[1], 'src', 'tgt', 'pool')
+  return {id = job_id, sid = j[1], idx = j[2], audio = j[3], src = s[1], tgt = s[2],
+          pool = s[3]}
 end
 
 local function fail_job(job_id, attempt, node_id, reason, err)
@@ -360,8 +372,13 @@ local function retry_or_fail(job_id, attempt, node_id, err)
     fail_job(job_id, attempt, node_id, 'retries_exhausted', err)
     return
   end
-  local placed, why = start_attempt(job_id, attempt + 1, node_id)
-  if not placed then fail_job(job_id, attempt, node_id, why, err) end
+  local job = job_context(job_id)
+  local placed, pool_or_why = start_attempt(job, attempt + 1, node_id)
+  if not placed then
+    fail_job(job_id, attempt, node_id, pool_or_why, err)
+  elseif pool_or_why ~= job.pool then
+    redis.call('HSET', P .. S_SESS .. job.sid, 'pool', pool_or_why)
+  end
 end
 
 ---------------------------------------------------------------- event handlers
@@ -475,34 +492,38 @@ function handlers.fin(f)
   local uk = P .. S_UTT .. session_id
   if redis.call('HEXISTS', uk, index) == 1 then return end -- step 1: idempotent
   local sk = P .. S_SESS .. session_id
-  local s = redis.call('HMGET', sk, 'src', 'closed', 'tb', 'tbt', 'last')
+  local s = redis.call('HMGET', sk, 'src', 'tgt', 'pool', 'closed', 'tb', 'tbt', 'last')
   if not s[1] then
     dead_letter_entry('unknown_session')
     return
   end
-  if s[2] == '1' then
+  if s[4] == '1' then
     dead_letter_entry('session_closed')
     return
   end
-  if index <= tonumber(s[5]) then
+  if index <= tonumber(s[7]) then
     -- A later utterance was already delivered: this one cannot be delivered in order.
     dead_letter_entry('index_behind')
     return
   end
   -- step 2: a token bucket in milli-tokens, refilled by event time
-  local tokens = math.min(BURST * 1000, tonumber(s[3]) + (now_ms - tonumber(s[4])) * RATE)
+  local tokens = math.min(BURST * 1000, tonumber(s[5]) + (now_ms - tonumber(s[6])) * RATE)
   if tokens < 1000 then
     reject(session_id, index, cut, 'rate_limited')
     return
   end
-  redis.call('HSET', sk, 'tb', tokens - 1000, 'tbt', now_ms)
-  local job_id = session_id .. ':' .. index
-  redis.call('HSET', P .. S_JOB .. job_id, 'sid', session_id, 'idx', index, 'cut', cut,
-    'audio', f[4], 'dur', f[5], 'fin', now_id)
-  local placed, why = start_attempt(job_id, 1, '') -- steps 3-8
+  local job = {id = session_id .. ':' .. index, sid = session_id, idx = index,
+               audio = f[4], src = s[1], tgt = s[2], pool = s[3]}
+  -- steps 3-8, the finalize's own fields going into the same job record write
+  local placed, pool_or_why = start_attempt(job, 1, '', {'sid', session_id, 'idx', index,
+    'cut', cut, 'audio', f[4], 'dur', f[5], 'fin', now_id})
+  if placed and pool_or_why ~= s[3] then
+    redis.call('HSET', sk, 'tb', tokens - 1000, 'tbt', now_ms, 'pool', pool_or_why)
+  else
+    redis.call('HSET', sk, 'tb', tokens - 1000, 'tbt', now_ms)
+  end
   if not placed then
-    redis.call('DEL', P .. S_JOB .. job_id)
-    reject(session_id, index, cut, why)
+    reject(session_id, index, cut, pool_or_why)
     return
   end
   redis.call('HSET', uk, index, 'job')
