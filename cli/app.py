@@ -23,14 +23,32 @@ app = typer.Typer(
 run.register(app)
 
 
+_EXPECTED = (ValueError, ValidationError, RedisError, OSError)
+
+
 def main() -> None:
     """Entry point: errors become one readable line and exit status 1, never a traceback."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         app()  # handles usage errors itself, then exits
-    except (ValueError, ValidationError, RedisError, OSError) as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    except (*_EXPECTED, BaseExceptionGroup) as exc:
+        cause = _first_expected(exc)
+        if cause is None:
+            raise
+        message = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
         print(f"eventsched: error: {message}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def _first_expected(exc: BaseException) -> BaseException | None:
+    """The error to report: ``exc`` itself, or the first expected one inside a group
+    (task groups wrap what their tasks raise)."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _first_expected(inner)
+            if found is not None:
+                return found
+        return None
+    return exc if isinstance(exc, _EXPECTED) else None

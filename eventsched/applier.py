@@ -24,6 +24,7 @@ from .events import (
     PoolsConfigured,
     SessionClosed,
     SessionOpened,
+    Tick,
     UtteranceFinalized,
     canonical_json,
     decode_event,
@@ -32,9 +33,21 @@ from .keys import CellKeys
 from .scripts import register
 from .store import RedisClient
 
-__all__ = ["APPLIER_GROUP", "Applier", "BatchResult", "Entry", "entry_args", "event_args"]
+__all__ = [
+    "APPLIER_GROUP",
+    "GROUPS_GROUP",
+    "Applier",
+    "BatchResult",
+    "Entry",
+    "GroupsApplier",
+    "NotLeader",
+    "Projection",
+    "entry_args",
+    "event_args",
+]
 
-APPLIER_GROUP = "applier"
+APPLIER_GROUP = "applier"  # reads the log
+GROUPS_GROUP = "groups"  # reads the decisions stream
 MAX_REASON = 200
 
 Entry = tuple[bytes, dict[bytes, bytes]]
@@ -101,6 +114,8 @@ def event_args(event: Event) -> tuple[str, list[Arg]]:
             ]
         case SessionClosed():
             return "close", [event.session_id]
+        case Tick():
+            return "tick", []
     raise TypeError(f"no script fields for {type(event).__name__}")  # pragma: no cover
 
 
@@ -127,24 +142,37 @@ def entry_args(fields: dict[bytes, bytes]) -> tuple[str, list[Arg]]:
     return "bad", [reason, *original]
 
 
+class NotLeader(Exception):
+    """The worker no longer holds the role's lease; the batch was refused, not applied."""
+
+
 class Applier:
-    """Applies batches of one cell's log with apply.lua."""
+    """The dispatch projection: applies batches of one cell's log with apply.lua."""
+
+    role = "dispatch"
 
     def __init__(
         self,
         client: RedisClient,
         keys: CellKeys,
         settings: DecisionSettings | None = None,
-        group: str = APPLIER_GROUP,
+        holder: str = "worker-1",
     ) -> None:
         self.keys = keys
-        self.group = group
+        self.stream = keys.log
+        self.group = APPLIER_GROUP
+        self.lease_key = keys.lease(self.role)
         self._script = register(client, "apply")
         self._head: list[Arg] = [
             keys.prefix,
-            group,
+            self.group,
+            holder,
             *(settings or DecisionSettings()).as_argv(),
         ]
+
+    @property
+    def sha(self) -> str:
+        return str(self._script.sha)
 
     def build_args(self, entries: Sequence[Entry]) -> list[Arg]:
         args: list[Arg] = [*self._head, len(entries)]
@@ -153,13 +181,51 @@ class Applier:
             args += [entry_id, kind, len(values), *values]
         return args
 
-    @property
-    def sha(self) -> str:
-        return str(self._script.sha)
-
     async def apply(self, entries: Sequence[Entry]) -> BatchResult:
         if not entries:
             return BatchResult(0, 0, 0)
         reply = await self._script(keys=self.keys.apply_keys(), args=self.build_args(entries))
+        if int(reply[0]) < 0:
+            raise NotLeader(self.lease_key)
         applied, skipped, dead = (int(x) for x in reply)
         return BatchResult(applied, skipped, dead)
+
+
+class GroupsApplier:
+    """The group-state projection: folds the decisions stream with groups.lua."""
+
+    role = "groups"
+
+    def __init__(
+        self,
+        client: RedisClient,
+        keys: CellKeys,
+        settings: DecisionSettings | None = None,
+        holder: str = "worker-1",
+    ) -> None:
+        self.keys = keys
+        self.stream = keys.decisions
+        self.group = GROUPS_GROUP
+        self.lease_key = keys.lease(self.role)
+        self._script = register(client, "groups")
+        self._head: list[Arg] = [
+            keys.prefix,
+            self.group,
+            holder,
+            (settings or DecisionSettings()).group_max_utterances,
+        ]
+
+    async def apply(self, entries: Sequence[Entry]) -> BatchResult:
+        if not entries:
+            return BatchResult(0, 0, 0)
+        args: list[Arg] = [*self._head, len(entries)]
+        for entry_id, fields in entries:
+            flat = [part for item in fields.items() for part in item]
+            args += [entry_id, len(flat), *flat]
+        reply = await self._script(keys=self.keys.script_keys("groups"), args=args)
+        if int(reply[0]) < 0:
+            raise NotLeader(self.lease_key)
+        return BatchResult(int(reply[0]), int(reply[1]), 0)
+
+
+Projection = Applier | GroupsApplier

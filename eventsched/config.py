@@ -16,7 +16,16 @@ class DecisionSettings(BaseModel):
     max_attempts: int = Field(default=3, ge=1, le=100, description="attempts per job")
     job_timeout_ms: int = Field(default=15_000, ge=1, le=3_600_000, description="job deadline")
     heartbeat_fresh_ms: int = Field(
-        default=5_000, ge=1, le=3_600_000, description="a node is eligible this long after a beat"
+        default=3_000, ge=1, le=3_600_000, description="offered jobs this long after a beat"
+    )
+    node_lost_ms: int = Field(
+        default=5_000, ge=1, le=3_600_000, description="no beat this long: lost, jobs move"
+    )
+    unavailable_window_ms: int = Field(
+        default=10_000,
+        ge=0,
+        le=3_600_000,
+        description="after MODEL_NOT_AVAILABLE the node is not offered that pair this long",
     )
     cpu_max_pct: int = Field(default=95, ge=0, le=100, description="overloaded above this")
     gpu_max_pct: int = Field(default=95, ge=0, le=100, description="overloaded above this")
@@ -29,16 +38,17 @@ class DecisionSettings(BaseModel):
     )
 
     def as_argv(self) -> list[int]:
-        """The values in the order apply.lua reads them (ARGV[3] onwards)."""
+        """The values in the order apply.lua reads them (after its first three ARGV)."""
         return [
             self.rate_per_s,
             self.rate_burst,
             self.max_attempts,
             self.job_timeout_ms,
             self.heartbeat_fresh_ms,
+            self.node_lost_ms,
+            self.unavailable_window_ms,
             self.cpu_max_pct,
             self.gpu_max_pct,
             self.mem_max_pct,
             self.scan_limit,
-            self.group_max_utterances,
         ]

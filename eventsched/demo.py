@@ -25,7 +25,6 @@ async def run_demo(
     store = Store(url)
     loader, applier_client = store.client(), store.client()
     worker = Worker(applier_client, [cell], settings, name="demo-worker")
-    await worker.setup()
     stop = anyio.Event()
     try:
         async with anyio.create_task_group() as group:

@@ -30,6 +30,7 @@ __all__ = [
     "SessionId",
     "SessionOpened",
     "StageTimings",
+    "Tick",
     "UtteranceFinalized",
     "canonical_json",
     "decode_event",
@@ -214,6 +215,12 @@ class SessionClosed(_Event):
     session_id: SessionId
 
 
+class Tick(_Event):
+    """Time passing. Its stream ID is the time: deadlines and liveness are checked then."""
+
+    type: Literal["tick"] = "tick"
+
+
 Event = Annotated[
     NodeRegistered
     | NodeHeartbeat
@@ -223,7 +230,8 @@ Event = Annotated[
     | SessionOpened
     | UtteranceFinalized
     | JobResult
-    | SessionClosed,
+    | SessionClosed
+    | Tick,
     Field(discriminator="type"),
 ]
 

@@ -22,13 +22,22 @@ from dataclasses import dataclass
 __all__ = [
     "APPLY_KEYS",
     "CELL_PATTERN",
+    "CLAIM_KEYS",
     "DEFAULT_CELL",
     "DEFAULT_NAMESPACE",
+    "GROUPS_KEYS",
+    "LEASE_KEYS",
+    "PROJECTIONS",
+    "SCRIPT_KEYS",
     "SUFFIXES",
     "CellKeys",
 ]
 
 DEFAULT_NAMESPACE = "es"
+# The two projections, each with its own consumer group, marker and lease: "dispatch"
+# folds the log into the snapshot and decides; "groups" folds the decisions stream into
+# per-session group state and ordered outputs.
+PROJECTIONS = ("dispatch", "groups")
 DEFAULT_CELL = "c0"
 CELL_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 _NAMESPACE_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -48,8 +57,28 @@ SUFFIXES = {
     "job": "job:",  # hash: attempt, node, pool, state, deadline
 }
 
-# The fixed KEYS of apply.lua, in order. The script's header lists the same names.
-APPLY_KEYS = ("log", "meta", "decisions", "dlq", "pools", "lang_index", "nodes")
+# The fixed KEYS of each script, in order; each script's header lists the same names.
+APPLY_KEYS = (
+    "log",
+    "meta",
+    "decisions",
+    "dlq",
+    "pools",
+    "lang_index",
+    "nodes",
+    "deadlines",
+    "alive",
+    "dispatch_lease",
+)
+GROUPS_KEYS = ("decisions", "meta", "groups_lease")
+CLAIM_KEYS = ("stream", "dlq", "lease")
+LEASE_KEYS = ("lease",)
+SCRIPT_KEYS = {
+    "apply": APPLY_KEYS,
+    "groups": GROUPS_KEYS,
+    "claim": CLAIM_KEYS,
+    "lease": LEASE_KEYS,
+}
 
 
 @dataclass(frozen=True)
@@ -103,8 +132,33 @@ class CellKeys:
         """Sorted set (all scores 0, so ordered by id): every node ever registered."""
         return self.prefix + "nodes"
 
+    @property
+    def deadlines(self) -> str:
+        """Sorted set: running job id -> deadline (event time ms)."""
+        return self.prefix + "deadlines"
+
+    @property
+    def alive(self) -> str:
+        """Sorted set: node id -> last heartbeat (event time ms), for nodes not lost."""
+        return self.prefix + "alive"
+
+    def lease(self, role: str) -> str:
+        """String: the worker holding a role of the cell (dispatch, groups, ticker)."""
+        return f"{self.prefix}lease:{role}"
+
+    @property
+    def dispatch_lease(self) -> str:
+        return self.lease("dispatch")
+
+    @property
+    def groups_lease(self) -> str:
+        return self.lease("groups")
+
+    def script_keys(self, script: str) -> list[str]:
+        return [getattr(self, name) for name in SCRIPT_KEYS[script]]
+
     def apply_keys(self) -> list[str]:
-        return [getattr(self, name) for name in APPLY_KEYS]
+        return self.script_keys("apply")
 
     def node(self, node_id: str) -> str:
         return self.prefix + SUFFIXES["node"] + node_id

@@ -23,9 +23,14 @@ def _lua_dir() -> Traversable:
     return Path(__file__).resolve().parent.parent / "lua"  # a source checkout
 
 
+_INCLUDE = re.compile(r"^-- @include (\w+)$", flags=re.MULTILINE)
+
+
 @cache
 def lua_source(name: str) -> str:
-    return (_lua_dir() / f"{name}.lua").read_text(encoding="utf-8")
+    """A script's text, with each ``-- @include NAME`` line replaced by lua/NAME.lua."""
+    text = (_lua_dir() / f"{name}.lua").read_text(encoding="utf-8")
+    return _INCLUDE.sub(lambda found: lua_source(found.group(1)), text)
 
 
 def declared_keys(name: str) -> list[str]:

@@ -1,24 +1,30 @@
-"""The applier loop: read each cell's log through its consumer group, apply batches.
+"""Workers: any number join a cell's consumer groups; for each role of each cell one
+holds the lease and works, the others stand by.
 
-One worker process applies a cell at a time (leases and takeover between several
-workers are a later step). On start it first re-applies its own pending entries (those
-it read but did not acknowledge before it stopped; the tracking marker makes that
-harmless), then reads new ones.
+Roles per cell: ``dispatch`` (apply.lua over the log), ``groups`` (groups.lua over the
+decisions stream) and ``ticker`` (appends a tick to the log every ``tick_ms``). A worker
+that takes a role first claims every pending entry of the role's group (XAUTOCLAIM,
+dead-lettering entries trimmed before anyone applied them), applies them in ID order,
+then reads new ones. The tracking marker makes entries already applied harmless.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 
 import anyio
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .applier import APPLIER_GROUP, Applier, BatchResult, Entry
+from .applier import Applier, BatchResult, Entry, GroupsApplier, NotLeader, Projection
 from .config import DecisionSettings
+from .events import ENTRY_FIELD, Tick, encode_event
 from .keys import CellKeys
+from .lease import Lease
+from .scripts import register
 from .store import RedisClient
 from .streams import text, xreadgroup_raw
 
@@ -26,11 +32,13 @@ __all__ = ["DEFAULT_BATCH", "Worker", "ensure_group"]
 
 log = logging.getLogger("eventsched.worker")
 
-# One apply call holds Redis for its whole batch; about 40 us per entry on our machines
-# keeps a batch of 32 near 1.5 ms (bench/dispatch_scale.py prints the figure).
+# One apply call holds Redis for its whole batch; about 50-60 us per finalize on our
+# machines keeps a batch of 32 near 2 ms (bench/dispatch_scale.py prints the figure).
 DEFAULT_BATCH = 32
+_CLAIM_PAGE = 100
 _BACKOFF_MIN_S = 0.05
 _BACKOFF_MAX_S = 2.0
+_TICK = encode_event(Tick())
 
 
 async def ensure_group(client: RedisClient, stream: str, group: str) -> None:
@@ -42,6 +50,80 @@ async def ensure_group(client: RedisClient, stream: str, group: str) -> None:
             raise
 
 
+class _Role:
+    """One projection of one cell, as this worker works it."""
+
+    def __init__(self, worker: Worker, projection: Projection) -> None:
+        self.worker = worker
+        self.projection = projection
+        self.lease = Lease(worker.client, projection.lease_key, worker.name, worker.lease_ms)
+        self._claim = register(worker.client, "claim")
+        self.cursor = "0"  # "0": this consumer's pending entries first; then ">"
+        self.taken = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.projection.keys.cell}/{self.projection.role}"
+
+    async def take_over(self) -> None:
+        """Claim every pending entry of the group, then apply from the oldest."""
+        projection = self.projection
+        await ensure_group(self.worker.client, projection.stream, projection.group)
+        cursor = "0-0"
+        while True:
+            reply = await self._claim(
+                keys=[projection.stream, projection.keys.dlq, projection.lease_key],
+                args=[projection.group, self.worker.name, cursor, _CLAIM_PAGE],
+            )
+            if reply[0] == -1:
+                raise NotLeader(projection.lease_key)
+            cursor, dead = text(reply[0]), int(reply[2])
+            if dead:
+                log.warning("%s: %d pending entries were trimmed; dead-lettered", self.label, dead)
+            if cursor == "0-0":
+                break
+        if isinstance(projection, Applier):
+            await self.worker.client.hset(
+                projection.keys.meta, "settings", self.worker.settings.model_dump_json()
+            )
+        self.cursor, self.taken = "0", True
+        log.info("%s: taken over by %s", self.label, self.worker.name)
+
+    async def group_missing(self) -> bool:
+        stream, group = self.projection.stream, self.projection.group
+        if not await self.worker.client.exists(stream):
+            return True
+        groups = await self.worker.client.xinfo_groups(stream)
+        return group not in {text(found["name"]) for found in groups}
+
+    def lose(self) -> None:
+        self.taken = False
+        self.lease.held = False
+
+    async def step(self, block: bool) -> int:
+        """Read and apply one batch; returns how many entries were read."""
+        projection = self.projection
+        reply = await xreadgroup_raw(
+            self.worker.client,
+            projection.group,
+            self.worker.name,
+            {projection.stream: self.cursor},
+            self.worker.batch_size,
+            self.worker.block_ms if block and self.cursor == ">" else None,
+        )
+        read = 0
+        for _, raw_entries in reply:
+            if not raw_entries and self.cursor == "0":
+                self.cursor = ">"
+                continue
+            # A pending entry trimmed from the stream comes back without fields.
+            entries: list[Entry] = [(eid, fields or {}) for eid, fields in raw_entries]
+            read += len(entries)
+            result = await projection.apply(entries)
+            self.worker.add(result)
+        return read
+
+
 class Worker:
     def __init__(
         self,
@@ -51,78 +133,122 @@ class Worker:
         name: str = "worker-1",
         batch_size: int = DEFAULT_BATCH,
         block_ms: int = 200,
+        lease_ms: int = 5000,
+        tick_ms: int = 200,
     ) -> None:
         if not cells:
             raise ValueError("a worker needs at least one cell")
         self.client = client
+        self.cells = list(cells)
+        self.settings = settings or DecisionSettings()
         self.name = name
         self.batch_size = batch_size
         self.block_ms = block_ms
-        self.appliers = {keys.log: Applier(client, keys, settings) for keys in cells}
-        # "0" reads this consumer's own pending entries first; ">" then reads new ones.
-        self._cursor = dict.fromkeys(self.appliers, "0")
+        self.lease_ms = lease_ms
+        self.tick_ms = tick_ms
+        self.roles = [
+            _Role(self, projection)
+            for keys in self.cells
+            for projection in (
+                Applier(client, keys, self.settings, name),
+                GroupsApplier(client, keys, self.settings, name),
+            )
+        ]
         self.totals = BatchResult(0, 0, 0)
 
-    async def setup(self) -> None:
-        for stream in self.appliers:
-            await ensure_group(self.client, stream, APPLIER_GROUP)
-
-    async def step(self, block: bool = True) -> int:
-        """Read and apply at most one batch per cell; returns how many entries were read."""
-        waiting = all(cursor == ">" for cursor in self._cursor.values())
-        reply = await xreadgroup_raw(
-            self.client,
-            APPLIER_GROUP,
-            self.name,
-            self._cursor,
-            self.batch_size,
-            self.block_ms if block and waiting else None,
+    def add(self, result: BatchResult) -> None:
+        self.totals = BatchResult(
+            self.totals.applied + result.applied,
+            self.totals.skipped + result.skipped,
+            self.totals.dead_lettered + result.dead_lettered,
         )
-        read = 0
-        for stream_name, raw_entries in reply:
-            stream = text(stream_name)
-            if not raw_entries and self._cursor[stream] == "0":
-                self._cursor[stream] = ">"
-                continue
-            # A pending entry trimmed from the stream comes back without fields.
-            entries: list[Entry] = [(eid, fields or {}) for eid, fields in raw_entries]
-            read += len(entries)
-            result = await self.appliers[stream].apply(entries)
-            self.totals = BatchResult(
-                self.totals.applied + result.applied,
-                self.totals.skipped + result.skipped,
-                self.totals.dead_lettered + result.dead_lettered,
-            )
-        return read
 
     async def drain(self) -> int:
-        """Apply everything in the logs now, without blocking; returns entries read."""
-        await self.setup()
+        """Take every role now and apply everything in the streams without blocking;
+        returns entries read. For tests and tools: raises when a role is held elsewhere."""
+        for role in self.roles:
+            if not role.taken:
+                if not await role.lease.keep():
+                    raise NotLeader(role.lease.key)
+                await role.take_over()
         total = 0
         while True:
-            reading_new = all(cursor == ">" for cursor in self._cursor.values())
-            read = await self.step(block=False)
+            reading_new = all(role.cursor == ">" for role in self.roles)
+            read = 0
+            for role in self.roles:
+                read += await role.step(block=False)
             if not read and reading_new:
                 return total
             total += read
 
+    async def release(self) -> None:
+        """Give up every lease, so standbys take over now rather than after the TTL."""
+        for role in self.roles:
+            # Unreachable: the lease expires by its TTL instead.
+            with contextlib.suppress(RedisError, OSError):
+                await role.lease.release()
+            role.taken = False
+
     async def run(self, stop: anyio.Event) -> None:
-        """Apply until ``stop`` is set; the batch in hand is always finished first."""
-        await self.setup()
+        """Work every role this worker can hold until ``stop`` is set; the batch in hand
+        is finished first, then the leases are released."""
+        try:
+            async with anyio.create_task_group() as group:
+                for role in self.roles:
+                    group.start_soon(self._run_role, role, stop)
+                for keys in self.cells:
+                    group.start_soon(self._run_ticker, keys, stop)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.release()
+
+    async def _pause(self, stop: anyio.Event, seconds: float) -> None:
+        with anyio.move_on_after(seconds):
+            await stop.wait()
+
+    async def _run_role(self, role: _Role, stop: anyio.Event) -> None:
         backoff = 0.0  # > 0 while Redis is unreachable: one log line per outage
         while not stop.is_set():
             try:
-                await self.step()
+                if not await role.lease.keep():
+                    role.taken = False
+                    await self._pause(stop, self.lease_ms / 3000)
+                    continue
+                if not role.taken:
+                    await role.take_over()
+                await role.step(block=True)
                 if backoff:
-                    log.warning("redis reachable again; applying")
+                    log.warning("%s: redis reachable again", role.label)
                     backoff = 0.0
-            except (RedisConnectionError, RedisTimeoutError) as exc:
+            except NotLeader:
+                log.warning("%s: lease lost; standing by", role.label)
+                role.lose()
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 if not backoff:
-                    log.warning("redis unreachable (%s); retrying with backoff", exc)
+                    log.warning("%s: redis unreachable (%s); retrying", role.label, exc)
                 backoff = min(max(backoff * 2, _BACKOFF_MIN_S), _BACKOFF_MAX_S)
-                await anyio.sleep(backoff)
-            except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
+                role.lose()
+                await self._pause(stop, backoff)
+            except ResponseError:
+                # The group or the stream is gone (FLUSHALL, a restart without
+                # persistence, a stream deleted under a blocked read). Error texts differ
+                # between servers, so ask Redis what is missing rather than parse them.
+                if not await role.group_missing():
                     raise
-                log.warning("consumer group missing (flushed or restarted?); recreating")
-                await self.setup()
+                log.warning("%s: stream or group gone (flushed?); recreating", role.label)
+                role.lose()
+
+    async def _run_ticker(self, keys: CellKeys, stop: anyio.Event) -> None:
+        lease = Lease(self.client, keys.lease("ticker"), self.name, self.lease_ms)
+        try:
+            while not stop.is_set():
+                try:
+                    if await lease.keep():
+                        await self.client.xadd(keys.log, {ENTRY_FIELD: _TICK})
+                except (RedisConnectionError, RedisTimeoutError, OSError):
+                    lease.held = False  # the role loops log the outage once
+                await self._pause(stop, self.tick_ms / 1000)
+        finally:
+            with anyio.CancelScope(shield=True):
+                with contextlib.suppress(RedisError, OSError):
+                    await lease.release()  # unreachable: it expires by its TTL instead

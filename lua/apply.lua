@@ -1,82 +1,86 @@
--- apply.lua: apply a batch of one cell's log entries, in log order, all or nothing.
+-- apply.lua: apply a batch of one cell's log entries, in log order, all or nothing:
+-- the dispatch projection.
 --
 -- Folds node and pool events into the snapshot (node records, pool sorted sets by
 -- load, language index), makes the dispatch decision for every finalize, releases
--- slots and retries on results, delivers outcomes to sessions in utterance order, then
--- writes the tracking marker and XACKs the batch. Time is the log: `now` is the
--- millisecond part of the entry being applied; nothing here reads a clock or a random
--- number, and no table with string keys is iterated, so the same log gives the same
--- bytes on every Redis.
+-- slots and retries on results, and on ticks enforces job deadlines and node liveness.
+-- Every decision is appended to the decisions stream, from which groups.lua builds the
+-- sessions' ordered outputs. Then it writes the tracking marker and XACKs the batch.
+-- Time is the log: `now` is the millisecond part of the entry being applied; nothing
+-- here reads a clock or a random number, and no table with string keys is iterated,
+-- so the same log gives the same bytes on every Redis.
 --
--- KEYS[1] log         the cell's event stream (XACK target)
--- KEYS[2] meta        hash: applied (tracking marker, last applied ID), mode
--- KEYS[3] decisions   stream: d=dispatch x=reject r=release f=failed
--- KEYS[4] dlq         stream: dead letters, reason + log_id + f:<field> copies
--- KEYS[5] pools       hash: pool name -> "order|lang,lang"
--- KEYS[6] lang_index  hash: "src>tgt" -> pool,pool (fallback order)
--- KEYS[7] nodes       sorted set: every node id, score 0
+-- KEYS[1] log             the cell's event stream (XACK target)
+-- KEYS[2] meta            hash: applied (tracking marker, last applied ID), mode
+-- KEYS[3] decisions       stream: d dispatch, x reject, r release, f failed, o ok,
+--                         l node lost, m model-not-available window opened
+-- KEYS[4] dlq             stream: dead letters, reason + log_id + f:<field> copies
+-- KEYS[5] pools           hash: pool name -> "order|lang,lang"
+-- KEYS[6] lang_index      hash: "src>tgt" -> pool,pool (fallback order)
+-- KEYS[7] nodes           sorted set: every node id, score 0
+-- KEYS[8] deadlines       sorted set: running job id -> deadline ms
+-- KEYS[9] alive           sorted set: node id -> last heartbeat ms (nodes not lost)
+-- KEYS[10] dispatch_lease the role's lease; the batch is refused unless ARGV[3] holds it
 --
 -- ARGV[1]  cell prefix, e.g. "es:{c0}:"; per-node/session keys are built from it and
 --          share the cell's hash tag
 -- ARGV[2]  consumer group to XACK
--- ARGV[3..12] settings: rate_per_s rate_burst max_attempts job_timeout_ms
---          heartbeat_fresh_ms cpu_max_pct gpu_max_pct mem_max_pct scan_limit
---          group_max_utterances
--- ARGV[13] entry count, then per entry: id, type, field count, fields...
+-- ARGV[3]  holder (worker name)
+-- ARGV[4..14] settings: rate_per_s rate_burst max_attempts job_timeout_ms
+--          heartbeat_fresh_ms node_lost_ms unavailable_window_ms cpu_max_pct
+--          gpu_max_pct mem_max_pct scan_limit
+-- ARGV[15] entry count, then per entry: id, type, field count, fields...
 --   reg   node max_concurrency pool_langs pairs gpu
 --   hb    node cpu_pct gpu_pct mem_pct running_count
---   drain node            dereg node
+--   drain node            dereg node            tick (no fields)
 --   pools count, then per pool: name order langs
 --   open  session src tgt
 --   fin   session index cut audio_ref duration_ms
 --   res   job attempt node ok error asr nmt tts tts_ms timings_json
 --   close session
 --   bad   reason, then original field name/value pairs
--- Returns {applied, skipped_as_already_applied, dead_lettered}.
+-- Returns {applied, skipped_as_already_applied, dead_lettered}, or {-1} when the lease
+-- is not held.
 
-local K_LOG, K_META, K_DEC, K_DLQ, K_POOLS, K_LIDX, K_NODES =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local P = ARGV[1]
-local GROUP = ARGV[2]
-local RATE = tonumber(ARGV[3])
-local BURST = tonumber(ARGV[4])
-local MAX_ATTEMPTS = tonumber(ARGV[5])
-local TIMEOUT_MS = tonumber(ARGV[6])
-local FRESH_MS = tonumber(ARGV[7])
-local CPU_MAX = tonumber(ARGV[8])
-local GPU_MAX = tonumber(ARGV[9])
-local MEM_MAX = tonumber(ARGV[10])
-local SCAN_LIMIT = tonumber(ARGV[11])
-local GROUP_MAX = tonumber(ARGV[12])
+-- @include common
+
+local K_LOG, K_META, K_DEC, K_DLQ, K_POOLS, K_LIDX, K_NODES, K_DEADLINES, K_ALIVE, K_LEASE =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local P, GROUP, HOLDER = ARGV[1], ARGV[2], ARGV[3]
+local RATE = tonumber(ARGV[4])
+local BURST = tonumber(ARGV[5])
+local MAX_ATTEMPTS = tonumber(ARGV[6])
+local TIMEOUT_MS = tonumber(ARGV[7])
+local FRESH_MS = tonumber(ARGV[8])
+local LOST_MS = tonumber(ARGV[9])
+local UNAVAILABLE_MS = tonumber(ARGV[10])
+local CPU_MAX = tonumber(ARGV[11])
+local GPU_MAX = tonumber(ARGV[12])
+local MEM_MAX = tonumber(ARGV[13])
+local SCAN_LIMIT = tonumber(ARGV[14])
+if not holds_lease(K_LEASE, HOLDER) then return {-1} end
+
+-- Work one tick may do, so a tick after a long silence cannot hold Redis for long;
+-- what is left is done by the next ticks.
+local TICK_NODES, TICK_JOBS = 16, 64
 
 -- Key suffixes; keys.py SUFFIXES holds the same strings (tested).
 local S_NODE, S_INBOX, S_NJOBS, S_POOL = 'node:', 'inbox:', 'njobs:', 'pool:'
-local S_SESS, S_UTT, S_INFL, S_HELD = 'sess:', 'utt:', 'infl:', 'held:'
-local S_OUT, S_GRP, S_JOB = 'out:', 'grp:', 'job:'
+local S_SESS, S_UTT, S_JOB = 'sess:', 'utt:', 'job:'
 
 local FULL = 1000 -- load score of a node with no free slot; pools are read below it
-local OUT_FIELDS = {'st', 'reason', 'err', 'cut', 'job', 'att', 'node', 'asr', 'nmt',
-                    'tts', 'tts_ms', 'timings'}
+local INBOX_GROUP = 'node' -- the consumer group a node reads its inbox through
 
-local now_ms, now_id = 0, ''
+local now_ms, now_seq, now_id = 0, 0, ''
+local decided = 0 -- decisions made for the entry being applied
 
-local function split(text, sep)
-  local out = {}
-  if text and text ~= '' then
-    for part in string.gmatch(text, '[^' .. sep .. ']+') do out[#out + 1] = part end
-  end
-  return out
-end
-
-local function id_parts(id)
-  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
-  return tonumber(ms), tonumber(seq)
-end
-
-local function id_after(a, b) -- a > b, comparing (ms, seq) as integers, never as strings
-  local ams, aseq = id_parts(a)
-  local bms, bseq = id_parts(b)
-  return ams > bms or (ams == bms and aseq > bseq)
+-- Append a decision. Its ID is derived from the log entry that caused it (the j-th
+-- decision of entry ms-seq is ms-(seq*2^20+j)), so the decisions stream is the same on
+-- every backend and in every replay, and groups.lua's marker is too.
+local function decide(...)
+  local id = string.format('%d-%d', now_ms, now_seq * 1048576 + decided)
+  decided = decided + 1
+  redis.call('XADD', K_DEC, id, ...)
 end
 
 local function dead_letter(reason, extra)
@@ -202,13 +206,15 @@ local function release(node_id, job_id)
     redis.call('HSET', nk, 'run', 0)
   end
   redis.call('SREM', P .. S_NJOBS .. node_id, job_id)
+  redis.call('ZREM', K_DEADLINES, job_id)
   rescore(node_id, running)
 end
 
--- The least-loaded fresh node of a pool that serves the pair and its fields (hb, pairs,
--- mc, pools), or nil. Members are read
--- in load order (ties by node id, the sorted set's own order), a page at a time, and at
--- most SCAN_LIMIT are examined: the cost does not grow with the pool.
+-- The least-loaded node of a pool that has a fresh heartbeat, serves the pair and is not
+-- inside a MODEL_NOT_AVAILABLE window for it, with its fields (hb, pairs, mc, pools), or
+-- nil. Members are read in load order (ties by node id, the sorted set's own order), a
+-- page at a time, and at most SCAN_LIMIT are examined: the cost does not grow with the
+-- pool.
 local function pick_in_pool(pool, pair, exclude)
   local key = P .. S_POOL .. pool
   local needle = ',' .. pair .. ','
@@ -218,8 +224,10 @@ local function pick_in_pool(pool, pair, exclude)
     local ids = redis.call('ZRANGEBYSCORE', key, '-inf', '(' .. FULL, 'LIMIT', seen, page)
     for _, node_id in ipairs(ids) do
       if node_id ~= exclude then
-        local f = redis.call('HMGET', P .. S_NODE .. node_id, 'hb', 'pairs', 'mc', 'pools')
-        if now_ms - tonumber(f[1]) <= FRESH_MS and string.find(f[2], needle, 1, true) then
+        local f = redis.call('HMGET', P .. S_NODE .. node_id, 'hb', 'pairs', 'mc', 'pools',
+          'na:' .. pair)
+        if now_ms - tonumber(f[1]) <= FRESH_MS and string.find(f[2], needle, 1, true)
+          and now_ms >= tonumber(f[5] or 0) then
           return node_id, f
         end
       end
@@ -252,75 +260,6 @@ local function place(pair, preferred, exclude)
   return nil, nil, nil, 'no_capacity'
 end
 
----------------------------------------------------------------- sessions
-
-local function update_group(session_id, cut, st, asr, nmt, tts_ms)
-  local gk = P .. S_GRP .. session_id
-  local g = redis.call('HMGET', gk, 'gid', 'n', 'asr', 'nmt', 'ended', 'tts_until')
-  local gid, count, asr_all, nmt_all = tonumber(g[1] or 0), tonumber(g[2] or 0), g[3], g[4]
-  if not g[1] or g[5] == '1' or count >= GROUP_MAX then
-    gid, count, asr_all, nmt_all = gid + 1, 0, '', ''
-  end
-  if st == 'ok' then
-    if asr ~= '' then asr_all = (asr_all == '' and asr) or (asr_all .. ' ' .. asr) end
-    if nmt ~= '' then nmt_all = (nmt_all == '' and nmt) or (nmt_all .. ' ' .. nmt) end
-  end
-  local tts_until = tonumber(g[6] or 0)
-  if st == 'ok' and tonumber(tts_ms) > 0 then
-    tts_until = math.max(now_ms, tts_until) + tonumber(tts_ms)
-  end
-  -- ASR_FINAL and NMT_DONE land in one write (the seeds' merged group lock).
-  redis.call('HSET', gk, 'gid', gid, 'n', count + 1, 'asr', asr_all, 'nmt', nmt_all,
-    'ended', (cut == 'max_length') and '0' or '1', 'tts_until', tts_until)
-  return gid
-end
-
-local function deliver(session_id, index, values)
-  local gid = update_group(session_id, values[4], values[1], values[8], values[9], values[11])
-  local args = {P .. S_OUT .. session_id, '0-' .. (index + 1), 'idx', index}
-  for i, name in ipairs(OUT_FIELDS) do
-    args[#args + 1] = name
-    args[#args + 1] = values[i]
-  end
-  args[#args + 1] = 'grp'
-  args[#args + 1] = gid
-  args[#args + 1] = 'at'
-  args[#args + 1] = now_id
-  redis.call('XADD', unpack(args))
-  redis.call('HSET', P .. S_SESS .. session_id, 'last', index)
-end
-
--- An utterance has ended (result, rejection or failure). Deliver it if every earlier
--- finalized utterance of the session is delivered, else hold it; then deliver whatever
--- it was holding up.
-local function settle(session_id, index, outcome)
-  local values = {}
-  for i, name in ipairs(OUT_FIELDS) do values[i] = outcome[name] or '' end
-  local infl = P .. S_INFL .. session_id
-  local first = redis.call('ZRANGE', infl, 0, 0)[1]
-  if tonumber(first) ~= index then
-    local held = {P .. S_HELD .. session_id .. ':' .. index}
-    for i, name in ipairs(OUT_FIELDS) do
-      held[#held + 1] = name
-      held[#held + 1] = values[i]
-    end
-    redis.call('HSET', unpack(held))
-    return
-  end
-  deliver(session_id, index, values)
-  redis.call('ZREM', infl, index)
-  while true do
-    local next_index = redis.call('ZRANGE', infl, 0, 0)[1]
-    if not next_index then return end
-    local hk = P .. S_HELD .. session_id .. ':' .. next_index
-    local waiting = redis.call('HMGET', hk, unpack(OUT_FIELDS))
-    if not waiting[1] then return end
-    deliver(session_id, tonumber(next_index), waiting)
-    redis.call('DEL', hk)
-    redis.call('ZREM', infl, next_index)
-  end
-end
-
 ---------------------------------------------------------------- jobs
 
 -- Try attempt `attempt` of a job: place it, reserve the slot, record it, hand it off.
@@ -336,6 +275,7 @@ local function start_attempt(job, attempt, exclude, extra)
   end
   redis.call('SADD', P .. S_NJOBS .. node_id, job.id)
   local deadline = now_ms + TIMEOUT_MS
+  redis.call('ZADD', K_DEADLINES, deadline, job.id)
   local fields = {P .. S_JOB .. job.id, 'att', attempt, 'node', node_id, 'pool', pool,
                   'st', 'run', 'dl', deadline}
   for _, value in ipairs(extra or {}) do fields[#fields + 1] = value end
@@ -343,41 +283,55 @@ local function start_attempt(job, attempt, exclude, extra)
   redis.call('XADD', P .. S_INBOX .. node_id, '*', 'job', job.id, 'att', attempt,
     'sid', job.sid, 'idx', job.idx, 'src', job.src, 'tgt', job.tgt, 'audio', job.audio,
     'dl', deadline)
-  redis.call('XADD', K_DEC, '*', 'k', 'd', 'job', job.id, 'att', attempt, 'node', node_id,
-    'pool', pool, 'at', now_id)
+  decide('k', 'd', 'job', job.id, 'att', attempt, 'node', node_id,
+    'pool', pool, 'sid', job.sid, 'idx', job.idx, 'at', now_id)
   return node_id, pool
 end
 
 -- A job's context for a retry, read back from its record and its session.
 local function job_context(job_id)
-  local j = redis.call('HMGET', P .. S_JOB .. job_id, 'sid', 'idx', 'audio')
+  local j = redis.call('HMGET', P .. S_JOB .. job_id, 'sid', 'idx', 'audio', 'cut')
   local s = redis.call('HMGET', P .. S_SESS .. j[1], 'src', 'tgt', 'pool')
-  return {id = job_id, sid = j[1], idx = j[2], audio = j[3], src = s[1], tgt = s[2],
-          pool = s[3]}
+  return {id = job_id, sid = j[1], idx = j[2], audio = j[3], cut = j[4], src = s[1],
+          tgt = s[2], pool = s[3]}
 end
 
-local function fail_job(job_id, attempt, node_id, reason, err)
-  local jk = P .. S_JOB .. job_id
-  redis.call('HSET', jk, 'st', 'failed')
-  local j = redis.call('HMGET', jk, 'sid', 'idx', 'cut')
-  redis.call('XADD', K_DEC, '*', 'k', 'f', 'job', job_id, 'att', attempt, 'reason', reason,
-    'err', err, 'at', now_id)
-  settle(j[1], tonumber(j[2]), {st = 'failed', reason = reason, err = err, cut = j[3],
-    job = job_id, att = attempt, node = node_id})
+-- Release the slot of a job's current attempt on its node and record why it ended.
+local function end_attempt(job_id, attempt, node_id, ok, err)
+  release(node_id, job_id)
+  decide('k', 'r', 'job', job_id, 'att', attempt, 'node', node_id,
+    'ok', ok and '1' or '0', 'err', err, 'at', now_id)
 end
 
--- Move a job off a node that failed it: the next attempt elsewhere, or a failure.
-local function retry_or_fail(job_id, attempt, node_id, err)
-  if attempt >= MAX_ATTEMPTS then
-    fail_job(job_id, attempt, node_id, 'retries_exhausted', err)
-    return
-  end
+-- Move a job off a node that failed it: the next attempt elsewhere at once, or, after
+-- max_attempts or with nowhere to go, a failure (`exhausted` names why it gave up).
+local function retry_or_fail(job_id, attempt, node_id, err, exhausted)
   local job = job_context(job_id)
-  local placed, pool_or_why = start_attempt(job, attempt + 1, node_id)
-  if not placed then
-    fail_job(job_id, attempt, node_id, pool_or_why, err)
-  elseif pool_or_why ~= job.pool then
-    redis.call('HSET', P .. S_SESS .. job.sid, 'pool', pool_or_why)
+  local reason = exhausted
+  if attempt < MAX_ATTEMPTS then
+    local placed, pool_or_why = start_attempt(job, attempt + 1, node_id)
+    if placed then
+      if pool_or_why ~= job.pool then
+        redis.call('HSET', P .. S_SESS .. job.sid, 'pool', pool_or_why)
+      end
+      return
+    end
+    reason = pool_or_why
+  end
+  redis.call('HSET', P .. S_JOB .. job_id, 'st', 'failed')
+  decide('k', 'f', 'job', job_id, 'att', attempt, 'node', node_id,
+    'sid', job.sid, 'idx', job.idx, 'cut', job.cut, 'reason', reason, 'err', err,
+    'at', now_id)
+end
+
+-- A node that left or was lost hands its running jobs on to others now.
+local function move_jobs(node_id, err, exhausted)
+  local jobs = redis.call('SMEMBERS', P .. S_NJOBS .. node_id)
+  table.sort(jobs)
+  for _, job_id in ipairs(jobs) do
+    local attempt = tonumber(redis.call('HGET', P .. S_JOB .. job_id, 'att'))
+    end_attempt(job_id, attempt, node_id, false, err)
+    retry_or_fail(job_id, attempt, node_id, err, exhausted)
   end
 end
 
@@ -394,16 +348,29 @@ function handlers.reg(f)
     'cpu', old[2] or 0, 'gpu', old[3] or 0, 'mem', old[4] or 0, 'langs', langs,
     'pairs', ',' .. f[4] .. ',', 'gpu_desc', f[5], 'inpool', '0')
   redis.call('ZADD', K_NODES, 0, node_id)
+  redis.call('ZADD', K_ALIVE, now_ms, node_id)
+  -- The inbox is read through a consumer group, so a restarted node gets its
+  -- unacknowledged jobs again. BUSYGROUP (already there) is expected.
+  redis.pcall('XGROUP', 'CREATE', P .. S_INBOX .. node_id, INBOX_GROUP, '0', 'MKSTREAM')
   join_pools(node_id, langs)
 end
 
+-- A beat refreshes liveness; a lost node that beats again is offered work again.
 function handlers.hb(f)
   local nk = P .. S_NODE .. f[1]
-  if redis.call('EXISTS', nk) == 0 then
+  local state = redis.call('HGET', nk, 'st')
+  if not state then
     dead_letter_entry('unknown_node')
     return
   end
-  redis.call('HSET', nk, 'hb', now_ms, 'cpu', f[2], 'gpu', f[3], 'mem', f[4], 'nrun', f[5])
+  if state == 'lost' then
+    state = 'up'
+    redis.call('HSET', nk, 'hb', now_ms, 'cpu', f[2], 'gpu', f[3], 'mem', f[4], 'nrun', f[5],
+      'st', state)
+  else
+    redis.call('HSET', nk, 'hb', now_ms, 'cpu', f[2], 'gpu', f[3], 'mem', f[4], 'nrun', f[5])
+  end
+  if state ~= 'gone' then redis.call('ZADD', K_ALIVE, now_ms, f[1]) end
   sync_membership(f[1])
 end
 
@@ -422,18 +389,30 @@ function handlers.drain(f)
   set_state(f[1], 'drain')
 end
 
--- A node that leaves hands its running jobs on to others now, not at their deadlines.
 function handlers.dereg(f)
-  local node_id = f[1]
-  if not set_state(node_id, 'gone') then return end
-  local jobs = redis.call('SMEMBERS', P .. S_NJOBS .. node_id)
-  table.sort(jobs)
-  for _, job_id in ipairs(jobs) do
-    local attempt = tonumber(redis.call('HGET', P .. S_JOB .. job_id, 'att'))
-    release(node_id, job_id)
-    redis.call('XADD', K_DEC, '*', 'k', 'r', 'job', job_id, 'att', attempt, 'node', node_id,
-      'ok', '0', 'err', 'NODE_LEFT', 'at', now_id)
-    retry_or_fail(job_id, attempt, node_id, 'NODE_LEFT')
+  if not set_state(f[1], 'gone') then return end
+  redis.call('ZREM', K_ALIVE, f[1])
+  move_jobs(f[1], 'NODE_LEFT', 'node_left')
+end
+
+-- Time passed: nodes silent for node_lost_ms are lost (their jobs move now), and jobs
+-- past their deadline are retried elsewhere or fail as timed_out.
+function handlers.tick()
+  local silent = redis.call('ZRANGEBYSCORE', K_ALIVE, '-inf', '(' .. (now_ms - LOST_MS),
+    'LIMIT', 0, TICK_NODES)
+  for _, node_id in ipairs(silent) do
+    redis.call('ZREM', K_ALIVE, node_id)
+    set_state(node_id, 'lost')
+    decide('k', 'l', 'node', node_id, 'at', now_id)
+    move_jobs(node_id, 'NODE_LOST', 'node_lost')
+  end
+  local late = redis.call('ZRANGEBYSCORE', K_DEADLINES, '-inf', '(' .. now_ms,
+    'LIMIT', 0, TICK_JOBS)
+  for _, job_id in ipairs(late) do
+    local j = redis.call('HMGET', P .. S_JOB .. job_id, 'att', 'node')
+    local attempt = tonumber(j[1])
+    end_attempt(job_id, attempt, j[2], false, 'TIMED_OUT')
+    retry_or_fail(job_id, attempt, j[2], 'TIMED_OUT', 'timed_out')
   end
 end
 
@@ -476,15 +455,13 @@ function handlers.open(f)
     return
   end
   redis.call('HSET', sk, 'src', f[2], 'tgt', f[3], 'pool', '', 'closed', '0',
-    'tb', BURST * 1000, 'tbt', now_ms, 'last', -1)
+    'tb', BURST * 1000, 'tbt', now_ms, 'top', -1)
 end
 
 local function reject(session_id, index, cut, reason)
   redis.call('HSET', P .. S_UTT .. session_id, index, 'rejected')
-  redis.call('ZADD', P .. S_INFL .. session_id, index, index)
-  redis.call('XADD', K_DEC, '*', 'k', 'x', 'sid', session_id, 'idx', index, 'reason', reason,
-    'at', now_id)
-  settle(session_id, index, {st = 'rejected', reason = reason, cut = cut})
+  decide('k', 'x', 'sid', session_id, 'idx', index, 'cut', cut,
+    'reason', reason, 'at', now_id)
 end
 
 function handlers.fin(f)
@@ -492,7 +469,7 @@ function handlers.fin(f)
   local uk = P .. S_UTT .. session_id
   if redis.call('HEXISTS', uk, index) == 1 then return end -- step 1: idempotent
   local sk = P .. S_SESS .. session_id
-  local s = redis.call('HMGET', sk, 'src', 'tgt', 'pool', 'closed', 'tb', 'tbt', 'last')
+  local s = redis.call('HMGET', sk, 'src', 'tgt', 'pool', 'closed', 'tb', 'tbt', 'top')
   if not s[1] then
     dead_letter_entry('unknown_session')
     return
@@ -502,13 +479,15 @@ function handlers.fin(f)
     return
   end
   if index <= tonumber(s[7]) then
-    -- A later utterance was already delivered: this one cannot be delivered in order.
+    -- Utterances are finalized in index order: one behind a later one could not be
+    -- delivered in order.
     dead_letter_entry('index_behind')
     return
   end
   -- step 2: a token bucket in milli-tokens, refilled by event time
   local tokens = math.min(BURST * 1000, tonumber(s[5]) + (now_ms - tonumber(s[6])) * RATE)
   if tokens < 1000 then
+    redis.call('HSET', sk, 'top', index)
     reject(session_id, index, cut, 'rate_limited')
     return
   end
@@ -518,16 +497,31 @@ function handlers.fin(f)
   local placed, pool_or_why = start_attempt(job, 1, '', {'sid', session_id, 'idx', index,
     'cut', cut, 'audio', f[4], 'dur', f[5], 'fin', now_id})
   if placed and pool_or_why ~= s[3] then
-    redis.call('HSET', sk, 'tb', tokens - 1000, 'tbt', now_ms, 'pool', pool_or_why)
+    redis.call('HSET', sk, 'tb', tokens - 1000, 'tbt', now_ms, 'top', index,
+      'pool', pool_or_why)
   else
-    redis.call('HSET', sk, 'tb', tokens - 1000, 'tbt', now_ms)
+    redis.call('HSET', sk, 'tb', tokens - 1000, 'tbt', now_ms, 'top', index)
   end
   if not placed then
     reject(session_id, index, cut, pool_or_why)
     return
   end
   redis.call('HSET', uk, index, 'job')
-  redis.call('ZADD', P .. S_INFL .. session_id, index, index)
+end
+
+-- MODEL_NOT_AVAILABLE: the node is not offered this pair for a while (the seeds'
+-- debounce). Only the first error of a window is recorded, so a storm makes one entry
+-- (and one log line) per window, not one per job.
+local function hold_off_pair(node_id, job_id)
+  local job = job_context(job_id)
+  local pair = job.src .. '>' .. job.tgt
+  local nk = P .. S_NODE .. node_id
+  local until_ms = tonumber(redis.call('HGET', nk, 'na:' .. pair) or 0)
+  redis.call('HSET', nk, 'na:' .. pair, now_ms + UNAVAILABLE_MS)
+  if until_ms <= now_ms then
+    decide('k', 'm', 'node', node_id, 'pair', pair,
+      'until', now_ms + UNAVAILABLE_MS, 'at', now_id)
+  end
 end
 
 function handlers.res(f)
@@ -543,16 +537,18 @@ function handlers.res(f)
     dead_letter_entry('wrong_node')
     return
   end
-  release(node_id, job_id)
-  redis.call('XADD', K_DEC, '*', 'k', 'r', 'job', job_id, 'att', attempt, 'node', node_id,
-    'ok', ok and '1' or '0', 'err', err, 'at', now_id)
+  end_attempt(job_id, attempt, node_id, ok, err)
   if not ok then
-    retry_or_fail(job_id, attempt, node_id, err)
+    if err == 'MODEL_NOT_AVAILABLE' and UNAVAILABLE_MS > 0 then
+      hold_off_pair(node_id, job_id)
+    end
+    retry_or_fail(job_id, attempt, node_id, err, 'retries_exhausted')
     return
   end
   redis.call('HSET', jk, 'st', 'done')
-  settle(j[5], tonumber(j[6]), {st = 'ok', cut = j[4], job = job_id, att = attempt,
-    node = node_id, asr = f[6], nmt = f[7], tts = f[8], tts_ms = f[9], timings = f[10]})
+  decide('k', 'o', 'job', job_id, 'att', attempt, 'node', node_id,
+    'sid', j[5], 'idx', j[6], 'cut', j[4], 'asr', f[6], 'nmt', f[7], 'tts', f[8],
+    'tts_ms', f[9], 'timings', f[10], 'at', now_id)
 end
 
 function handlers.close(f)
@@ -574,8 +570,8 @@ end
 
 local applied = redis.call('HGET', K_META, 'applied') or '0-0'
 local dead_start = redis.call('XLEN', K_DLQ)
-local count = tonumber(ARGV[13])
-local pos = 14
+local count = tonumber(ARGV[15])
+local pos = 16
 local ids = {}
 local done, skipped = 0, 0
 for _ = 1, count do
@@ -585,8 +581,8 @@ for _ = 1, count do
   pos = pos + 3 + nfields
   ids[#ids + 1] = id
   if id_after(id, applied) then
-    now_id = id
-    now_ms = id_parts(id)
+    now_id, decided = id, 0
+    now_ms, now_seq = id_parts(id)
     handlers[kind](fields)
     applied = id
     done = done + 1

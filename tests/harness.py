@@ -18,6 +18,7 @@ from eventsched.events import (
     encode_event,
 )
 from eventsched.keys import CellKeys
+from eventsched.log import append_many
 from eventsched.store import RedisClient
 from eventsched.streams import read_hash, read_stream, text
 from eventsched.worker import Worker
@@ -106,6 +107,10 @@ class Cell:
     async def append_fields(self, fields: dict[str, str]) -> str:
         entry_id = await self.client.xadd(self.keys.log, fields, id=f"{self.now_ms}-*")  # type: ignore[arg-type]
         return text(entry_id)
+
+    async def append_live(self, *events: Event) -> list[str]:
+        """Append with IDs from the server's clock, as live producers do."""
+        return await append_many(self.client, self.keys, events)
 
     async def append(self, *events: Event) -> list[str]:
         return [await self.append_fields({ENTRY_FIELD: encode_event(e)}) for e in events]

@@ -9,7 +9,7 @@ import pytest
 from eventsched.applier import APPLIER_GROUP, Applier
 from eventsched.events import ENTRY_FIELD
 from eventsched.streams import xrange_raw
-from eventsched.worker import Worker
+from eventsched.worker import Worker, ensure_group
 from tests.harness import Cell, finalize, node, session
 
 pytestmark = pytest.mark.anyio
@@ -51,7 +51,7 @@ async def test_entries_at_or_below_the_marker_are_not_applied_twice(cell: Cell) 
     await cell.append(node("n1"), session("s1"), finalize("s1", 0))
     await cell.apply()
     entries = await xrange_raw(cell.client, cell.keys.log)
-    result = await Applier(cell.client, cell.keys).apply(entries)
+    result = await Applier(cell.client, cell.keys, holder="test-worker").apply(entries)
     assert (result.applied, result.skipped) == (0, 3)
     assert len(await cell.decisions()) == 1
     assert (await cell.hash(cell.keys.node("n1")))["run"] == "1"
@@ -61,13 +61,12 @@ async def test_entries_at_or_below_the_marker_are_not_applied_twice(cell: Cell) 
 
 async def test_a_restarted_worker_applies_what_it_read_but_did_not_apply(cell: Cell) -> None:
     await cell.append(node("n1"), session("s1"), finalize("s1", 0))
-    worker = Worker(cell.client, [cell.keys], name="w1")
-    await worker.setup()
+    await ensure_group(cell.client, cell.keys.log, APPLIER_GROUP)
     # Read as the worker would, then "crash" before applying: the entries stay pending.
     await cell.client.xreadgroup(APPLIER_GROUP, "w1", {cell.keys.log: ">"}, count=10)
     assert (await cell.client.xpending(cell.keys.log, APPLIER_GROUP))["pending"] == 3
     restarted = Worker(cell.client, [cell.keys], name="w1")
-    assert await restarted.drain() == 3
+    assert await restarted.drain() == 4  # the three entries, then the dispatch decision
     assert [d["node"] for d in await cell.decisions("d")] == ["n1"]
     assert (await cell.client.xpending(cell.keys.log, APPLIER_GROUP))["pending"] == 0
 

@@ -22,6 +22,8 @@ async def test_a_finalize_is_dispatched_to_a_node_and_handed_off(cell: Cell) -> 
         "att": "1",
         "node": "n1",
         "pool": "auto+en+zh",
+        "sid": "s1",
+        "idx": "0",
         "at": f"{cell.now_ms}-0",
     }
     [handed] = await cell.inbox("n1")

@@ -58,9 +58,9 @@ async def _dump(client: RedisClient, keys: CellKeys) -> dict[str, Any]:
         name = key[prefix_length:]
         if kind == "stream":
             entries = await xrange_raw(client, key)
-            # IDs made with "*" carry the server's clock; the log and session outputs
-            # have IDs fixed by the events, so those are compared too.
-            keep_ids = name == "log" or name.startswith("out:")
+            # IDs made with "*" (inboxes, dead letters) carry the server's clock; the
+            # log, decisions and session outputs have IDs fixed by the events.
+            keep_ids = name in ("log", "decisions") or name.startswith("out:")
             state[name] = [(eid if keep_ids else None, fields) for eid, fields in entries]
         elif kind == "hash":
             state[name] = await client.hgetall(key)

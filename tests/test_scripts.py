@@ -28,7 +28,7 @@ def test_each_script_declares_the_keys_keys_py_passes(name: str) -> None:
 
 
 def test_the_key_suffixes_built_in_lua_match_keys_py() -> None:
-    source = lua_source("apply")
+    source = lua_source("apply") + lua_source("groups")
     lua_suffixes = set(re.findall(r"S_\w+(?:, S_\w+)* = ('[a-z_]+:'(?:, '[a-z_]+:')*)", source))
     found = {s.strip("' ") for group in lua_suffixes for s in group.split(",")}
     assert found == set(SUFFIXES.values())

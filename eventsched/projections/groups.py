@@ -96,7 +96,7 @@ async def read_session(client: RedisClient, keys: CellKeys, session_id: str) -> 
         tgt_lang=raw["tgt"],
         preferred_pool=raw["pool"],
         closed=raw["closed"] == "1",
-        last_delivered=int(raw["last"]),
+        last_delivered=int(group.get("last", -1)),
         in_flight=tuple(int(text(i)) for i in in_flight),
         group=GroupView(
             group_id=int(group["gid"]),

@@ -1,0 +1,155 @@
+-- groups.lua: fold a batch of the decisions stream into per-session group state, in
+-- stream order, all or nothing: the group-state projection.
+--
+-- Every finalized utterance ends in exactly one outcome (ok, rejected, failed). Here
+-- outcomes reach the session's output stream strictly in utterance order: an outcome
+-- that ends early is held until every earlier finalized utterance has ended; a
+-- rejection or failure takes its place in the order, so a session never stalls and
+-- never skips. Each delivery updates the session's conversation group in one write
+-- (ASR and NMT text together) and its TTS playback window. Event time is the `at` field
+-- of the decision (the log ID that caused it), never a clock.
+--
+-- KEYS[1] decisions     the stream folded here (XACK target)
+-- KEYS[2] meta          hash: groups_applied (this projection's tracking marker)
+-- KEYS[3] groups_lease  the role's lease; the batch is refused unless ARGV[3] holds it
+--
+-- ARGV[1] cell prefix ("es:{c0}:"); per-session keys are built from it
+-- ARGV[2] consumer group to XACK
+-- ARGV[3] holder (worker name)
+-- ARGV[4] group_max_utterances
+-- ARGV[5] entry count, then per entry: id, field count n, then n name/value strings
+--   decision kinds used: d (att 1 = finalized), x (rejected), f (failed), o (ok)
+-- Returns {applied, skipped_as_already_applied}, or {-1} when the lease is not held.
+
+-- @include common
+
+local K_DEC, K_META, K_LEASE = KEYS[1], KEYS[2], KEYS[3]
+local P, GROUP, HOLDER = ARGV[1], ARGV[2], ARGV[3]
+local GROUP_MAX = tonumber(ARGV[4])
+if not holds_lease(K_LEASE, HOLDER) then return {-1} end
+
+-- Key suffixes; keys.py SUFFIXES holds the same strings (tested).
+local S_INFL, S_HELD, S_OUT, S_GRP = 'infl:', 'held:', 'out:', 'grp:'
+
+local OUT_FIELDS = {'st', 'reason', 'err', 'cut', 'job', 'att', 'node', 'asr', 'nmt',
+                    'tts', 'tts_ms', 'timings'}
+
+local now_ms, now_at = 0, ''
+
+local function update_group(session_id, values)
+  local st, cut, asr, nmt, tts_ms = values[1], values[4], values[8], values[9], values[11]
+  local gk = P .. S_GRP .. session_id
+  local g = redis.call('HMGET', gk, 'gid', 'n', 'asr', 'nmt', 'ended', 'tts_until')
+  local gid, count, asr_all, nmt_all = tonumber(g[1] or 0), tonumber(g[2] or 0), g[3], g[4]
+  if not g[1] or g[5] == '1' or count >= GROUP_MAX then
+    gid, count, asr_all, nmt_all = gid + 1, 0, '', ''
+  end
+  if st == 'ok' then
+    if asr ~= '' then asr_all = (asr_all == '' and asr) or (asr_all .. ' ' .. asr) end
+    if nmt ~= '' then nmt_all = (nmt_all == '' and nmt) or (nmt_all .. ' ' .. nmt) end
+  end
+  local tts_until = tonumber(g[6] or 0)
+  if st == 'ok' and tonumber(tts_ms) > 0 then
+    tts_until = math.max(now_ms, tts_until) + tonumber(tts_ms)
+  end
+  return gid, {gk, 'gid', gid, 'n', count + 1, 'asr', asr_all, 'nmt', nmt_all,
+    'ended', (cut == 'max_length') and '0' or '1', 'tts_until', tts_until}
+end
+
+local function deliver(session_id, index, values)
+  local gid, group_write = update_group(session_id, values)
+  group_write[#group_write + 1] = 'last'
+  group_write[#group_write + 1] = index
+  -- ASR_FINAL and NMT_DONE land in one write (the seeds' merged group lock).
+  redis.call('HSET', unpack(group_write))
+  local args = {P .. S_OUT .. session_id, '0-' .. (index + 1), 'idx', index}
+  for i, name in ipairs(OUT_FIELDS) do
+    args[#args + 1] = name
+    args[#args + 1] = values[i]
+  end
+  args[#args + 1] = 'grp'
+  args[#args + 1] = gid
+  args[#args + 1] = 'at'
+  args[#args + 1] = now_at
+  redis.call('XADD', unpack(args))
+end
+
+-- An utterance has ended. Deliver it if every earlier finalized utterance of the
+-- session is delivered, else hold it; then deliver whatever it was holding up.
+local function settle(session_id, index, outcome)
+  local values = {}
+  for i, name in ipairs(OUT_FIELDS) do values[i] = outcome[name] or '' end
+  local infl = P .. S_INFL .. session_id
+  local first = redis.call('ZRANGE', infl, 0, 0)[1]
+  if tonumber(first) ~= index then
+    local held = {P .. S_HELD .. session_id .. ':' .. index}
+    for i, name in ipairs(OUT_FIELDS) do
+      held[#held + 1] = name
+      held[#held + 1] = values[i]
+    end
+    redis.call('HSET', unpack(held))
+    return
+  end
+  deliver(session_id, index, values)
+  redis.call('ZREM', infl, index)
+  while true do
+    local next_index = redis.call('ZRANGE', infl, 0, 0)[1]
+    if not next_index then return end
+    local hk = P .. S_HELD .. session_id .. ':' .. next_index
+    local waiting = redis.call('HMGET', hk, unpack(OUT_FIELDS))
+    if not waiting[1] then return end
+    deliver(session_id, tonumber(next_index), waiting)
+    redis.call('DEL', hk)
+    redis.call('ZREM', infl, next_index)
+  end
+end
+
+local handlers = {}
+
+function handlers.d(e)
+  if e.att == '1' then redis.call('ZADD', P .. S_INFL .. e.sid, e.idx, e.idx) end
+end
+
+function handlers.x(e)
+  redis.call('ZADD', P .. S_INFL .. e.sid, e.idx, e.idx)
+  settle(e.sid, tonumber(e.idx), {st = 'rejected', reason = e.reason, cut = e.cut})
+end
+
+function handlers.f(e)
+  settle(e.sid, tonumber(e.idx), {st = 'failed', reason = e.reason, err = e.err,
+    cut = e.cut, job = e.job, att = e.att, node = e.node})
+end
+
+function handlers.o(e)
+  settle(e.sid, tonumber(e.idx), {st = 'ok', cut = e.cut, job = e.job, att = e.att,
+    node = e.node, asr = e.asr, nmt = e.nmt, tts = e.tts, tts_ms = e.tts_ms,
+    timings = e.timings})
+end
+
+local applied = redis.call('HGET', K_META, 'groups_applied') or '0-0'
+local count = tonumber(ARGV[5])
+local pos = 6
+local ids = {}
+local done, skipped = 0, 0
+for _ = 1, count do
+  local id, nfields = ARGV[pos], tonumber(ARGV[pos + 1])
+  local entry = {}
+  for i = 1, nfields, 2 do entry[ARGV[pos + 1 + i]] = ARGV[pos + 2 + i] end
+  pos = pos + 2 + nfields
+  ids[#ids + 1] = id
+  if id_after(id, applied) then
+    local handler = entry.k and handlers[entry.k]
+    if handler then
+      now_at = entry.at
+      now_ms = id_parts(entry.at)
+      handler(entry)
+    end
+    applied = id
+    done = done + 1
+  else
+    skipped = skipped + 1
+  end
+end
+redis.call('HSET', K_META, 'groups_applied', applied)
+if #ids > 0 then redis.call('XACK', K_DEC, GROUP, unpack(ids)) end
+return {done, skipped}
