@@ -9,7 +9,7 @@ import typer
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from . import run
+from . import ops, run
 
 __all__ = ["app", "main"]
 
@@ -21,6 +21,7 @@ app = typer.Typer(
     add_completion=False,
 )
 run.register(app)
+ops.register(app)
 
 
 _EXPECTED = (ValueError, ValidationError, RedisError, OSError)

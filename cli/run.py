@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
+import socket
 from typing import Annotated
 
 import anyio
@@ -19,7 +21,7 @@ from eventsched.keys import DEFAULT_CELL, DEFAULT_NAMESPACE, CellKeys
 from eventsched.loadgen import LoadSpec, run_load
 from eventsched.metrics import RunReport
 from eventsched.store import MEMORY_URL, Store
-from eventsched.worker import DEFAULT_BATCH, Worker
+from eventsched.worker import DEFAULT_BATCH, Worker, find_cells
 
 __all__ = ["register"]
 
@@ -61,32 +63,54 @@ def _progress(console: Console) -> Progress:
 
 def worker(
     redis_url: RedisUrl = "redis://127.0.0.1:6379",
-    cells: Annotated[str, typer.Option(help="comma-separated cells to apply")] = DEFAULT_CELL,
+    cells: Annotated[str, typer.Option(help="comma-separated cells to work")] = DEFAULT_CELL,
+    all_cells: Annotated[bool, typer.Option("--all-cells", help="every cell with a log")] = False,
     namespace: Namespace = DEFAULT_NAMESPACE,
-    name: Annotated[str, typer.Option(help="consumer name in the groups")] = "worker-1",
+    name: Annotated[str, typer.Option(help="consumer name (default: host-pid)")] = "",
     batch: Annotated[int, typer.Option(min=1, max=1000, help="entries per apply call")] = (
         DEFAULT_BATCH
     ),
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    lease_ms: Annotated[int, typer.Option(min=100, help="role lease time to live")] = 5000,
+    tick_ms: Annotated[int, typer.Option(min=10, help="tick interval")] = 200,
+    retain: Annotated[
+        int | None, typer.Option(min=0, help="trim acknowledged entries older than S seconds")
+    ] = None,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True)] = 0,
 ) -> None:
-    """Apply the cells' logs until SIGTERM or SIGINT (the batch in hand is finished)."""
-    if verbose:
-        logging.getLogger("eventsched").setLevel(logging.INFO)
+    """Work the cells' roles until SIGTERM or SIGINT: the batch in hand is finished and
+    the leases are released; a second signal exits at once."""
+    logging.getLogger("eventsched").setLevel(
+        logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
+    )
     if redis_url.startswith(MEMORY_URL):
         raise ValueError("a worker serves other processes: give a redis:// URL")
     store = Store(redis_url)
+    consumer = name or f"{socket.gethostname()}-{os.getpid()}"
 
     async def main() -> None:
         client = store.client()
+        chosen = await find_cells(client, namespace) if all_cells else _cells(cells, namespace)
+        if not chosen:
+            raise ValueError(f"no cells found in namespace {namespace!r}")
         stop = anyio.Event()
-        runner = Worker(client, _cells(cells, namespace), DecisionSettings(), name, batch)
+        runner = Worker(
+            client,
+            chosen,
+            DecisionSettings(),
+            consumer,
+            batch,
+            lease_ms=lease_ms,
+            tick_ms=tick_ms,
+            retain_ms=None if retain is None else retain * 1000,
+        )
         async with anyio.create_task_group() as group:
 
             async def on_signal() -> None:
                 with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                    async for _ in signals:
+                    async for signum in signals:
+                        if stop.is_set():
+                            os._exit(128 + signum)  # the second signal: at once
                         stop.set()
-                        return
 
             group.start_soon(on_signal)
             await runner.run(stop)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 
 import anyio
@@ -22,13 +23,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .applier import Applier, BatchResult, Entry, GroupsApplier, NotLeader, Projection
 from .config import DecisionSettings
 from .events import ENTRY_FIELD, Tick, encode_event
-from .keys import CellKeys
+from .keys import PROJECTIONS, CellKeys
 from .lease import Lease
+from .retention import trim_acknowledged
 from .scripts import register
 from .store import RedisClient
 from .streams import text, xreadgroup_raw
 
-__all__ = ["DEFAULT_BATCH", "Worker", "ensure_group"]
+__all__ = ["DEFAULT_BATCH", "Worker", "ensure_group", "find_cells", "stored_settings"]
 
 log = logging.getLogger("eventsched.worker")
 
@@ -36,9 +38,27 @@ log = logging.getLogger("eventsched.worker")
 # machines keeps a batch of 32 near 2 ms (bench/dispatch_scale.py prints the figure).
 DEFAULT_BATCH = 32
 _CLAIM_PAGE = 100
+_TRIM_EVERY_S = 5.0
 _BACKOFF_MIN_S = 0.05
 _BACKOFF_MAX_S = 2.0
 _TICK = encode_event(Tick())
+
+
+async def find_cells(client: RedisClient, namespace: str) -> list[CellKeys]:
+    """Every cell of the namespace that has a log."""
+    found = set()
+    async for raw in client.scan_iter(match=f"{namespace}:{{*}}:log", count=1000):
+        name = text(raw)
+        found.add(name[len(namespace) + 2 : name.index("}")])
+    return [CellKeys(cell, namespace) for cell in sorted(found)]
+
+
+async def stored_settings(client: RedisClient, keys: CellKeys) -> DecisionSettings:
+    """The settings the cell's dispatch worker last applied with (defaults if none)."""
+    raw = await client.hget(keys.meta, "settings")
+    if raw is None:
+        return DecisionSettings()
+    return DecisionSettings.model_validate_json(raw)
 
 
 async def ensure_group(client: RedisClient, stream: str, group: str) -> None:
@@ -135,6 +155,8 @@ class Worker:
         block_ms: int = 200,
         lease_ms: int = 5000,
         tick_ms: int = 200,
+        retain_ms: int | None = None,
+        projections: Sequence[str] = PROJECTIONS,
     ) -> None:
         if not cells:
             raise ValueError("a worker needs at least one cell")
@@ -146,14 +168,18 @@ class Worker:
         self.block_ms = block_ms
         self.lease_ms = lease_ms
         self.tick_ms = tick_ms
+        self.retain_ms = retain_ms
+        self._trimmed_at = 0.0
+        kinds: dict[str, type[Applier] | type[GroupsApplier]] = {
+            "dispatch": Applier,
+            "groups": GroupsApplier,
+        }
         self.roles = [
-            _Role(self, projection)
+            _Role(self, kinds[kind](client, keys, self.settings, name))
             for keys in self.cells
-            for projection in (
-                Applier(client, keys, self.settings, name),
-                GroupsApplier(client, keys, self.settings, name),
-            )
+            for kind in projections
         ]
+        self.ticks = "dispatch" in projections
         self.totals = BatchResult(0, 0, 0)
 
     def add(self, result: BatchResult) -> None:
@@ -165,18 +191,22 @@ class Worker:
 
     async def drain(self) -> int:
         """Take every role now and apply everything in the streams without blocking;
-        returns entries read. For tests and tools: raises when a role is held elsewhere."""
-        for role in self.roles:
-            if not role.taken:
-                if not await role.lease.keep():
-                    raise NotLeader(role.lease.key)
-                await role.take_over()
+        returns entries read. For tests and tools: raises NotLeader when a role is held
+        by another worker."""
         total = 0
         while True:
-            reading_new = all(role.cursor == ">" for role in self.roles)
+            reading_new = all(role.taken and role.cursor == ">" for role in self.roles)
             read = 0
             for role in self.roles:
-                read += await role.step(block=False)
+                if not role.taken:
+                    if not await role.lease.keep():
+                        raise NotLeader(role.lease.key)
+                    await role.take_over()
+                try:
+                    read += await role.step(block=False)
+                except NotLeader:
+                    role.lose()  # lost since it was taken: take it again, or raise above
+                    reading_new = False
             if not read and reading_new:
                 return total
             total += read
@@ -196,7 +226,7 @@ class Worker:
             async with anyio.create_task_group() as group:
                 for role in self.roles:
                     group.start_soon(self._run_role, role, stop)
-                for keys in self.cells:
+                for keys in self.cells if self.ticks else ():
                     group.start_soon(self._run_ticker, keys, stop)
         finally:
             with anyio.CancelScope(shield=True):
@@ -217,6 +247,8 @@ class Worker:
                 if not role.taken:
                     await role.take_over()
                 await role.step(block=True)
+                if self.retain_ms is not None and isinstance(role.projection, Applier):
+                    await self._trim(role.projection.keys)
                 if backoff:
                     log.warning("%s: redis reachable again", role.label)
                     backoff = 0.0
@@ -237,6 +269,17 @@ class Worker:
                     raise
                 log.warning("%s: stream or group gone (flushed?); recreating", role.label)
                 role.lose()
+
+    async def _trim(self, keys: CellKeys) -> None:
+        """Trim the cell's log and decisions stream now and then (by the dispatch role's
+        holder): only what every group acknowledged, beyond the retention window."""
+        if time.monotonic() < self._trimmed_at + _TRIM_EVERY_S or self.retain_ms is None:
+            return
+        self._trimmed_at = time.monotonic()
+        for stream in (keys.log, keys.decisions):
+            removed = await trim_acknowledged(self.client, stream, self.retain_ms)
+            if removed:
+                log.info("%s: trimmed %d acknowledged entries", stream, removed)
 
     async def _run_ticker(self, keys: CellKeys, stop: anyio.Event) -> None:
         lease = Lease(self.client, keys.lease("ticker"), self.name, self.lease_ms)

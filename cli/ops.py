@@ -1,0 +1,145 @@
+"""Commands that check and repair a cell: verify, rebuild, and the dead letters."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+import anyio
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from eventsched import dlq as dead_letters
+from eventsched.keys import DEFAULT_CELL, DEFAULT_NAMESPACE, CellKeys
+from eventsched.rebuild import rebuild_groups
+from eventsched.store import RedisClient, Store
+from eventsched.verify import VerifyReport, verify_cell
+from eventsched.worker import stored_settings
+
+__all__ = ["register"]
+
+T = TypeVar("T")
+
+RedisUrl = Annotated[str, typer.Option("--redis-url", help="redis://host:port/db")]
+Cell = Annotated[str, typer.Option(help="the cell")]
+Namespace = Annotated[str, typer.Option(help="key namespace in front of each cell's tag")]
+AsJson = Annotated[bool, typer.Option("--json", help="print JSON")]
+DEFAULT_URL = "redis://127.0.0.1:6379"
+
+dlq_app = typer.Typer(help="The cell's dead-letter stream.", no_args_is_help=True)
+
+
+def _run(url: str, keys: CellKeys, work: Callable[[RedisClient, CellKeys], Awaitable[T]]) -> T:
+    async def main() -> T:
+        client = Store(url).client()
+        try:
+            return await work(client, keys)
+        finally:
+            await client.aclose()
+
+    return anyio.run(main)
+
+
+def verify(
+    redis_url: RedisUrl = DEFAULT_URL,
+    cell: Cell = DEFAULT_CELL,
+    namespace: Namespace = DEFAULT_NAMESPACE,
+    as_json: AsJson = False,
+) -> None:
+    """Rebuild every projection from the log in memory, compare it with the live one and
+    check the invariants. Exit 0 when all hold, 1 with a report otherwise."""
+    report: VerifyReport = _run(redis_url, CellKeys(cell, namespace), verify_cell)
+    if as_json:
+        print(json.dumps({"ok": report.ok, "problems": report.problems, **report.figures}))
+    else:
+        console = Console()
+        verdict = "[green]ok[/green]" if report.ok else "[red]FAILED[/red]"
+        console.print(f"verify {namespace}:{{{cell}}}: {report.log_entries} log entries, {verdict}")
+        for name, value in report.figures.items():
+            console.print(f"  {name}: {value}")
+        for problem in report.problems:
+            console.print(f"  [red]problem[/red]: {problem}")
+    raise typer.Exit(0 if report.ok else 1)
+
+
+def rebuild(
+    projection: Annotated[str, typer.Option(help="the projection to rebuild: groups")],
+    redis_url: RedisUrl = DEFAULT_URL,
+    cell: Cell = DEFAULT_CELL,
+    namespace: Namespace = DEFAULT_NAMESPACE,
+) -> None:
+    """Rebuild a projection from its input stream, without touching the others."""
+    if projection != "groups":
+        raise ValueError("only the groups projection can be rebuilt (dispatch hands off jobs)")
+
+    async def work(client: RedisClient, keys: CellKeys) -> int:
+        return await rebuild_groups(client, keys, await stored_settings(client, keys))
+
+    folded = _run(redis_url, CellKeys(cell, namespace), work)
+    print(f"rebuilt groups of {namespace}:{{{cell}}} from {folded} decisions")
+
+
+@dlq_app.command("list")
+def dlq_list(
+    redis_url: RedisUrl = DEFAULT_URL,
+    cell: Cell = DEFAULT_CELL,
+    namespace: Namespace = DEFAULT_NAMESPACE,
+    limit: Annotated[int, typer.Option(min=1)] = 100,
+    as_json: AsJson = False,
+) -> None:
+    """The oldest dead letters: id, reason, log position."""
+
+    async def work(client: RedisClient, keys: CellKeys) -> list[dead_letters.DeadLetter]:
+        return await dead_letters.list_dead(client, keys, limit)
+
+    found = _run(redis_url, CellKeys(cell, namespace), work)
+    if as_json:
+        print(json.dumps([letter.__dict__ for letter in found]))
+        return
+    table = Table(title=f"dead letters of {namespace}:{{{cell}}}")
+    for column in ("id", "log id", "reason"):
+        table.add_column(column)
+    for letter in found:
+        table.add_row(letter.dlq_id, letter.log_id, letter.reason)
+    Console().print(table)
+
+
+@dlq_app.command("show")
+def dlq_show(
+    dlq_id: str,
+    redis_url: RedisUrl = DEFAULT_URL,
+    cell: Cell = DEFAULT_CELL,
+    namespace: Namespace = DEFAULT_NAMESPACE,
+) -> None:
+    """One dead letter with its original fields, as JSON."""
+
+    async def work(client: RedisClient, keys: CellKeys) -> dead_letters.DeadLetter | None:
+        return await dead_letters.find(client, keys, dlq_id)
+
+    letter = _run(redis_url, CellKeys(cell, namespace), work)
+    if letter is None:
+        raise ValueError(f"no dead letter {dlq_id}")
+    print(json.dumps(letter.__dict__, indent=2, ensure_ascii=False))
+
+
+@dlq_app.command("requeue")
+def dlq_requeue(
+    dlq_id: str,
+    redis_url: RedisUrl = DEFAULT_URL,
+    cell: Cell = DEFAULT_CELL,
+    namespace: Namespace = DEFAULT_NAMESPACE,
+) -> None:
+    """Append a dead letter's original fields to the log again and remove it."""
+
+    async def work(client: RedisClient, keys: CellKeys) -> str:
+        return await dead_letters.requeue(client, keys, dlq_id)
+
+    print(f"requeued {dlq_id} as log entry {_run(redis_url, CellKeys(cell, namespace), work)}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(verify)
+    app.command()(rebuild)
+    app.add_typer(dlq_app, name="dlq")

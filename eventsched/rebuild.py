@@ -1,0 +1,44 @@
+"""Rebuilding the group-state projection from the decisions stream, without touching
+dispatch: the sessions' held outcomes, in-flight indexes, outputs and groups are
+deleted and folded again from the first decision by the same script (groups.lua)."""
+
+from __future__ import annotations
+
+from .applier import GROUPS_GROUP
+from .config import DecisionSettings
+from .keys import SUFFIXES, CellKeys
+from .store import RedisClient
+from .worker import Worker, ensure_group
+
+__all__ = ["GROUP_STATE_SUFFIXES", "rebuild_groups"]
+
+GROUP_STATE_SUFFIXES = ("in_flight", "held", "output", "group")
+
+
+async def rebuild_groups(
+    client: RedisClient,
+    keys: CellKeys,
+    settings: DecisionSettings | None = None,
+    holder: str = "rebuild",
+    lease_ms: int = 5000,
+) -> int:
+    """Rebuild; returns how many decisions were folded. The groups lease is taken over
+    from whoever holds it: fencing refuses the old holder's next batch, and it takes the
+    role back after this releases it."""
+    await client.set(keys.lease("groups"), holder, px=lease_ms)
+    worker = Worker(
+        client, [keys], settings, name=holder, lease_ms=lease_ms, projections=("groups",)
+    )
+    try:
+        for suffix in GROUP_STATE_SUFFIXES:
+            pattern = f"{keys.prefix}{SUFFIXES[suffix]}*"
+            async for key in client.scan_iter(match=pattern, count=1000):
+                await client.unlink(key)
+        await client.hdel(keys.meta, "groups_applied")
+        # A fresh group: pending entries of the old one must not be applied first.
+        await ensure_group(client, keys.decisions, GROUPS_GROUP)
+        await client.xgroup_destroy(keys.decisions, GROUPS_GROUP)
+        await ensure_group(client, keys.decisions, GROUPS_GROUP)
+        return await worker.drain()
+    finally:
+        await worker.release()

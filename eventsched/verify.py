@@ -1,0 +1,228 @@
+"""Verify a live cell: rebuild every projection from its log in memory, with the same
+scripts and settings, compare it with the live projections, and check the invariants
+from the streams.
+
+The live state is read in one MULTI/EXEC, so it is one consistent point of the log; a
+cell that keeps changing under the reads (its dispatch or groups marker moves, or the
+groups projection has not caught up) is read again, a few times at most.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import anyio
+
+from .applier import APPLIER_GROUP
+from .events import ENTRY_FIELD, NodeRegistered, SessionOpened, decode_event
+from .keys import CellKeys
+from .metrics import measure
+from .store import RedisClient, Store
+from .streams import read_stream, text, xrange_raw
+from .worker import Worker, stored_settings
+
+__all__ = ["VerifyReport", "dump_state", "verify_cell"]
+
+_ATTEMPTS = 20
+_COPY_PAGE = 1000
+
+
+@dataclass
+class VerifyReport:
+    log_entries: int = 0
+    problems: list[str] = field(default_factory=list)
+    figures: dict[str, int | float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _short(name: str, keys: CellKeys) -> str:
+    return name[len(keys.prefix) :]
+
+
+def _ignored(short: str) -> bool:
+    """Not projection state: the log itself and who holds which role right now."""
+    return short == "log" or short.startswith("lease:")
+
+
+async def dump_state(client: RedisClient, keys: CellKeys) -> dict[str, Any] | None:
+    """Every projection key of the cell, read atomically; None if the cell changed
+    between listing its keys and reading them, or its groups projection lags."""
+    before = await client.hmget(keys.meta, ["applied", "groups_applied"])
+    names = []
+    async for raw in client.scan_iter(match=keys.all_pattern, count=1000):
+        if not _ignored(_short(text(raw), keys)):
+            names.append(text(raw))
+    names.sort()
+    async with client.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.type(name)
+        kinds = [text(k) for k in await pipe.execute()]
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.hmget(keys.meta, ["applied", "groups_applied"])
+        pipe.xrevrange(keys.decisions, count=1)
+        for name, kind in zip(names, kinds, strict=True):
+            if kind == "stream":
+                pipe.xrange(name)
+            elif kind == "hash":
+                pipe.hgetall(name)
+            elif kind == "zset":
+                pipe.zrange(name, 0, -1, withscores=True)
+            elif kind == "set":
+                pipe.smembers(name)
+            else:
+                pipe.get(name)
+        replies = await pipe.execute()
+    markers, newest_decision, values = replies[0], replies[1], replies[2:]
+    groups_behind = bool(newest_decision) and newest_decision[0][0] != markers[1]
+    if markers != before or groups_behind:
+        return None
+    state: dict[str, Any] = {}
+    for name, kind, value in zip(names, kinds, values, strict=True):
+        short = _short(name, keys)
+        if kind == "stream":
+            # Inbox and dead-letter IDs come from the server's clock: compare fields.
+            keep_ids = short == "decisions" or short.startswith("out:")
+            state[short] = [(text(i) if keep_ids else None, f) for i, f in value]
+        elif kind == "set":
+            state[short] = sorted(value)
+        elif kind == "hash" and short == "meta":
+            state[short] = {k: v for k, v in value.items() if k != b"settings"}
+        else:
+            state[short] = value
+    state["_applied"] = text(markers[0]) if markers[0] else "0-0"
+    return state
+
+
+async def _live_state(client: RedisClient, keys: CellKeys) -> dict[str, Any]:
+    for _ in range(_ATTEMPTS):
+        state = await dump_state(client, keys)
+        if state is not None:
+            return state
+        await anyio.sleep(0.05)
+    raise RuntimeError("the cell kept changing while it was read; try again when quieter")
+
+
+async def _rebuild(
+    live: RedisClient, keys: CellKeys, up_to: str, worker_name: str
+) -> tuple[dict[str, Any], int]:
+    """Replay the live log up to ``up_to`` into a fresh embedded store."""
+    scratch = Store().client()
+    copied = 0
+    cursor = "-"
+    try:
+        while True:
+            page = await xrange_raw(live, keys.log, cursor, _COPY_PAGE)
+            page = [(i, f) for i, f in page if not _after(text(i), up_to)]
+            if page:
+                async with scratch.pipeline(transaction=False) as pipe:
+                    for entry_id, fields in page:
+                        pipe.xadd(keys.log, fields, id=entry_id)  # type: ignore[arg-type]
+                    await pipe.execute()
+                copied += len(page)
+            if len(page) < _COPY_PAGE:
+                break
+            cursor = "(" + text(page[-1][0])
+        await scratch.xgroup_create(keys.log, APPLIER_GROUP, id="0", mkstream=True)
+        settings = await stored_settings(live, keys)
+        await Worker(scratch, [keys], settings, name=worker_name).drain()
+        state = await dump_state(scratch, keys)
+        assert state is not None, "a store nobody else writes cannot change under a read"
+        return state, copied
+    finally:
+        await scratch.aclose()
+
+
+def _after(a: str, b: str) -> bool:
+    am, _, aseq = a.partition("-")
+    bm, _, bseq = b.partition("-")
+    return (int(am), int(aseq)) > (int(bm), int(bseq))
+
+
+def _compare(live: dict[str, Any], rebuilt: dict[str, Any], limit: int = 10) -> list[str]:
+    problems = []
+    for name in sorted(set(live) | set(rebuilt)):
+        if name == "_applied" or name == "meta":
+            continue
+        if name not in rebuilt:
+            problems.append(f"{name}: live only")
+        elif name not in live:
+            problems.append(f"{name}: missing live (the rebuild has it)")
+        elif live[name] != rebuilt[name]:
+            problems.append(f"{name}: differs from the rebuild")
+    if len(problems) > limit:
+        problems = [*problems[:limit], f"... and {len(problems) - limit} more"]
+    return problems
+
+
+async def _participants(client: RedisClient, keys: CellKeys) -> tuple[list[str], list[str]]:
+    sessions, nodes = set(), set()
+    async for _, fields in read_stream(client, keys.log):
+        try:
+            event = decode_event(fields.get(ENTRY_FIELD, ""))
+        except ValueError:
+            continue
+        if isinstance(event, SessionOpened):
+            sessions.add(event.session_id)
+        elif isinstance(event, NodeRegistered):
+            nodes.add(event.node_id)
+    return sorted(sessions), sorted(nodes)
+
+
+def _ended_once_in_order(state: dict[str, Any]) -> list[str]:
+    """Every finalize the dispatch accepted is delivered exactly once, in order, or is
+    still in flight; nothing is delivered that was not accepted."""
+    accepted: dict[str, set[int]] = defaultdict(set)
+    for _, fields in state.get("decisions", []):
+        kind = fields[b"k"]
+        if kind == b"x" or (kind == b"d" and fields[b"att"] == b"1"):
+            accepted[text(fields[b"sid"])].add(int(fields[b"idx"]))
+    problems = []
+    for session, indexes in sorted(accepted.items()):
+        delivered = [int(f[b"idx"]) for _, f in state.get(f"out:{session}", [])]
+        in_flight = {int(m) for m, _ in cast(list[Any], state.get(f"infl:{session}", []))}
+        if delivered != sorted(set(delivered)):
+            problems.append(f"session {session}: outputs repeat or are out of order")
+        if set(delivered) & in_flight:
+            problems.append(f"session {session}: delivered and still in flight")
+        if set(delivered) | in_flight != indexes:
+            problems.append(f"session {session}: an accepted finalize never ended")
+    return problems
+
+
+async def verify_cell(client: RedisClient, keys: CellKeys) -> VerifyReport:
+    report = VerifyReport()
+    info = await client.xinfo_stream(keys.log)
+    added = info.get("entries-added")
+    if added is not None and int(added) != int(info["length"]):
+        report.problems.append(
+            "the log was trimmed or had entries deleted: it cannot be rebuilt from the start"
+        )
+        return report
+    live = await _live_state(client, keys)
+    rebuilt, report.log_entries = await _rebuild(client, keys, live["_applied"], "verify")
+    report.problems += _compare(live, rebuilt)
+    report.problems += _ended_once_in_order(live)
+    sessions, nodes = await _participants(client, keys)
+    run = await measure(client, keys, sessions, nodes)
+    report.figures = {
+        "sessions": len(sessions),
+        "nodes": len(nodes),
+        "finalized": run.finalized,
+        "delivered": run.delivered,
+        "duplicate_jobs": run.duplicate_jobs,
+        "max_overcommit": run.max_overcommit,
+        "out_of_order": run.out_of_order,
+        "dead_lettered": run.dead_lettered,
+    }
+    if run.duplicate_jobs:
+        report.problems.append(f"{run.duplicate_jobs} utterances had two live jobs at once")
+    if run.max_overcommit > 0:
+        report.problems.append(f"a node ran {run.max_overcommit} jobs above its capacity")
+    if run.out_of_order:
+        report.problems.append(f"{run.out_of_order} session outputs out of order")
+    return report
