@@ -11,6 +11,7 @@ from eventsched.applier import APPLIER_GROUP
 from eventsched.events import ENTRY_FIELD, Tick
 from eventsched.rebuild import rebuild_groups
 from eventsched.retention import acked_bound, trim_acknowledged
+from eventsched.streams import xrange_raw
 from eventsched.verify import verify_cell
 from tests.harness import Cell, error, finalize, node, ok, session
 
@@ -49,7 +50,7 @@ async def test_verify_passes_on_a_consistent_cell_and_catches_tampering(cell: Ce
 
 async def test_verify_refuses_a_trimmed_log(cell: Cell) -> None:
     await _conversation(cell)
-    first = (await cell.client.xrange(cell.keys.log, count=1))[0][0]
+    first = (await xrange_raw(cell.client, cell.keys.log, count=1))[0][0]
     await cell.client.xdel(cell.keys.log, first)
     report = await verify_cell(cell.client, cell.keys)
     if report.ok:  # fakeredis does not count entries-added; Redis 7 does
@@ -108,5 +109,5 @@ async def test_trimming_keeps_what_any_group_has_not_acknowledged(cell: Cell) ->
     assert await trim_acknowledged(cell.client, cell.keys.log, retain_ms=60_000) == 0
     assert await trim_acknowledged(cell.client, cell.keys.log, retain_ms=5_000) == 3
     assert await trim_acknowledged(cell.client, cell.keys.log, retain_ms=0) == 0
-    [(remaining_id, _)] = await cell.client.xrange(cell.keys.log)
+    [(remaining_id, _)] = await xrange_raw(cell.client, cell.keys.log)
     assert remaining_id == pending_id
