@@ -30,8 +30,10 @@ from .events import (
     decode_event,
 )
 from .keys import CellKeys
+from .lifecycle import log_delivered
 from .scripts import register
 from .store import RedisClient
+from .streams import text
 
 __all__ = [
     "APPLIER_GROUP",
@@ -225,6 +227,9 @@ class GroupsApplier:
         reply = await self._script(keys=self.keys.script_keys("groups"), args=args)
         if int(reply[0]) < 0:
             raise NotLeader(self.lease_key)
+        flat = reply[2]
+        delivered = [(text(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 2)]
+        log_delivered(self.keys.cell, delivered)
         return BatchResult(int(reply[0]), int(reply[1]), 0)
 
 

@@ -27,6 +27,7 @@ async def run_demo(
     worker = Worker(applier_client, [cell], settings, name="demo-worker")
     stop = anyio.Event()
     try:
+        await loader.ping()  # fail fast, before the worker starts riding out outages
         async with anyio.create_task_group() as group:
             group.start_soon(worker.run, stop)
             report = await run_load(loader, cell, spec or LoadSpec(), on_progress)

@@ -5,17 +5,24 @@ an applier (``eventsched worker``, or the demo's in-process one) must run beside
 Nodes have mixed language sets and capacities, take jobs from their inboxes, answer
 after a random service time, and a share of them answer MODEL_NOT_AVAILABLE. Sessions
 open, finalize their utterances at a speaking pace, and close once every utterance has
-ended. The report is then read back from the streams (``metrics.measure``).
+ended. A share of the nodes dies silently mid-run (no beats, jobs in hand dropped) and
+comes back later, registering again as a restarted node would. Every Redis call rides
+out a restart or a lost connection. The report is then read back from the streams
+(``metrics.measure``).
 """
 
 from __future__ import annotations
 
 import random
 import secrets
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import anyio
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .events import (
     Event,
@@ -30,7 +37,7 @@ from .events import (
     UtteranceFinalized,
 )
 from .keys import CellKeys
-from .log import append, append_many
+from .log import append_many
 from .metrics import RunReport, measure
 from .store import RedisClient
 from .streams import text, xread_raw
@@ -50,6 +57,8 @@ class LoadSpec:
     utterances: int = 10
     seed: int = 7
     flaky_share: float = 0.15  # nodes that answer MODEL_NOT_AVAILABLE half the time
+    mortal_share: float = 0.1  # nodes that die silently mid-run, then come back
+    down_ms: tuple[int, int] = (6000, 8000)  # how long a dead node stays silent
     gap_ms: tuple[int, int] = (120, 300)  # between two finalizes of one session
     service_ms: tuple[int, int] = (20, 120)  # how long a node works on a job
     heartbeat_ms: int = 1000
@@ -61,6 +70,7 @@ class _Plan:
     run_id: str
     nodes: list[NodeRegistered] = field(default_factory=list)
     flaky: set[str] = field(default_factory=set)
+    mortal: set[str] = field(default_factory=set)
     sessions: list[SessionOpened] = field(default_factory=list)
 
 
@@ -80,6 +90,9 @@ def _plan(spec: LoadSpec, rng: random.Random) -> _Plan:
         )
         if rng.random() < spec.flaky_share:
             plan.flaky.add(node_id)
+    if spec.mortal_share > 0:
+        count = max(1, round(spec.nodes * spec.mortal_share))
+        plan.mortal = {n.node_id for n in rng.sample(plan.nodes, min(count, spec.nodes))}
     served = sorted({tuple(n.semantic_languages) for n in plan.nodes})
     for i in range(spec.sessions):
         src, tgt = rng.sample(list(rng.choice(served)), 2)
@@ -87,6 +100,24 @@ def _plan(spec: LoadSpec, rng: random.Random) -> _Plan:
             SessionOpened(session_id=f"s-{plan.run_id}-{i}", src_lang=src, tgt_lang=tgt)
         )
     return plan
+
+
+T = TypeVar("T")
+
+
+async def _patiently(operation: Callable[[], Awaitable[T]], outage_s: float = 60.0) -> T:
+    """Run a Redis operation, retrying through a restart or a lost connection, as a
+    real producer would. A retried append may land twice: the log is at-least-once and
+    the scheduler's idempotency makes duplicates harmless."""
+    delay, deadline = 0.05, time.monotonic() + outage_s
+    while True:
+        try:
+            return await operation()
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            if time.monotonic() > deadline:
+                raise
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
 
 async def _count_delivered(client: RedisClient, keys: CellKeys, plan: _Plan) -> int:
@@ -103,28 +134,49 @@ async def run_load(
     spec: LoadSpec,
     on_progress: Progress | None = None,
 ) -> RunReport:
+    await client.ping()  # unreachable at the start: fail now, not after the outage window
     rng = random.Random(spec.seed)
     plan = _plan(spec, rng)
     target = spec.sessions * spec.utterances
-    await append_many(client, keys, plan.nodes)
+    down_until: dict[str, float] = {}  # node -> monotonic time it comes back
+
+    async def emit(*events: Event) -> None:
+        await _patiently(lambda: append_many(client, keys, events))
+
+    def is_down(node_id: str) -> bool:
+        return time.monotonic() < down_until.get(node_id, 0.0)
+
+    await emit(*plan.nodes)
 
     async def heartbeats() -> None:
         while True:
             await anyio.sleep(spec.heartbeat_ms / 1000)
-            beats: list[Event] = [
-                NodeHeartbeat(
-                    node_id=node.node_id,
-                    cpu_pct=rng.randint(5, 70),
-                    gpu_pct=rng.randint(5, 80),
-                    mem_pct=rng.randint(20, 70),
+            await emit(
+                *(
+                    NodeHeartbeat(
+                        node_id=node.node_id,
+                        cpu_pct=rng.randint(5, 70),
+                        gpu_pct=rng.randint(5, 80),
+                        mem_pct=rng.randint(20, 70),
+                    )
+                    for node in plan.nodes
+                    if not is_down(node.node_id)
                 )
-                for node in plan.nodes
-            ]
-            await append_many(client, keys, beats)
+            )
+
+    async def die_and_return(node: NodeRegistered) -> None:
+        """Go silent mid-run (no beats, jobs dropped), then restart and register again."""
+        await anyio.sleep(rng.uniform(0.2, 0.6) * spec.utterances * sum(spec.gap_ms) / 2000)
+        down_s = rng.randint(*spec.down_ms) / 1000
+        down_until[node.node_id] = time.monotonic() + down_s
+        await anyio.sleep(down_s)
+        await emit(node)
 
     async def serve_job(node_id: str, fields: dict[bytes, bytes]) -> None:
         service_ms = rng.randint(*spec.service_ms)
         await anyio.sleep(service_ms / 1000)
+        if is_down(node_id):
+            return  # died with the job in hand: nothing comes back
         job_id, attempt = fields[b"job"].decode(), int(fields[b"att"])
         if node_id in plan.flaky and rng.random() < 0.5:
             result = JobResult(
@@ -148,38 +200,39 @@ async def run_load(
                     asr_ms=service_ms // 3, nmt_ms=service_ms // 3, tts_ms=service_ms // 3
                 ),
             )
-        await append(client, keys, result)
+        await emit(result)
 
     async def nodes(task_group: anyio.abc.TaskGroup) -> None:
         cursors: dict[str, str] = {keys.inbox(n.node_id): "0-0" for n in plan.nodes}
         owner = {keys.inbox(n.node_id): n.node_id for n in plan.nodes}
         while True:
-            for stream_name, entries in await xread_raw(client, cursors, block_ms=200):
+            for stream_name, entries in await _patiently(
+                lambda: xread_raw(client, cursors, block_ms=200)
+            ):
                 stream = text(stream_name)
                 for entry_id, fields in entries:
                     cursors[stream] = text(entry_id)
-                    task_group.start_soon(serve_job, owner[stream], fields)
+                    if not is_down(owner[stream]):
+                        task_group.start_soon(serve_job, owner[stream], fields)
 
     async def speak(session: SessionOpened) -> None:
-        await append(client, keys, session)
+        await emit(session)
         for index in range(spec.utterances):
             await anyio.sleep(rng.randint(*spec.gap_ms) / 1000)
-            await append(
-                client,
-                keys,
+            await emit(
                 UtteranceFinalized(
                     session_id=session.session_id,
                     utterance_index=index,
                     reason=rng.choice(("pause", "pause", "max_length", "client")),
                     audio_ref=f"audio/{session.session_id}/{index}.opus",
                     duration_ms=rng.randint(500, 6000),
-                ),
+                )
             )
 
     async def wait_outcomes() -> None:
         with anyio.move_on_after(spec.timeout_s):
             while True:
-                delivered = await _count_delivered(client, keys, plan)
+                delivered = await _patiently(lambda: _count_delivered(client, keys, plan))
                 if on_progress is not None:
                     on_progress(delivered, target)
                 if delivered >= target:
@@ -189,18 +242,22 @@ async def run_load(
     async with anyio.create_task_group() as fleet:
         fleet.start_soon(heartbeats)
         fleet.start_soon(nodes, fleet)
+        for node in plan.nodes:
+            if node.node_id in plan.mortal:
+                fleet.start_soon(die_and_return, node)
         async with anyio.create_task_group() as speakers:
             for session in plan.sessions:
                 speakers.start_soon(speak, session)
         await wait_outcomes()
         fleet.cancel_scope.cancel()
 
-    farewells: list[Event] = [SessionClosed(session_id=s.session_id) for s in plan.sessions]
-    farewells += [NodeDeregistered(node_id=n.node_id) for n in plan.nodes]
-    await append_many(client, keys, farewells)
-    return await measure(
-        client,
-        keys,
-        [s.session_id for s in plan.sessions],
-        [n.node_id for n in plan.nodes],
+    await emit(*(SessionClosed(session_id=s.session_id) for s in plan.sessions))
+    await emit(*(NodeDeregistered(node_id=n.node_id) for n in plan.nodes))
+    return await _patiently(
+        lambda: measure(
+            client,
+            keys,
+            [s.session_id for s in plan.sessions],
+            [n.node_id for n in plan.nodes],
+        )
     )

@@ -28,6 +28,7 @@ class RunReport:
     finalized: int
     dispatched: int
     retried: int
+    nodes_lost: int
     completed: int
     rejected: int
     failed: int
@@ -93,7 +94,11 @@ async def measure(
     running: dict[str, int] = defaultdict(int)
     duplicate_jobs: set[str] = set()
     max_overcommit = 0
+    nodes_lost = 0
     async for _, fields in read_stream(client, keys.decisions):
+        if fields["k"] == "l":
+            nodes_lost += fields["node"] in nodes
+            continue
         job = fields.get("job", "")
         if job.rpartition(":")[0] not in sessions:
             continue
@@ -141,6 +146,7 @@ async def measure(
         finalized=finalized,
         dispatched=dispatched,
         retried=retried,
+        nodes_lost=nodes_lost,
         completed=completed,
         rejected=rejected,
         failed=failed,

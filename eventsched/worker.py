@@ -25,6 +25,7 @@ from .config import DecisionSettings
 from .events import ENTRY_FIELD, Tick, encode_event
 from .keys import PROJECTIONS, CellKeys
 from .lease import Lease
+from .lifecycle import follow_decisions
 from .retention import trim_acknowledged
 from .scripts import register
 from .store import RedisClient
@@ -228,6 +229,10 @@ class Worker:
                     group.start_soon(self._run_role, role, stop)
                 for keys in self.cells if self.ticks else ():
                     group.start_soon(self._run_ticker, keys, stop)
+                if logging.getLogger("eventsched.jobs").isEnabledFor(logging.INFO):
+                    for role in self.roles:
+                        if isinstance(role.projection, Applier):
+                            group.start_soon(self._follow, role, stop)
         finally:
             with anyio.CancelScope(shield=True):
                 await self.release()
@@ -280,6 +285,14 @@ class Worker:
             removed = await trim_acknowledged(self.client, stream, self.retain_ms)
             if removed:
                 log.info("%s: trimmed %d acknowledged entries", stream, removed)
+
+    async def _follow(self, role: _Role, stop: anyio.Event) -> None:
+        """Boundary logs of a cell, written only by its dispatch role's holder."""
+        while not stop.is_set():
+            try:
+                await follow_decisions(self.client, role.projection.keys, stop, lambda: role.taken)
+            except (RedisError, OSError):
+                await self._pause(stop, _BACKOFF_MAX_S)  # the role loops log the outage
 
     async def _run_ticker(self, keys: CellKeys, stop: anyio.Event) -> None:
         lease = Lease(self.client, keys.lease("ticker"), self.name, self.lease_ms)

@@ -19,7 +19,8 @@
 -- ARGV[4] group_max_utterances
 -- ARGV[5] entry count, then per entry: id, field count n, then n name/value strings
 --   decision kinds used: d (att 1 = finalized), x (rejected), f (failed), o (ok)
--- Returns {applied, skipped_as_already_applied}, or {-1} when the lease is not held.
+-- Returns {applied, skipped_as_already_applied, {session, index, ...} delivered}, or
+-- {-1} when the lease is not held.
 
 -- @include common
 
@@ -35,6 +36,7 @@ local OUT_FIELDS = {'st', 'reason', 'err', 'cut', 'job', 'att', 'node', 'asr', '
                     'tts', 'tts_ms', 'timings'}
 
 local now_ms, now_at = 0, ''
+local delivered = {} -- session, index pairs, for the worker's boundary logs
 
 local function update_group(session_id, values)
   local st, cut, asr, nmt, tts_ms = values[1], values[4], values[8], values[9], values[11]
@@ -72,6 +74,8 @@ local function deliver(session_id, index, values)
   args[#args + 1] = 'at'
   args[#args + 1] = now_at
   redis.call('XADD', unpack(args))
+  delivered[#delivered + 1] = session_id
+  delivered[#delivered + 1] = index
 end
 
 -- An utterance has ended. Deliver it if every earlier finalized utterance of the
@@ -152,4 +156,4 @@ for _ = 1, count do
 end
 redis.call('HSET', K_META, 'groups_applied', applied)
 if #ids > 0 then redis.call('XACK', K_DEC, GROUP, unpack(ids)) end
-return {done, skipped}
+return {done, skipped, delivered}

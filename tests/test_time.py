@@ -129,3 +129,17 @@ async def test_a_registered_node_has_an_inbox_consumer_group(cell: Cell) -> None
     await cell.step(node("n1"), node("n1"))
     groups = await cell.client.xinfo_groups(cell.keys.inbox("n1"))
     assert [text(g["name"]) for g in groups] == ["node"]
+
+
+def test_lifecycle_lines_name_the_job_and_keep_storms_quiet() -> None:
+    import logging
+
+    from eventsched.lifecycle import describe
+
+    level, line = describe(
+        {"k": "d", "job": "s1:0", "att": "2", "node": "n3", "sid": "s1", "idx": "0", "at": "5-0"}
+    )
+    assert level == logging.DEBUG
+    assert line == "step=retried job=s1:0 session=s1 utterance=0 attempt=2 node=n3 log_id=5-0"
+    assert describe({"k": "m", "node": "n1", "pair": "en>zh", "until": "9"})[0] == logging.INFO
+    assert describe({"k": "o", "job": "s1:0"})[0] == logging.DEBUG

@@ -1,0 +1,94 @@
+"""Boundary logs: one structured line per job lifecycle step, read from the decisions
+stream (so they cost the applier nothing) by the worker holding the cell's dispatch
+role. At INFO only the rare steps (failures, lost nodes, MODEL_NOT_AVAILABLE windows,
+one line per window) and a summary every 10 s; at DEBUG every step."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, cast
+
+import anyio
+
+from .keys import CellKeys
+from .store import RedisClient
+from .streams import text, xread_raw
+
+__all__ = ["describe", "follow_decisions", "log_delivered"]
+
+log = logging.getLogger("eventsched.jobs")
+
+_SUMMARY_EVERY_S = 10.0
+_STEPS = {
+    "x": "rejected",
+    "r": "result",
+    "f": "failed",
+    "o": "completed",
+    "l": "node_lost",
+    "m": "unavailable_window",
+}
+_RARE = {"f", "l", "m"}
+
+
+def describe(fields: dict[str, str]) -> tuple[int, str]:
+    """The level and the line for one decision."""
+    kind = fields.get("k", "?")
+    if kind == "d":
+        step = "dispatched" if fields.get("att") == "1" else "retried"
+    else:
+        step = _STEPS.get(kind, kind)
+    parts = [f"step={step}"]
+    for name, label in (
+        ("job", "job"),
+        ("sid", "session"),
+        ("idx", "utterance"),
+        ("att", "attempt"),
+        ("node", "node"),
+        ("pool", "pool"),
+        ("pair", "pair"),
+        ("ok", "ok"),
+        ("reason", "reason"),
+        ("err", "error"),
+        ("until", "until_ms"),
+        ("at", "log_id"),
+    ):
+        if fields.get(name):
+            parts.append(f"{label}={fields[name]}")
+    return (logging.INFO if kind in _RARE else logging.DEBUG), " ".join(parts)
+
+
+def log_delivered(cell: str, delivered: list[tuple[str, int]]) -> None:
+    if log.isEnabledFor(logging.DEBUG):
+        for session_id, index in delivered:
+            log.debug("step=delivered cell=%s session=%s utterance=%d", cell, session_id, index)
+
+
+async def follow_decisions(
+    client: RedisClient, keys: CellKeys, stop: anyio.Event, active: Callable[[], bool]
+) -> None:
+    """Log the cell's decisions as they are appended, while ``active()`` says so."""
+    newest = cast(list[tuple[bytes, Any]], await client.xrevrange(keys.decisions, count=1))
+    cursor = text(newest[0][0]) if newest else "0-0"
+    counts: Counter[str] = Counter()
+    summary_at = time.monotonic() + _SUMMARY_EVERY_S
+    while not stop.is_set():
+        reply = await xread_raw(client, {keys.decisions: cursor}, block_ms=500)
+        for _, entries in reply:
+            for entry_id, raw in entries:
+                cursor = text(entry_id)
+                if not active():
+                    continue
+                fields = {text(k): text(v) for k, v in raw.items()}
+                level, line = describe(fields)
+                counts[fields.get("k", "?")] += 1
+                if log.isEnabledFor(level):
+                    log.log(level, "cell=%s %s", keys.cell, line)
+        if time.monotonic() >= summary_at:
+            summary_at = time.monotonic() + _SUMMARY_EVERY_S
+            if counts and active():
+                by_step = " ".join(f"{_STEPS.get(k, k)}={n}" for k, n in sorted(counts.items()))
+                log.info("cell=%s last %.0fs: %s", keys.cell, _SUMMARY_EVERY_S, by_step)
+            counts.clear()
