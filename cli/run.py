@@ -70,7 +70,7 @@ def worker(
     batch: Annotated[int, typer.Option(min=1, max=1000, help="entries per apply call")] = (
         DEFAULT_BATCH
     ),
-    lease_ms: Annotated[int, typer.Option(min=100, help="role lease time to live")] = 5000,
+    lease_ms: Annotated[int, typer.Option(min=100, help="role lease time to live")] = 2000,
     tick_ms: Annotated[int, typer.Option(min=10, help="tick interval")] = 200,
     retain: Annotated[
         int | None, typer.Option(min=0, help="trim acknowledged entries older than S seconds")

@@ -20,7 +20,7 @@ async def rebuild_groups(
     keys: CellKeys,
     settings: DecisionSettings | None = None,
     holder: str = "rebuild",
-    lease_ms: int = 5000,
+    lease_ms: int = 2000,
 ) -> int:
     """Rebuild; returns how many decisions were folded. The groups lease is taken over
     from whoever holds it: fencing refuses the old holder's next batch, and it takes the

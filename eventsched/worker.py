@@ -154,7 +154,7 @@ class Worker:
         name: str = "worker-1",
         batch_size: int = DEFAULT_BATCH,
         block_ms: int = 200,
-        lease_ms: int = 5000,
+        lease_ms: int = 2000,
         tick_ms: int = 200,
         retain_ms: int | None = None,
         projections: Sequence[str] = PROJECTIONS,

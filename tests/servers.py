@@ -1,9 +1,11 @@
 """Private redis-server processes for tests that must not touch the shared Redis as a
-whole (SCRIPT FLUSH, restarts, persistence): a free port, a temp dir, stopped by pid."""
+whole (SCRIPT FLUSH, FLUSHALL, restarts, persistence): a free port, a temp dir, stopped
+by its own pid."""
 
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import redis
 
-__all__ = ["private_redis"]
+__all__ = ["RedisProcess", "private_redis"]
 
 
 def _free_port() -> int:
@@ -23,18 +25,19 @@ def _free_port() -> int:
         return port
 
 
-@contextmanager
-def private_redis(directory: Path, *extra_args: str) -> Iterator[str]:
-    """Start a redis-server; yields its URL. Fails the test if none is installed."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("redis-server is not installed")
-    port = _free_port()
-    process = subprocess.Popen(
-        [
+class RedisProcess:
+    """A redis-server on a fixed port and directory that can be killed and restarted."""
+
+    def __init__(self, directory: Path, *extra_args: str) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed")
+        self.port = _free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._command = [
             binary,
             "--port",
-            str(port),
+            str(self.port),
             "--bind",
             "127.0.0.1",
             "--dir",
@@ -44,24 +47,47 @@ def private_redis(directory: Path, *extra_args: str) -> Iterator[str]:
             "--appendonly",
             "no",
             *extra_args,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
+        ]
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self._process = subprocess.Popen(
+            self._command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        probe = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 20
+        try:
+            while True:  # wait for the condition: the server answers (and has loaded)
+                try:
+                    if probe.ping():
+                        return
+                except redis.ConnectionError:
+                    if time.monotonic() > deadline or self._process.poll() is not None:
+                        raise
+                    time.sleep(0.02)
+        finally:
+            probe.close()
+
+    def kill(self) -> None:
+        """A crash: SIGKILL, no shutdown save."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGKILL)
+            self._process.wait(timeout=10)
+            self._process = None
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=10)
+            self._process = None
+
+
+@contextmanager
+def private_redis(directory: Path, *extra_args: str) -> Iterator[str]:
+    """Start a redis-server; yields its URL, stops it afterwards."""
+    server = RedisProcess(directory, *extra_args)
+    server.start()
     try:
-        probe = redis.Redis.from_url(url)
-        deadline = time.monotonic() + 10
-        while True:  # wait for the condition: the server answers PING
-            try:
-                if probe.ping():
-                    break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise
-                time.sleep(0.02)
-        probe.close()
-        yield url
+        yield server.url
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        server.stop()

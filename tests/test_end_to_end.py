@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from eventsched.config import DecisionSettings
 from eventsched.demo import run_demo
 from eventsched.keys import CellKeys
 from eventsched.loadgen import LoadSpec
@@ -24,15 +25,18 @@ QUICK = LoadSpec(
     seed=3,
     gap_ms=(10, 40),
     service_ms=(5, 30),
-    heartbeat_ms=200,
+    heartbeat_ms=100,
+    down_ms=(800, 1200),
     timeout_s=60,
 )
+# Liveness scaled to the quick run: a node silent for 500 ms is lost.
+QUICK_SETTINGS = DecisionSettings(heartbeat_fresh_ms=400, node_lost_ms=500)
 
 
 async def test_a_demo_run_loses_nothing_and_keeps_order(store_url: str) -> None:
     namespace = new_namespace()
     try:
-        report = await run_demo(store_url, CellKeys("c0", namespace), QUICK)
+        report = await run_demo(store_url, CellKeys("c0", namespace), QUICK, QUICK_SETTINGS)
     finally:
         client = Store(store_url).client()
         await remove_namespace(client, namespace)
@@ -43,7 +47,7 @@ async def test_a_demo_run_loses_nothing_and_keeps_order(store_url: str) -> None:
     assert report.duplicate_jobs == 0
     assert report.max_overcommit == 0
     assert report.out_of_order == 0
-    assert report.dispatched > 0 and report.completed > 0
+    assert report.dispatched > 0 and report.completed > 0 and report.nodes_lost >= 1
     assert report.dispatched + report.rejected == report.finalized
     assert report.completed + report.failed + report.rejected == report.finalized
 
