@@ -91,7 +91,7 @@ def test_killed_workers_and_a_redis_crash_lose_nothing(tmp_path: Path) -> None:
         kills = 0
         for round_index in range(6):
             target = decisions() + rng.randint(150, 600)
-            _wait_until(lambda: decisions() >= target, 120, "dispatch progress")
+            _wait_until(lambda at_least=target: decisions() >= at_least, 120, "progress")
             if round_index == 3:
                 server.kill()  # a crash; AOF with fsync always keeps what was acknowledged
                 server.start()
