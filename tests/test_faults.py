@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar, cast
 
 import pytest
 import redis
@@ -24,6 +25,8 @@ from tests.servers import RedisProcess
 pytestmark = pytest.mark.skipif(
     not REAL_AVAILABLE, reason="fault tests run where a real Redis is installed"
 )
+
+T = TypeVar("T")
 
 CLI = [sys.executable, "-c", "from cli.app import main; main()"]
 KEYS = CellKeys()
@@ -39,7 +42,7 @@ def _worker(url: str, name: str) -> subprocess.Popen[str]:
     return _spawn("worker", "--redis-url", url, "--name", name, "--lease-ms", "1000")
 
 
-def _patient(client: redis.Redis, read: Callable[[redis.Redis], object]) -> object:
+def _patient(client: redis.Redis, read: Callable[[redis.Redis], T]) -> T:
     """A read that waits out the Redis restart."""
     deadline = time.monotonic() + 60
     while True:
@@ -86,19 +89,22 @@ def test_killed_workers_and_a_redis_crash_lose_nothing(tmp_path: Path) -> None:
         )
 
         def decisions() -> int:
-            return int(_patient(client, lambda c: c.xlen(KEYS.decisions)))  # type: ignore[arg-type]
+            return int(_patient(client, lambda c: c.xlen(KEYS.decisions)))
+
+        def progressed(at_least: int) -> Callable[[], bool]:
+            return lambda: decisions() >= at_least
 
         kills = 0
         for round_index in range(6):
             target = decisions() + rng.randint(150, 600)
-            _wait_until(lambda at_least=target: decisions() >= at_least, 120, "progress")
+            _wait_until(progressed(target), 120, "dispatch progress")
             if round_index == 3:
                 server.kill()  # a crash; AOF with fsync always keeps what was acknowledged
                 server.start()
                 continue
-            holder = _patient(client, lambda c: c.get(KEYS.lease("dispatch")))
+            holder = _patient(client, lambda c: cast(bytes | None, c.get(KEYS.lease("dispatch"))))
             assert holder is not None, "nobody holds the dispatch role"
-            name = holder.decode()  # type: ignore[union-attr]
+            name = holder.decode()
             workers[name].send_signal(signal.SIGKILL)
             workers[name].wait(timeout=10)
             kills += 1
