@@ -9,7 +9,7 @@ import typer
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from . import ops, run
+from . import ops, replay, run
 
 __all__ = ["app", "main"]
 
@@ -22,6 +22,7 @@ app = typer.Typer(
 )
 run.register(app)
 ops.register(app)
+replay.register(app)
 
 
 _EXPECTED = (ValueError, ValidationError, RedisError, OSError)

@@ -122,9 +122,12 @@ def event_args(event: Event) -> tuple[str, list[Arg]]:
 
 
 def _invalid_reason(exc: ValidationError) -> str:
+    """Where the first error is and pydantic's stable error type (``missing``,
+    ``json_invalid``, ...), not its message, whose wording changes between releases:
+    reasons end up in replay goldens."""
     first = exc.errors(include_url=False)[0]
     where = ".".join(str(part) for part in first["loc"]) or "event"
-    return f"invalid_event: {where}: {first['msg']}"[:MAX_REASON]
+    return f"invalid_event: {where}: {first['type']}"[:MAX_REASON]
 
 
 def entry_args(fields: dict[bytes, bytes]) -> tuple[str, list[Arg]]:

@@ -15,14 +15,14 @@ __all__ = ["run_demo"]
 
 
 async def run_demo(
-    url: str = MEMORY_URL,
+    url: str | Store = MEMORY_URL,
     keys: CellKeys | None = None,
     spec: LoadSpec | None = None,
     settings: DecisionSettings | None = None,
     on_progress: Progress | None = None,
 ) -> RunReport:
     cell = keys or CellKeys()
-    store = Store(url)
+    store = url if isinstance(url, Store) else Store(url)
     loader, applier_client = store.client(), store.client()
     worker = Worker(applier_client, [cell], settings, name="demo-worker")
     stop = anyio.Event()

@@ -6,18 +6,13 @@ from __future__ import annotations
 from typing import Any, cast
 
 from .store import RedisClient
-from .streams import text
+from .streams import parse_id, text
 
 __all__ = ["acked_bound", "trim_acknowledged"]
 
 
-def _parse(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq)
-
-
 def _next(entry_id: str) -> str:
-    ms, seq = _parse(entry_id)
+    ms, seq = parse_id(entry_id)
     return f"{ms}-{seq + 1}"
 
 
@@ -35,7 +30,7 @@ async def acked_bound(client: RedisClient, stream: str) -> str | None:
             bounds.append(text(summary["min"]))  # the oldest entry read but not acked
         else:
             bounds.append(_next(text(group["last-delivered-id"])))
-    return min(bounds, key=_parse)
+    return min(bounds, key=parse_id)
 
 
 async def trim_acknowledged(client: RedisClient, stream: str, retain_ms: int) -> int:
@@ -45,7 +40,7 @@ async def trim_acknowledged(client: RedisClient, stream: str, retain_ms: int) ->
     newest = cast(list[tuple[bytes, Any]], await client.xrevrange(stream, count=1))
     if bound is None or not newest:
         return 0
-    newest_ms, _ = _parse(text(newest[0][0]))
+    newest_ms, _ = parse_id(text(newest[0][0]))
     window = f"{max(newest_ms - retain_ms, 0)}-0"
-    minimum = min(bound, window, key=_parse)
+    minimum = min(bound, window, key=parse_id)
     return int(await client.xtrim(stream, minid=minimum, approximate=False))

@@ -10,6 +10,8 @@ from .store import RedisClient
 
 __all__ = [
     "RawEntry",
+    "id_after",
+    "parse_id",
     "read_hash",
     "read_stream",
     "text",
@@ -22,6 +24,16 @@ RawEntry = tuple[bytes, dict[bytes, bytes]]
 StreamReply = list[tuple[bytes, list[RawEntry]]]
 
 _PAGE = 2000
+
+
+def parse_id(entry_id: str) -> tuple[int, int]:
+    """A stream ID as (ms, seq) integers: IDs compare as numbers, never as strings."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def id_after(a: str, b: str) -> bool:
+    return parse_id(a) > parse_id(b)
 
 
 def text(value: bytes | str) -> str:

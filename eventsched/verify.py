@@ -2,9 +2,7 @@
 scripts and settings, compare it with the live projections, and check the invariants
 from the streams.
 
-The live state is read in one MULTI/EXEC, so it is one consistent point of the log; a
-cell that keeps changing under the reads (its dispatch or groups marker moves, or the
-groups projection has not caught up) is read again, a few times at most.
+The live state is read at one consistent point of the log (``state.read_state``).
 """
 
 from __future__ import annotations
@@ -13,19 +11,17 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-import anyio
-
 from .applier import APPLIER_GROUP
 from .events import ENTRY_FIELD, NodeRegistered, SessionOpened, decode_event
 from .keys import CellKeys
 from .metrics import measure
+from .state import read_state
 from .store import RedisClient, Store
-from .streams import read_stream, text, xrange_raw
+from .streams import id_after, read_stream, text, xrange_raw
 from .worker import Worker, stored_settings
 
-__all__ = ["VerifyReport", "dump_state", "verify_cell"]
+__all__ = ["VerifyReport", "rebuild_in_memory", "verify_cell"]
 
-_ATTEMPTS = 20
 _COPY_PAGE = 1000
 
 
@@ -40,74 +36,7 @@ class VerifyReport:
         return not self.problems
 
 
-def _short(name: str, keys: CellKeys) -> str:
-    return name[len(keys.prefix) :]
-
-
-def _ignored(short: str) -> bool:
-    """Not projection state: the log itself and who holds which role right now."""
-    return short == "log" or short.startswith("lease:")
-
-
-async def dump_state(client: RedisClient, keys: CellKeys) -> dict[str, Any] | None:
-    """Every projection key of the cell, read atomically; None if the cell changed
-    between listing its keys and reading them, or its groups projection lags."""
-    before = await client.hmget(keys.meta, ["applied", "groups_applied"])
-    names = []
-    async for raw in client.scan_iter(match=keys.all_pattern, count=1000):
-        if not _ignored(_short(text(raw), keys)):
-            names.append(text(raw))
-    names.sort()
-    async with client.pipeline(transaction=False) as pipe:
-        for name in names:
-            pipe.type(name)
-        kinds = [text(k) for k in await pipe.execute()]
-    async with client.pipeline(transaction=True) as pipe:
-        pipe.hmget(keys.meta, ["applied", "groups_applied"])
-        pipe.xrevrange(keys.decisions, count=1)
-        for name, kind in zip(names, kinds, strict=True):
-            if kind == "stream":
-                pipe.xrange(name)
-            elif kind == "hash":
-                pipe.hgetall(name)
-            elif kind == "zset":
-                pipe.zrange(name, 0, -1, withscores=True)
-            elif kind == "set":
-                pipe.smembers(name)
-            else:
-                pipe.get(name)
-        replies = await pipe.execute()
-    markers, newest_decision, values = replies[0], replies[1], replies[2:]
-    groups_behind = bool(newest_decision) and newest_decision[0][0] != markers[1]
-    if markers != before or groups_behind:
-        return None
-    state: dict[str, Any] = {}
-    for name, kind, value in zip(names, kinds, values, strict=True):
-        short = _short(name, keys)
-        if kind == "stream":
-            # Inbox and dead-letter IDs come from the server's clock: compare fields.
-            keep_ids = short == "decisions" or short.startswith("out:")
-            state[short] = [(text(i) if keep_ids else None, f) for i, f in value]
-        elif kind == "set":
-            state[short] = sorted(value)
-        elif kind == "hash" and short == "meta":
-            state[short] = {k: v for k, v in value.items() if k != b"settings"}
-        else:
-            state[short] = value
-    state["_applied"] = text(markers[0]) if markers[0] else "0-0"
-    return state
-
-
-async def _live_state(client: RedisClient, keys: CellKeys) -> dict[str, Any]:
-    for _ in range(_ATTEMPTS):
-        state = await dump_state(client, keys)
-        if state is not None:
-            return state
-        await anyio.sleep(0.05)
-    raise RuntimeError("the cell kept changing while it was read; try again when quieter")
-
-
-async def _rebuild(
+async def rebuild_in_memory(
     live: RedisClient, keys: CellKeys, up_to: str, worker_name: str
 ) -> tuple[dict[str, Any], int]:
     """Replay the live log up to ``up_to`` into a fresh embedded store."""
@@ -117,7 +46,7 @@ async def _rebuild(
     try:
         while True:
             page = await xrange_raw(live, keys.log, cursor, _COPY_PAGE)
-            page = [(i, f) for i, f in page if not _after(text(i), up_to)]
+            page = [(i, f) for i, f in page if not id_after(text(i), up_to)]
             if page:
                 async with scratch.pipeline(transaction=False) as pipe:
                     for entry_id, fields in page:
@@ -130,17 +59,9 @@ async def _rebuild(
         await scratch.xgroup_create(keys.log, APPLIER_GROUP, id="0", mkstream=True)
         settings = await stored_settings(live, keys)
         await Worker(scratch, [keys], settings, name=worker_name).drain()
-        state = await dump_state(scratch, keys)
-        assert state is not None, "a store nobody else writes cannot change under a read"
-        return state, copied
+        return await read_state(scratch, keys), copied
     finally:
         await scratch.aclose()
-
-
-def _after(a: str, b: str) -> bool:
-    am, _, aseq = a.partition("-")
-    bm, _, bseq = b.partition("-")
-    return (int(am), int(aseq)) > (int(bm), int(bseq))
 
 
 def _compare(live: dict[str, Any], rebuilt: dict[str, Any], limit: int = 10) -> list[str]:
@@ -203,8 +124,8 @@ async def verify_cell(client: RedisClient, keys: CellKeys) -> VerifyReport:
             "the log was trimmed or had entries deleted: it cannot be rebuilt from the start"
         )
         return report
-    live = await _live_state(client, keys)
-    rebuilt, report.log_entries = await _rebuild(client, keys, live["_applied"], "verify")
+    live = await read_state(client, keys)
+    rebuilt, report.log_entries = await rebuild_in_memory(client, keys, live["_applied"], "verify")
     report.problems += _compare(live, rebuilt)
     report.problems += _ended_once_in_order(live)
     sessions, nodes = await _participants(client, keys)

@@ -19,10 +19,10 @@ pytestmark = pytest.mark.anyio
     ("fields", "reason"),
     [
         ({"junk": "x"}, "malformed_entry: expected the single field 'e'"),
-        ({ENTRY_FIELD: "{not json"}, "invalid_event: event: Invalid JSON"),
+        ({ENTRY_FIELD: "{not json"}, "invalid_event: event: json_invalid"),
         (
             {ENTRY_FIELD: json.dumps({"type": "session_opened", "v": 1, "session_id": "s"})},
-            "invalid_event: session_opened.src_lang: Field required",
+            "invalid_event: session_opened.src_lang: missing",
         ),
         ({ENTRY_FIELD: "{}", "extra": "1"}, "malformed_entry: expected the single field 'e'"),
     ],

@@ -1,0 +1,231 @@
+"""Replay: a cell's input events from a fixture, played on a fresh store through exactly
+the worker's code and scripts, give the same output text every time, on any backend.
+Record: a live cell's log and its live output, written as a fixture and its golden.
+
+The fixture format is in docs/REPLAY.md.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from .applier import APPLIER_GROUP
+from .config import DecisionSettings
+from .events import ENTRY_FIELD, canonical_json
+from .keys import DEFAULT_CELL, CellKeys
+from .state import read_state, render_state
+from .store import MEMORY_URL, RedisClient, Store
+from .streams import id_after, text, xrange_raw
+from .worker import DEFAULT_BATCH, Worker, ensure_group, stored_settings
+
+__all__ = [
+    "FORMAT",
+    "Fixture",
+    "FixtureError",
+    "ReplayResult",
+    "check",
+    "load_fixture",
+    "record",
+    "replay",
+]
+
+FORMAT = "eventsched-replay/1"
+GOLDEN_SUFFIX = ".golden"
+_PAGE = 1000
+
+
+class FixtureError(ValueError):
+    """A fixture that cannot be read; the message names the file and line."""
+
+
+@dataclass
+class Fixture:
+    name: str
+    cell: str = DEFAULT_CELL
+    settings: DecisionSettings = field(default_factory=DecisionSettings)
+    comments: list[str] = field(default_factory=list)
+    entries: list[tuple[str, dict[str, str]]] = field(default_factory=list)  # (log ID, fields)
+
+    def to_text(self) -> str:
+        header = {"format": FORMAT, "cell": self.cell, "settings": self.settings.model_dump()}
+        lines = [f"# {line}".rstrip() for line in self.comments]
+        lines.append(canonical_json(header))
+        for entry_id, fields in self.entries:
+            lines.append(canonical_json({"id": entry_id, **_entry_body(fields)}))
+        return "\n".join(lines) + "\n"
+
+
+def _entry_body(fields: dict[str, str]) -> dict[str, Any]:
+    """A log entry as a fixture line: the event as JSON when that is lossless, else the
+    raw fields (invalid entries are kept exactly as they were)."""
+    raw = fields.get(ENTRY_FIELD)
+    if raw is not None and len(fields) == 1:
+        try:
+            event = json.loads(raw)
+        except ValueError:
+            event = None
+        if isinstance(event, dict) and canonical_json(event) == raw:
+            return {"event": event}
+    return {"raw": fields}
+
+
+def _parse_line(number: int, line: str, previous_ms: int, seq: int) -> tuple[str, dict[str, str]]:
+    try:
+        item = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise FixtureError(f"line {number}: not JSON ({exc.msg})") from None
+    if not isinstance(item, dict):
+        raise FixtureError(f"line {number}: expected an object")
+    if "id" in item:
+        entry_id = str(item["id"])
+        ms_text, _, seq_text = entry_id.partition("-")
+        if not (ms_text.isdigit() and seq_text.isdigit()):
+            raise FixtureError(f"line {number}: id must be MS-SEQ")
+    elif isinstance(item.get("t"), int) and item["t"] > 0:
+        ms = item["t"]
+        entry_id = f"{ms}-{seq if ms == previous_ms else 0}"
+    else:
+        raise FixtureError(f"line {number}: needs a positive integer time 't' (ms) or an 'id'")
+    if "event" in item:
+        return entry_id, {ENTRY_FIELD: canonical_json(item["event"])}
+    if isinstance(item.get("raw"), dict) and item["raw"]:
+        return entry_id, {str(k): str(v) for k, v in item["raw"].items()}
+    raise FixtureError(f"line {number}: needs 'event' (an object) or 'raw' (its fields)")
+
+
+def load_fixture(path: Path) -> Fixture:
+    fixture = Fixture(name=path.stem)
+    header_seen = False
+    previous_ms, previous_id, seq = -1, (0, 0), 0
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if stripped.startswith("#"):
+            if not header_seen:
+                fixture.comments.append(stripped.lstrip("#").strip())
+            continue
+        if not header_seen:
+            try:
+                header = json.loads(stripped)
+                if header.get("format") != FORMAT:
+                    raise FixtureError(f"{path}:line {number}: format must be {FORMAT!r}")
+                fixture.cell = str(header.get("cell", DEFAULT_CELL))
+                fixture.settings = DecisionSettings.model_validate(header.get("settings", {}))
+            except (ValueError, AttributeError, ValidationError) as exc:
+                if isinstance(exc, FixtureError):
+                    raise
+                raise FixtureError(f"{path}:line {number}: bad header: {exc}") from None
+            header_seen = True
+            continue
+        try:
+            entry_id, fields = _parse_line(number, stripped, previous_ms, seq)
+        except FixtureError as exc:
+            raise FixtureError(f"{path}:{exc}") from None
+        ms, entry_seq = (int(part) for part in entry_id.split("-"))
+        if (ms, entry_seq) <= previous_id:
+            raise FixtureError(f"{path}:line {number}: times must increase ({entry_id})")
+        previous_ms, previous_id, seq = ms, (ms, entry_seq), entry_seq + 1
+        fixture.entries.append((entry_id, fields))
+    if not header_seen:
+        raise FixtureError(f"{path}: no header line")
+    return fixture
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    name: str
+    events: int
+    output: str
+
+    @property
+    def output_lines(self) -> int:
+        return sum(1 for line in self.output.splitlines() if not line.startswith("## "))
+
+
+async def replay(
+    fixture: Fixture, url: str = MEMORY_URL, batch: int = DEFAULT_BATCH
+) -> ReplayResult:
+    """Play the fixture on a fresh namespace of the store and render what came out."""
+    keys = CellKeys(fixture.cell, f"replay-{uuid.uuid4().hex[:12]}")
+    client = Store(url).client()
+    try:
+        for start in range(0, len(fixture.entries), _PAGE):
+            async with client.pipeline(transaction=False) as pipe:
+                for entry_id, fields in fixture.entries[start : start + _PAGE]:
+                    pipe.xadd(keys.log, fields, id=entry_id)  # type: ignore[arg-type]
+                await pipe.execute()
+        await ensure_group(client, keys.log, APPLIER_GROUP)
+        worker = Worker(client, [keys], fixture.settings, name="replay", batch_size=batch)
+        await worker.drain()
+        await worker.release()
+        output = render_state(await read_state(client, keys))
+        return ReplayResult(fixture.name, len(fixture.entries), output)
+    finally:
+        async for key in client.scan_iter(match=f"{keys.namespace}:*", count=1000):
+            await client.unlink(key)
+        await client.aclose()
+
+
+def golden_path(fixture_path: Path) -> Path:
+    return fixture_path.with_suffix(GOLDEN_SUFFIX)
+
+
+def check(result: ReplayResult, golden: str | None, context_lines: int = 2) -> str | None:
+    """None when the output is the golden; else a short unified diff of the first
+    difference."""
+    if golden is None:
+        return "no golden file (run with --update to write it)"
+    if result.output == golden:
+        return None
+    diff = list(
+        difflib.unified_diff(
+            golden.splitlines(),
+            result.output.splitlines(),
+            "golden",
+            "replayed",
+            n=context_lines,
+            lineterm="",
+        )
+    )
+    first_hunk_end = next(
+        (i for i, line in enumerate(diff) if i > 2 and line.startswith("@@")), len(diff)
+    )
+    return "\n".join(line[:200] for line in diff[: min(first_hunk_end, 24)])
+
+
+async def record(
+    client: RedisClient, keys: CellKeys, name: str, comments: list[str] | None = None
+) -> tuple[Fixture, str]:
+    """A fixture of the live cell's log up to its applied marker, and its golden: the
+    live output read at that same point."""
+    live = await read_state(client, keys)
+    info = await client.xinfo_stream(keys.log)
+    added = info.get("entries-added")
+    if added is not None and int(added) != int(info["length"]):
+        raise ValueError("the log was trimmed: a recording needs the log from its start")
+    fixture = Fixture(
+        name=name,
+        cell=keys.cell,
+        settings=await stored_settings(client, keys),
+        comments=comments or [],
+    )
+    up_to = live["_applied"]
+    cursor = "-"
+    while True:
+        page = await xrange_raw(client, keys.log, cursor, _PAGE)
+        for entry_id, raw in page:
+            entry = text(entry_id)
+            if id_after(entry, up_to):
+                return fixture, render_state(live)
+            fixture.entries.append((entry, {text(k): text(v) for k, v in raw.items()}))
+        if len(page) < _PAGE:
+            return fixture, render_state(live)
+        cursor = "(" + text(page[-1][0])

@@ -1,0 +1,133 @@
+"""The projection state of a cell, read at one consistent point of its log, and its
+one canonical text form.
+
+The keys are listed, then read in one MULTI/EXEC; a cell that changes under the reads
+(its dispatch or groups marker moves, or the groups projection has not caught up with
+the decisions stream) is read again, a few times at most. The canonical text is what
+replay goldens hold: nothing in it depends on the backend, the wall clock, the batch
+size or the key namespace.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anyio
+
+from .keys import CellKeys
+from .store import RedisClient
+from .streams import text
+
+__all__ = ["dump_state", "read_state", "render_state"]
+
+_ATTEMPTS = 20
+# Streams whose entry IDs are fixed by the log; the others (node inboxes, dead letters)
+# get IDs from the server's clock, so only their fields are kept.
+_ID_STREAMS = ("decisions", "out:")
+
+
+def _short(name: str, keys: CellKeys) -> str:
+    return name[len(keys.prefix) :]
+
+
+def _ignored(short: str) -> bool:
+    """Not projection state: the log itself and who holds which role right now."""
+    return short == "log" or short.startswith("lease:")
+
+
+async def dump_state(client: RedisClient, keys: CellKeys) -> dict[str, Any] | None:
+    """Every projection key of the cell, read atomically; None if the cell changed
+    between listing its keys and reading them, or its groups projection lags."""
+    before = await client.hmget(keys.meta, ["applied", "groups_applied"])
+    names = []
+    async for raw in client.scan_iter(match=keys.all_pattern, count=1000):
+        if not _ignored(_short(text(raw), keys)):
+            names.append(text(raw))
+    names.sort()
+    async with client.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.type(name)
+        kinds = [text(k) for k in await pipe.execute()]
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.hmget(keys.meta, ["applied", "groups_applied"])
+        pipe.xrevrange(keys.decisions, count=1)
+        for name, kind in zip(names, kinds, strict=True):
+            if kind == "stream":
+                pipe.xrange(name)
+            elif kind == "hash":
+                pipe.hgetall(name)
+            elif kind == "zset":
+                pipe.zrange(name, 0, -1, withscores=True)
+            elif kind == "set":
+                pipe.smembers(name)
+            else:
+                pipe.get(name)
+        replies = await pipe.execute()
+    markers, newest_decision, values = replies[0], replies[1], replies[2:]
+    groups_behind = bool(newest_decision) and newest_decision[0][0] != markers[1]
+    if markers != before or groups_behind:
+        return None
+    state: dict[str, Any] = {}
+    for name, kind, value in zip(names, kinds, values, strict=True):
+        short = _short(name, keys)
+        if kind == "stream":
+            # Inbox and dead-letter IDs come from the server's clock: compare fields.
+            keep_ids = short.startswith(_ID_STREAMS)
+            state[short] = [(text(i) if keep_ids else None, f) for i, f in value]
+        elif kind == "set":
+            state[short] = sorted(value)
+        elif kind == "hash" and short == "meta":
+            state[short] = {k: v for k, v in value.items() if k != b"settings"}
+        else:
+            state[short] = value
+    state["_applied"] = text(markers[0]) if markers[0] else "0-0"
+    return state
+
+
+async def read_state(client: RedisClient, keys: CellKeys) -> dict[str, Any]:
+    """The cell's projection state at one consistent point (see dump_state)."""
+    for _ in range(_ATTEMPTS):
+        state = await dump_state(client, keys)
+        if state is not None:
+            return state
+        await anyio.sleep(0.05)
+    raise RuntimeError("the cell kept changing while it was read; try again when quieter")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="backslashreplace")
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else value
+    if isinstance(value, dict):
+        return {_plain(k): _plain(v) for k, v in sorted(value.items())}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def render_state(state: dict[str, Any]) -> str:
+    """The canonical text of a state: the decisions, each session's outputs, each
+    node's inbox and the dead letters as one line per entry, then every other key.
+    Fields are sorted; stream entries keep their order."""
+    lines = []
+    streams = sorted(k for k, v in state.items() if isinstance(v, list) and _is_stream(v))
+    for name in streams:
+        lines.append(f"## {name}")
+        for entry_id, fields in state[name]:
+            body = json.dumps(_plain(fields), ensure_ascii=False, separators=(",", ":"))
+            lines.append(f"{text(entry_id)} {body}" if entry_id is not None else body)
+    lines.append("## state")
+    for name in sorted(state):
+        if name in streams or name.startswith("_"):
+            continue
+        body = json.dumps(_plain(state[name]), ensure_ascii=False, separators=(",", ":"))
+        lines.append(f"{name} {body}")
+    return "\n".join(lines) + "\n"
+
+
+def _is_stream(value: list[Any]) -> bool:
+    return all(
+        isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], dict) for item in value
+    )
