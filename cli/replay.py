@@ -92,6 +92,10 @@ def record_command(
     redis_url: Annotated[str, typer.Option("--redis-url")] = "redis://127.0.0.1:6379",
     cell: Annotated[str, typer.Option(help="the cell to record")] = DEFAULT_CELL,
     namespace: Annotated[str, typer.Option(help="key namespace")] = DEFAULT_NAMESPACE,
+    since: Annotated[
+        str | None, typer.Option(help="start after this log ID (from a snapshot)")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="end at this log ID")] = None,
 ) -> None:
     """Write a live cell's log (up to what it applied) as a fixture, and its live output
     as the golden beside it."""
@@ -102,7 +106,7 @@ def record_command(
         client = Store(redis_url).client()
         try:
             comments = [f"recorded from {namespace}:{{{cell}}} at {redis_url}"]
-            return await record(client, CellKeys(cell, namespace), out.stem, comments)
+            return await record(client, CellKeys(cell, namespace), out.stem, comments, since, until)
         finally:
             await client.aclose()
 

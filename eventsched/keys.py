@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_CELL",
     "DEFAULT_NAMESPACE",
     "GROUPS_KEYS",
+    "INBOX_GROUP",
     "LEASE_KEYS",
     "PROJECTIONS",
     "SCRIPT_KEYS",
@@ -38,6 +39,7 @@ DEFAULT_NAMESPACE = "es"
 # folds the log into the snapshot and decides; "groups" folds the decisions stream into
 # per-session group state and ordered outputs.
 PROJECTIONS = ("dispatch", "groups")
+INBOX_GROUP = "node"  # the consumer group a node reads its inbox through (apply.lua too)
 DEFAULT_CELL = "c0"
 CELL_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 _NAMESPACE_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")

@@ -16,13 +16,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .applier import APPLIER_GROUP
+from .applier import APPLIER_GROUP, GROUPS_GROUP
 from .config import DecisionSettings
 from .events import ENTRY_FIELD, canonical_json
 from .keys import DEFAULT_CELL, CellKeys
-from .state import read_state, render_state
+from .state import read_state, render_state, restore_items, restore_state
 from .store import MEMORY_URL, RedisClient, Store
 from .streams import id_after, text, xrange_raw
+from .verify import rebuild_in_memory
 from .worker import DEFAULT_BATCH, Worker, ensure_group, stored_settings
 
 __all__ = [
@@ -52,11 +53,20 @@ class Fixture:
     settings: DecisionSettings = field(default_factory=DecisionSettings)
     comments: list[str] = field(default_factory=list)
     entries: list[tuple[str, dict[str, str]]] = field(default_factory=list)  # (log ID, fields)
+    snapshot: list[dict[str, Any]] = field(default_factory=list)  # state to start from
+    with_state: bool = True  # False: the golden holds the output streams only
 
     def to_text(self) -> str:
-        header = {"format": FORMAT, "cell": self.cell, "settings": self.settings.model_dump()}
+        header: dict[str, Any] = {
+            "format": FORMAT,
+            "cell": self.cell,
+            "settings": self.settings.model_dump(),
+        }
+        if not self.with_state:
+            header["outputs"] = "streams"
         lines = [f"# {line}".rstrip() for line in self.comments]
         lines.append(canonical_json(header))
+        lines += [canonical_json(item) for item in self.snapshot]
         for entry_id, fields in self.entries:
             lines.append(canonical_json({"id": entry_id, **_entry_body(fields)}))
         return "\n".join(lines) + "\n"
@@ -119,11 +129,17 @@ def load_fixture(path: Path) -> Fixture:
                     raise FixtureError(f"{path}:line {number}: format must be {FORMAT!r}")
                 fixture.cell = str(header.get("cell", DEFAULT_CELL))
                 fixture.settings = DecisionSettings.model_validate(header.get("settings", {}))
+                fixture.with_state = header.get("outputs", "all") != "streams"
             except (ValueError, AttributeError, ValidationError) as exc:
                 if isinstance(exc, FixtureError):
                     raise
                 raise FixtureError(f"{path}:line {number}: bad header: {exc}") from None
             header_seen = True
+            continue
+        if stripped.startswith('{"restore":'):
+            if fixture.entries:
+                raise FixtureError(f"{path}:line {number}: restore lines come before events")
+            fixture.snapshot.append(json.loads(stripped))
             continue
         try:
             entry_id, fields = _parse_line(number, stripped, previous_ms, seq)
@@ -157,16 +173,22 @@ async def replay(
     keys = CellKeys(fixture.cell, f"replay-{uuid.uuid4().hex[:12]}")
     client = Store(url).client()
     try:
+        await restore_state(client, keys, fixture.snapshot)
         for start in range(0, len(fixture.entries), _PAGE):
             async with client.pipeline(transaction=False) as pipe:
                 for entry_id, fields in fixture.entries[start : start + _PAGE]:
                     pipe.xadd(keys.log, fields, id=entry_id)  # type: ignore[arg-type]
                 await pipe.execute()
         await ensure_group(client, keys.log, APPLIER_GROUP)
+        # After a snapshot the group state has folded the decisions it holds already.
+        folded = await client.hget(keys.meta, "groups_applied")
+        if folded is not None:
+            await ensure_group(client, keys.decisions, GROUPS_GROUP)
+            await client.xgroup_setid(keys.decisions, GROUPS_GROUP, text(folded))
         worker = Worker(client, [keys], fixture.settings, name="replay", batch_size=batch)
         await worker.drain()
         await worker.release()
-        output = render_state(await read_state(client, keys))
+        output = render_state(await read_state(client, keys), fixture.with_state)
         return ReplayResult(fixture.name, len(fixture.entries), output)
     finally:
         async for key in client.scan_iter(match=f"{keys.namespace}:*", count=1000):
@@ -202,30 +224,82 @@ def check(result: ReplayResult, golden: str | None, context_lines: int = 2) -> s
 
 
 async def record(
-    client: RedisClient, keys: CellKeys, name: str, comments: list[str] | None = None
+    client: RedisClient,
+    keys: CellKeys,
+    name: str,
+    comments: list[str] | None = None,
+    since: str | None = None,
+    until: str | None = None,
 ) -> tuple[Fixture, str]:
-    """A fixture of the live cell's log up to its applied marker, and its golden: the
-    live output read at that same point."""
+    """A fixture of the live cell's log and its golden, the live output.
+
+    Without ``until`` the recording ends at the point the cell has applied, and the
+    golden is the whole live output there, projections included. With ``until`` it ends
+    there, and the golden holds the output streams as they were at that point (every
+    stream is append-only; the projections of that past point are not kept live). With
+    ``since`` it starts after that entry, from a snapshot of the projections at it,
+    rebuilt from the log before it by the same scripts (the log must not be trimmed)."""
     live = await read_state(client, keys)
     info = await client.xinfo_stream(keys.log)
     added = info.get("entries-added")
-    if added is not None and int(added) != int(info["length"]):
-        raise ValueError("the log was trimmed: a recording needs the log from its start")
+    trimmed = added is not None and int(added) != int(info["length"])
+    if trimmed:
+        raise ValueError(
+            "the log was trimmed: a recording needs it from the start "
+            "(recording from a stored checkpoint is not supported yet)"
+        )
+    applied = live["_applied"]
+    end = applied
+    if until is not None:
+        if id_after(until, applied):
+            raise ValueError(f"--until {until} is beyond what the cell applied ({applied})")
+        end = until
     fixture = Fixture(
         name=name,
         cell=keys.cell,
         settings=await stored_settings(client, keys),
         comments=comments or [],
+        with_state=end == applied,
     )
-    up_to = live["_applied"]
-    cursor = "-"
+    if since is not None:
+        if id_after(since, end):
+            raise ValueError(f"--since {since} is after the end of the recording ({end})")
+        snapshot, _ = await rebuild_in_memory(client, keys, since, "record")
+        fixture.snapshot = restore_items(snapshot)
+    cursor = f"({since}" if since is not None else "-"
     while True:
         page = await xrange_raw(client, keys.log, cursor, _PAGE)
         for entry_id, raw in page:
             entry = text(entry_id)
-            if id_after(entry, up_to):
-                return fixture, render_state(live)
+            if id_after(entry, end):
+                break
             fixture.entries.append((entry, {text(k): text(v) for k, v in raw.items()}))
-        if len(page) < _PAGE:
-            return fixture, render_state(live)
-        cursor = "(" + text(page[-1][0])
+        else:
+            if len(page) == _PAGE:
+                cursor = "(" + text(page[-1][0])
+                continue
+        break
+    output = live if fixture.with_state else _streams_until(live, end)
+    return fixture, render_state(output, fixture.with_state)
+
+
+def _streams_until(state: dict[str, Any], end: str) -> dict[str, Any]:
+    """The output streams as they were when the log entry ``end`` had been applied."""
+    cut: dict[str, Any] = {}
+    handed: dict[str, int] = {}
+    for entry_id, fields in state.get("decisions", []):
+        if not id_after(text(fields[b"at"]), end):
+            cut.setdefault("decisions", []).append((entry_id, fields))
+            if fields[b"k"] == b"d":
+                node = "inbox:" + text(fields[b"node"])
+                handed[node] = handed.get(node, 0) + 1
+    for name, value in state.items():
+        if name.startswith("out:"):
+            kept = [(i, f) for i, f in value if not id_after(text(f[b"at"]), end)]
+            if kept:
+                cut[name] = kept
+        elif name.startswith("inbox:") and handed.get(name):
+            cut[name] = value[: handed[name]]
+        elif name == "dlq":
+            cut[name] = [(i, f) for i, f in value if not id_after(text(f[b"log_id"]), end)]
+    return cut

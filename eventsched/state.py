@@ -15,11 +15,11 @@ from typing import Any
 
 import anyio
 
-from .keys import CellKeys
+from .keys import INBOX_GROUP, SUFFIXES, CellKeys
 from .store import RedisClient
 from .streams import text
 
-__all__ = ["dump_state", "read_state", "render_state"]
+__all__ = ["dump_state", "read_state", "render_state", "restore_items", "restore_state"]
 
 _ATTEMPTS = 20
 # Streams whose entry IDs are fixed by the log; the others (node inboxes, dead letters)
@@ -107,10 +107,52 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def render_state(state: dict[str, Any]) -> str:
+def restore_items(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """A state as JSON-able items, one per key, that ``restore_state`` writes back."""
+    items = []
+    for name in sorted(k for k in state if not k.startswith("_")):
+        value = state[name]
+        if isinstance(value, dict):
+            items.append({"restore": name, "type": "hash", "value": _plain(value)})
+        elif isinstance(value, list) and _is_stream(value):
+            entries = [[text(i) if i is not None else None, _plain(f)] for i, f in value]
+            items.append({"restore": name, "type": "stream", "value": entries})
+        elif isinstance(value, list) and value and isinstance(value[0], tuple):
+            items.append({"restore": name, "type": "zset", "value": _plain(value)})
+        elif isinstance(value, list):
+            items.append({"restore": name, "type": "set", "value": _plain(value)})
+        else:
+            items.append({"restore": name, "type": "string", "value": _plain(value)})
+    return items
+
+
+async def restore_state(client: RedisClient, keys: CellKeys, items: list[dict[str, Any]]) -> None:
+    """Write restore items under the cell's prefix (streams keep their IDs where they
+    have them; inbox and dead-letter entries get new ones)."""
+    async with client.pipeline(transaction=False) as pipe:
+        for item in items:
+            key, kind, value = keys.prefix + item["restore"], item["type"], item["value"]
+            if kind == "hash":
+                pipe.hset(key, mapping=value)
+            elif kind == "stream":
+                if item["restore"].startswith(SUFFIXES["inbox"]):
+                    # Inboxes are created with their consumer group, even when empty.
+                    pipe.xgroup_create(key, INBOX_GROUP, id="0", mkstream=True)
+                for entry_id, fields in value:
+                    pipe.xadd(key, fields, id=entry_id or "*")
+            elif kind == "zset":
+                pipe.zadd(key, {member: score for member, score in value})
+            elif kind == "set":
+                pipe.sadd(key, *value)
+            else:
+                pipe.set(key, value)
+        await pipe.execute()
+
+
+def render_state(state: dict[str, Any], with_state: bool = True) -> str:
     """The canonical text of a state: the decisions, each session's outputs, each
-    node's inbox and the dead letters as one line per entry, then every other key.
-    Fields are sorted; stream entries keep their order."""
+    node's inbox and the dead letters as one line per entry, then (``with_state``)
+    every other key. Fields are sorted; stream entries keep their order."""
     lines = []
     streams = sorted(k for k, v in state.items() if isinstance(v, list) and _is_stream(v))
     for name in streams:
@@ -118,6 +160,8 @@ def render_state(state: dict[str, Any]) -> str:
         for entry_id, fields in state[name]:
             body = json.dumps(_plain(fields), ensure_ascii=False, separators=(",", ":"))
             lines.append(f"{text(entry_id)} {body}" if entry_id is not None else body)
+    if not with_state:
+        return "\n".join(lines) + "\n"
     lines.append("## state")
     for name in sorted(state):
         if name in streams or name.startswith("_"):

@@ -81,6 +81,48 @@ async def test_a_recorded_live_run_replays_to_what_it_did(store_url: str, tmp_pa
     assert check(await replay(reloaded, store_url, batch=7), golden) is None
 
 
+async def test_recordings_can_start_from_a_snapshot_and_stop_early(
+    store_url: str, tmp_path: Path
+) -> None:
+    namespace = new_namespace()
+    keys = CellKeys("c0", namespace)
+    spec = LoadSpec(
+        nodes=4,
+        sessions=5,
+        utterances=5,
+        gap_ms=(5, 20),
+        service_ms=(5, 20),
+        heartbeat_ms=100,
+        mortal_share=0,
+    )
+    store = Store(store_url)
+    client = store.client()
+    try:
+        await run_demo(store, keys, spec)
+        whole, _ = await record(client, keys, "whole")
+        ids = [entry_id for entry_id, _ in whole.entries]
+        since, until = ids[len(ids) // 3], ids[2 * len(ids) // 3]
+        recordings = [
+            await record(client, keys, "tail", since=since),
+            await record(client, keys, "head", until=until),
+            await record(client, keys, "middle", since=since, until=until),
+        ]
+    finally:
+        await remove_namespace(client, namespace)
+        await client.aclose()
+    tail, head, middle = (fixture for fixture, _ in recordings)
+    assert tail.snapshot and tail.entries[0][0] == ids[len(ids) // 3 + 1] and tail.with_state
+    assert head.entries[-1][0] == until and not head.snapshot and not head.with_state
+    assert middle.snapshot and middle.entries[-1][0] == until
+    for fixture, golden in recordings:
+        assert check(await replay(fixture, store_url), golden) is None, fixture.name
+    path = tmp_path / "middle.jsonl"
+    path.write_text(middle.to_text(), encoding="utf-8")
+    reloaded = load_fixture(path)
+    assert (reloaded.snapshot, reloaded.entries) == (middle.snapshot, middle.entries)
+    assert check(await replay(reloaded), recordings[2][1]) is None
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
