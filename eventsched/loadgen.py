@@ -242,12 +242,13 @@ async def run_load(
     async with anyio.create_task_group() as fleet:
         fleet.start_soon(heartbeats)
         fleet.start_soon(nodes, fleet)
-        for node in plan.nodes:
-            if node.node_id in plan.mortal:
-                fleet.start_soon(die_and_return, node)
-        async with anyio.create_task_group() as speakers:
+        # The run ends when every finalize has ended and every dead node is back.
+        async with anyio.create_task_group() as story:
+            for node in plan.nodes:
+                if node.node_id in plan.mortal:
+                    story.start_soon(die_and_return, node)
             for session in plan.sessions:
-                speakers.start_soon(speak, session)
+                story.start_soon(speak, session)
         await wait_outcomes()
         fleet.cancel_scope.cancel()
 
