@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from .applier import APPLIER_GROUP, GROUPS_GROUP
 from .config import DecisionSettings
 from .events import ENTRY_FIELD, canonical_json
-from .keys import DEFAULT_CELL, CellKeys
+from .keys import DEFAULT_CELL, SUFFIXES, CellKeys
 from .state import read_state, render_state, restore_items, restore_state
 from .store import MEMORY_URL, RedisClient, Store
 from .streams import id_after, text, xrange_raw
@@ -279,12 +279,21 @@ async def record(
                 cursor = "(" + text(page[-1][0])
                 continue
         break
-    output = live if fixture.with_state else _streams_until(live, end)
-    return fixture, render_state(output, fixture.with_state)
+    if fixture.with_state:
+        return fixture, render_state(live, True)
+    registered = {
+        f"{SUFFIXES['inbox']}{event['node_id']}"
+        for event in (_entry_body(fields).get("event") for _, fields in fixture.entries)
+        if isinstance(event, dict) and event.get("type") == "node_registered"
+    }
+    if fixture.snapshot:
+        registered |= {item["restore"] for item in fixture.snapshot}
+    return fixture, render_state(_streams_until(live, end, registered), False)
 
 
-def _streams_until(state: dict[str, Any], end: str) -> dict[str, Any]:
-    """The output streams as they were when the log entry ``end`` had been applied."""
+def _streams_until(state: dict[str, Any], end: str, inboxes: set[str]) -> dict[str, Any]:
+    """The output streams as they were when the log entry ``end`` had been applied.
+    ``inboxes`` are those that existed by then (a node's is made when it registers)."""
     cut: dict[str, Any] = {}
     handed: dict[str, int] = {}
     for entry_id, fields in state.get("decisions", []):
@@ -298,8 +307,8 @@ def _streams_until(state: dict[str, Any], end: str) -> dict[str, Any]:
             kept = [(i, f) for i, f in value if not id_after(text(f[b"at"]), end)]
             if kept:
                 cut[name] = kept
-        elif name.startswith("inbox:") and handed.get(name):
-            cut[name] = value[: handed[name]]
+        elif name.startswith("inbox:") and name in inboxes:
+            cut[name] = value[: handed.get(name, 0)]
         elif name == "dlq":
             cut[name] = [(i, f) for i, f in value if not id_after(text(f[b"log_id"]), end)]
     return cut
