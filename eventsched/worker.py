@@ -35,9 +35,10 @@ __all__ = ["DEFAULT_BATCH", "Worker", "ensure_group", "find_cells", "stored_sett
 
 log = logging.getLogger("eventsched.worker")
 
-# One apply call holds Redis for its whole batch; about 50-60 us per finalize on our
-# machines keeps a batch of 32 near 2 ms (bench/dispatch_scale.py prints the figure).
-DEFAULT_BATCH = 32
+# One apply call holds Redis for its whole batch. A finalize decision costs 60-80 us of
+# Redis time on our machines (bench/dispatch_scale.py), so 24 finalizes hold it for
+# about 2 ms, the most we let one call take from every other client.
+DEFAULT_BATCH = 24
 _CLAIM_PAGE = 100
 _TRIM_EVERY_S = 5.0
 _BACKOFF_MIN_S = 0.05
