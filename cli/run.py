@@ -73,7 +73,8 @@ def worker(
     lease_ms: Annotated[int, typer.Option(min=100, help="role lease time to live")] = 2000,
     tick_ms: Annotated[int, typer.Option(min=10, help="tick interval")] = 200,
     retain: Annotated[
-        int | None, typer.Option(min=0, help="trim acknowledged entries older than S seconds")
+        int | None,
+        typer.Option(min=0, help="checkpoint, and trim acknowledged entries older than S s"),
     ] = None,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True)] = 0,
 ) -> None:

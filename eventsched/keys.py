@@ -135,6 +135,16 @@ class CellKeys:
         return self.prefix + "nodes"
 
     @property
+    def checkpoints(self) -> str:
+        """Hash: log position -> the projections there (JSON), kept for trimmed logs."""
+        return self.prefix + "checkpoints"
+
+    @property
+    def trims(self) -> str:
+        """Hash: stream -> the ID below which retention trimmed it."""
+        return self.prefix + "trims"
+
+    @property
     def deadlines(self) -> str:
         """Sorted set: running job id -> deadline (event time ms)."""
         return self.prefix + "deadlines"

@@ -7,6 +7,7 @@ from __future__ import annotations
 from .applier import GROUPS_GROUP
 from .config import DecisionSettings
 from .keys import SUFFIXES, CellKeys
+from .retention import deleted_below
 from .store import RedisClient
 from .worker import Worker, ensure_group
 
@@ -25,6 +26,10 @@ async def rebuild_groups(
     """Rebuild; returns how many decisions were folded. The groups lease is taken over
     from whoever holds it: fencing refuses the old holder's next batch, and it takes the
     role back after this releases it."""
+    if await deleted_below(client, keys, keys.decisions) is not None:
+        raise ValueError(
+            "the decisions stream was trimmed: the group state cannot be refolded from it"
+        )
     await client.set(keys.lease("groups"), holder, px=lease_ms)
     worker = Worker(
         client, [keys], settings, name=holder, lease_ms=lease_ms, projections=("groups",)

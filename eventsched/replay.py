@@ -20,10 +20,10 @@ from .applier import APPLIER_GROUP, GROUPS_GROUP
 from .config import DecisionSettings
 from .events import ENTRY_FIELD, canonical_json
 from .keys import DEFAULT_CELL, SUFFIXES, CellKeys
+from .retention import checkpoint_markers, deleted_below, load_checkpoint
 from .state import read_state, render_state, restore_items, restore_state
 from .store import MEMORY_URL, RedisClient, Store
-from .streams import id_after, text, xrange_raw
-from .verify import rebuild_in_memory
+from .streams import id_after, next_id, text, xrange_raw
 from .worker import DEFAULT_BATCH, Worker, ensure_group, stored_settings
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "load_fixture",
     "record",
     "replay",
+    "state_at",
 ]
 
 FORMAT = "eventsched-replay/1"
@@ -179,12 +180,7 @@ async def replay(
                 for entry_id, fields in fixture.entries[start : start + _PAGE]:
                     pipe.xadd(keys.log, fields, id=entry_id)  # type: ignore[arg-type]
                 await pipe.execute()
-        await ensure_group(client, keys.log, APPLIER_GROUP)
-        # After a snapshot the group state has folded the decisions it holds already.
-        folded = await client.hget(keys.meta, "groups_applied")
-        if folded is not None:
-            await ensure_group(client, keys.decisions, GROUPS_GROUP)
-            await client.xgroup_setid(keys.decisions, GROUPS_GROUP, text(folded))
+        await _start_groups(client, keys)
         worker = Worker(client, [keys], fixture.settings, name="replay", batch_size=batch)
         await worker.drain()
         await worker.release()
@@ -223,6 +219,56 @@ def check(result: ReplayResult, golden: str | None, context_lines: int = 2) -> s
     return "\n".join(line[:200] for line in diff[: min(first_hunk_end, 24)])
 
 
+async def state_at(client: RedisClient, keys: CellKeys, point: str) -> list[dict[str, Any]]:
+    """The projections (no stream history) as they were once the log entry ``point``
+    had been applied: the newest checkpoint at or before it (or nothing), with the log
+    after it replayed in memory by the same scripts."""
+    usable = [m for m in await checkpoint_markers(client, keys) if not id_after(m, point)]
+    base, items = (
+        ("0-0", []) if not usable else (usable[-1], await load_checkpoint(client, keys, usable[-1]))
+    )
+    deleted = await deleted_below(client, keys, keys.log)
+    if deleted is not None and id_after(deleted, next_id(base)):
+        raise ValueError(
+            f"the log before {point} was trimmed past the newest checkpoint before it "
+            f"({base}); start the recording later"
+        )
+    scratch = Store().client()
+    try:
+        await restore_state(scratch, keys, items)
+        cursor = f"({base}"
+        while True:
+            page = [
+                (i, f)
+                for i, f in await xrange_raw(client, keys.log, cursor, _PAGE)
+                if not id_after(text(i), point)
+            ]
+            if page:
+                async with scratch.pipeline(transaction=False) as pipe:
+                    for entry_id, fields in page:
+                        pipe.xadd(keys.log, fields, id=entry_id)  # type: ignore[arg-type]
+                    await pipe.execute()
+            if len(page) < _PAGE:
+                break
+            cursor = "(" + text(page[-1][0])
+        await _start_groups(scratch, keys)
+        worker = Worker(scratch, [keys], await stored_settings(client, keys), name="record")
+        await worker.drain()
+        return restore_items(await read_state(scratch, keys))
+    finally:
+        await scratch.aclose()
+
+
+async def _start_groups(client: RedisClient, keys: CellKeys) -> None:
+    """Consumer groups of a store about to apply: the log from its start; the decisions
+    after the ones a restored snapshot has folded already."""
+    await ensure_group(client, keys.log, APPLIER_GROUP)
+    folded = await client.hget(keys.meta, "groups_applied")
+    if folded is not None:
+        await ensure_group(client, keys.decisions, GROUPS_GROUP)
+        await client.xgroup_setid(keys.decisions, GROUPS_GROUP, text(folded))
+
+
 async def record(
     client: RedisClient,
     keys: CellKeys,
@@ -234,26 +280,24 @@ async def record(
     """A fixture of the live cell's log and its golden, the live output.
 
     Without ``until`` the recording ends at the point the cell has applied, and the
-    golden is the whole live output there, projections included. With ``until`` it ends
-    there, and the golden holds the output streams as they were at that point (every
-    stream is append-only; the projections of that past point are not kept live). With
-    ``since`` it starts after that entry, from a snapshot of the projections at it,
-    rebuilt from the log before it by the same scripts (the log must not be trimmed)."""
+    golden holds the live output there, projections included. With ``until`` it ends
+    there, and the golden holds the output streams as they were at that point (they are
+    append-only; the projections of a past point are not kept live). With ``since`` it
+    starts after that entry, from a snapshot of the projections at it (a stored
+    checkpoint plus the log after it, replayed in memory), and the golden holds the
+    stream entries caused after it. A log trimmed before the start is fine as long as a
+    checkpoint covers it (``eventsched worker --retain`` writes them)."""
     live = await read_state(client, keys)
-    info = await client.xinfo_stream(keys.log)
-    added = info.get("entries-added")
-    trimmed = added is not None and int(added) != int(info["length"])
-    if trimmed:
-        raise ValueError(
-            "the log was trimmed: a recording needs it from the start "
-            "(recording from a stored checkpoint is not supported yet)"
-        )
     applied = live["_applied"]
     end = applied
     if until is not None:
         if id_after(until, applied):
             raise ValueError(f"--until {until} is beyond what the cell applied ({applied})")
         end = until
+    if since is not None and id_after(since, end):
+        raise ValueError(f"--since {since} is after the end of the recording ({end})")
+    if since is None and await deleted_below(client, keys, keys.log) is not None:
+        raise ValueError("the log was trimmed: give --since at or after its first entry")
     fixture = Fixture(
         name=name,
         cell=keys.cell,
@@ -262,10 +306,7 @@ async def record(
         with_state=end == applied,
     )
     if since is not None:
-        if id_after(since, end):
-            raise ValueError(f"--since {since} is after the end of the recording ({end})")
-        snapshot, _ = await rebuild_in_memory(client, keys, since, "record")
-        fixture.snapshot = restore_items(snapshot)
+        fixture.snapshot = await state_at(client, keys, since)
     cursor = f"({since}" if since is not None else "-"
     while True:
         page = await xrange_raw(client, keys.log, cursor, _PAGE)
@@ -279,36 +320,52 @@ async def record(
                 cursor = "(" + text(page[-1][0])
                 continue
         break
-    if fixture.with_state:
-        return fixture, render_state(live, True)
     registered = {
         f"{SUFFIXES['inbox']}{event['node_id']}"
         for event in (_entry_body(fields).get("event") for _, fields in fixture.entries)
         if isinstance(event, dict) and event.get("type") == "node_registered"
     }
-    if fixture.snapshot:
-        registered |= {item["restore"] for item in fixture.snapshot}
-    return fixture, render_state(_streams_until(live, end, registered), False)
+    output = _cut_streams(live, since, end, registered)
+    return fixture, render_state(output, fixture.with_state)
 
 
-def _streams_until(state: dict[str, Any], end: str, inboxes: set[str]) -> dict[str, Any]:
-    """The output streams as they were when the log entry ``end`` had been applied.
-    ``inboxes`` are those that existed by then (a node's is made when it registers)."""
-    cut: dict[str, Any] = {}
-    handed: dict[str, int] = {}
+def _cut_streams(
+    state: dict[str, Any], after: str | None, end: str, new_inboxes: set[str]
+) -> dict[str, Any]:
+    """The state with its output streams cut to the entries caused by log entries in
+    (after, end]. A node's inbox is kept when it has such entries or the node registered
+    in that span (registering makes the inbox, empty)."""
+
+    def inside(log_id: bytes) -> bool:
+        entry = text(log_id)
+        return not id_after(entry, end) and (after is None or id_after(entry, after))
+
+    cut = {name: value for name, value in state.items() if not _is_output(name)}
+    skipped: dict[str, int] = {}
+    taken: dict[str, int] = {}
     for entry_id, fields in state.get("decisions", []):
-        if not id_after(text(fields[b"at"]), end):
+        node = "inbox:" + text(fields.get(b"node", b""))
+        caused_at = text(fields[b"at"])
+        if fields[b"k"] == b"d" and after is not None and not id_after(caused_at, after):
+            skipped[node] = skipped.get(node, 0) + 1
+        if inside(fields[b"at"]):
             cut.setdefault("decisions", []).append((entry_id, fields))
             if fields[b"k"] == b"d":
-                node = "inbox:" + text(fields[b"node"])
-                handed[node] = handed.get(node, 0) + 1
+                taken[node] = taken.get(node, 0) + 1
     for name, value in state.items():
         if name.startswith("out:"):
-            kept = [(i, f) for i, f in value if not id_after(text(f[b"at"]), end)]
+            kept = [(i, f) for i, f in value if inside(f[b"at"])]
             if kept:
                 cut[name] = kept
-        elif name.startswith("inbox:") and name in inboxes:
-            cut[name] = value[: handed.get(name, 0)]
+        elif name.startswith("inbox:") and (taken.get(name) or name in new_inboxes):
+            start = skipped.get(name, 0)
+            cut[name] = value[start : start + taken.get(name, 0)]
         elif name == "dlq":
-            cut[name] = [(i, f) for i, f in value if not id_after(text(f[b"log_id"]), end)]
+            kept = [(i, f) for i, f in value if inside(f[b"log_id"])]
+            if kept:
+                cut[name] = kept
     return cut
+
+
+def _is_output(name: str) -> bool:
+    return name in ("decisions", "dlq") or name.startswith(("out:", "inbox:"))

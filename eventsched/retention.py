@@ -1,19 +1,31 @@
-"""Trimming a stream without losing anything: only entries every consumer group has
-acknowledged, and only those older than the retention window (in event time)."""
+"""Trimming without losing anything, and the checkpoints that make it safe.
+
+A stream is trimmed only below the point every consumer group has acknowledged. The
+log and the decisions stream are trimmed, beyond the retention window, only below a
+checkpoint: the cell's projections (without stream history) stored at a log position,
+so a recording can still start after the trimmed part (``replay.record --since``).
+"""
 
 from __future__ import annotations
 
+import json
 from typing import Any, cast
 
+from .events import canonical_json
+from .keys import CellKeys
+from .state import dump_state, restore_items
 from .store import RedisClient
-from .streams import parse_id, text
+from .streams import next_id, parse_id, text
 
-__all__ = ["acked_bound", "trim_acknowledged"]
-
-
-def _next(entry_id: str) -> str:
-    ms, seq = parse_id(entry_id)
-    return f"{ms}-{seq + 1}"
+__all__ = [
+    "acked_bound",
+    "checkpoint_markers",
+    "deleted_below",
+    "load_checkpoint",
+    "retain",
+    "trim_acknowledged",
+    "write_checkpoint",
+]
 
 
 async def acked_bound(client: RedisClient, stream: str) -> str | None:
@@ -29,18 +41,100 @@ async def acked_bound(client: RedisClient, stream: str) -> str | None:
         if summary["pending"]:
             bounds.append(text(summary["min"]))  # the oldest entry read but not acked
         else:
-            bounds.append(_next(text(group["last-delivered-id"])))
+            bounds.append(next_id(text(group["last-delivered-id"])))
     return min(bounds, key=parse_id)
 
 
-async def trim_acknowledged(client: RedisClient, stream: str, retain_ms: int) -> int:
-    """Remove entries acknowledged by every group and older than ``retain_ms`` before
-    the stream's newest entry. Returns how many were removed."""
+async def trim_acknowledged(client: RedisClient, stream: str, below: str) -> int:
+    """Remove the entries below ``below`` that every group has acknowledged; returns how
+    many were removed."""
     bound = await acked_bound(client, stream)
-    newest = cast(list[tuple[bytes, Any]], await client.xrevrange(stream, count=1))
-    if bound is None or not newest:
+    if bound is None:
+        return 0
+    minimum = min(bound, below, key=parse_id)
+    return int(await client.xtrim(stream, minid=minimum, approximate=False))
+
+
+async def deleted_below(client: RedisClient, keys: CellKeys, stream: str) -> str | None:
+    """An ID below which entries of the stream may have been deleted (none at or after
+    it were), or None when nothing was ever deleted. Redis counts what was added but
+    does not say where XTRIM cut, so retention records its own cuts."""
+    if not await client.exists(stream):
+        return None
+    info = await client.xinfo_stream(stream)
+    added = info.get("entries-added")
+    if added is None or int(added) == int(info["length"]):
+        return None
+    bounds = []
+    max_deleted = text(info.get("max-deleted-entry-id") or b"0-0")
+    if max_deleted != "0-0":
+        bounds.append(next_id(max_deleted))  # XDEL
+    recorded = await client.hget(keys.trims, stream)
+    if recorded is not None:
+        bounds.append(text(recorded))  # our own XTRIM
+    if not bounds:  # trimmed by someone else: assume everything before what is left
+        first = info.get("first-entry")
+        bounds.append(text(first[0]) if first else next_id(text(info["last-generated-id"])))
+    return max(bounds, key=parse_id)
+
+
+async def write_checkpoint(client: RedisClient, keys: CellKeys) -> str | None:
+    """Store the projections at the cell's current applied position; returns that
+    position, or None when the cell changed under the read (try again later)."""
+    state = await dump_state(client, keys)
+    if state is None:
+        return None
+    marker = str(state["_applied"])
+    await client.hset(keys.checkpoints, marker, canonical_json(restore_items(state)))
+    return marker
+
+
+async def checkpoint_markers(client: RedisClient, keys: CellKeys) -> list[str]:
+    found = cast(list[bytes], await client.hkeys(keys.checkpoints))
+    return sorted((text(m) for m in found), key=parse_id)
+
+
+async def load_checkpoint(client: RedisClient, keys: CellKeys, marker: str) -> list[Any]:
+    raw = await client.hget(keys.checkpoints, marker)
+    if raw is None:
+        raise ValueError(f"no checkpoint at {marker}")
+    return cast(list[Any], json.loads(raw))
+
+
+def _groups_marker(items: list[Any]) -> str:
+    for item in items:
+        if item["restore"] == "meta":
+            return str(item["value"].get("groups_applied", "0-0"))
+    return "0-0"
+
+
+async def retain(client: RedisClient, keys: CellKeys, retain_ms: int) -> int:
+    """One retention round: checkpoint when the newest is older than half the window,
+    then trim the log and the decisions stream below the newest checkpoint older than
+    the window (never below what a group still needs). Returns entries removed."""
+    newest = cast(list[tuple[bytes, Any]], await client.xrevrange(keys.log, count=1))
+    if not newest:
         return 0
     newest_ms, _ = parse_id(text(newest[0][0]))
-    window = f"{max(newest_ms - retain_ms, 0)}-0"
-    minimum = min(bound, window, key=parse_id)
-    return int(await client.xtrim(stream, minid=minimum, approximate=False))
+    markers = await checkpoint_markers(client, keys)
+    if not markers or parse_id(markers[-1])[0] < newest_ms - retain_ms // 2:
+        written = await write_checkpoint(client, keys)
+        markers = await checkpoint_markers(client, keys) if written else markers
+    window = (newest_ms - retain_ms, 0)
+    older = [m for m in markers if parse_id(m) <= window]
+    if not older:
+        return 0
+    base = older[-1]
+    for stale in older[:-1]:
+        await client.hdel(keys.checkpoints, stale)
+    items = await load_checkpoint(client, keys, base)
+    removed = 0
+    for stream, below in (
+        (keys.log, next_id(base)),
+        (keys.decisions, next_id(_groups_marker(items))),
+    ):
+        trimmed = await trim_acknowledged(client, stream, below)
+        if trimmed:
+            await client.hset(keys.trims, stream, below)
+            removed += trimmed
+    return removed

@@ -15,7 +15,7 @@ from typing import Any
 
 import anyio
 
-from .keys import INBOX_GROUP, SUFFIXES, CellKeys
+from .keys import CellKeys
 from .store import RedisClient
 from .streams import text
 
@@ -32,8 +32,9 @@ def _short(name: str, keys: CellKeys) -> str:
 
 
 def _ignored(short: str) -> bool:
-    """Not projection state: the log itself and who holds which role right now."""
-    return short == "log" or short.startswith("lease:")
+    """Not projection state: the log itself, stored checkpoints and trim points, and
+    who holds which role right now."""
+    return short in ("log", "checkpoints", "trims") or short.startswith("lease:")
 
 
 async def dump_state(client: RedisClient, keys: CellKeys) -> dict[str, Any] | None:
@@ -108,15 +109,16 @@ def _plain(value: Any) -> Any:
 
 
 def restore_items(state: dict[str, Any]) -> list[dict[str, Any]]:
-    """A state as JSON-able items, one per key, that ``restore_state`` writes back."""
+    """The projection keys of a state (no stream history: decisions, outputs, inboxes and
+    dead letters are outputs, not state) as JSON-able items that ``restore_state``
+    writes back; checkpoints and replay snapshots are made of these."""
     items = []
     for name in sorted(k for k in state if not k.startswith("_")):
         value = state[name]
         if isinstance(value, dict):
             items.append({"restore": name, "type": "hash", "value": _plain(value)})
         elif isinstance(value, list) and _is_stream(value):
-            entries = [[text(i) if i is not None else None, _plain(f)] for i, f in value]
-            items.append({"restore": name, "type": "stream", "value": entries})
+            continue
         elif isinstance(value, list) and value and isinstance(value[0], tuple):
             items.append({"restore": name, "type": "zset", "value": _plain(value)})
         elif isinstance(value, list):
@@ -127,19 +129,12 @@ def restore_items(state: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 async def restore_state(client: RedisClient, keys: CellKeys, items: list[dict[str, Any]]) -> None:
-    """Write restore items under the cell's prefix (streams keep their IDs where they
-    have them; inbox and dead-letter entries get new ones)."""
+    """Write restore items under the cell's prefix."""
     async with client.pipeline(transaction=False) as pipe:
         for item in items:
             key, kind, value = keys.prefix + item["restore"], item["type"], item["value"]
             if kind == "hash":
                 pipe.hset(key, mapping=value)
-            elif kind == "stream":
-                if item["restore"].startswith(SUFFIXES["inbox"]):
-                    # Inboxes are created with their consumer group, even when empty.
-                    pipe.xgroup_create(key, INBOX_GROUP, id="0", mkstream=True)
-                for entry_id, fields in value:
-                    pipe.xadd(key, fields, id=entry_id or "*")
             elif kind == "zset":
                 pipe.zadd(key, {member: score for member, score in value})
             elif kind == "set":

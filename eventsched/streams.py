@@ -11,6 +11,7 @@ from .store import RedisClient
 __all__ = [
     "RawEntry",
     "id_after",
+    "next_id",
     "parse_id",
     "read_hash",
     "read_stream",
@@ -30,6 +31,12 @@ def parse_id(entry_id: str) -> tuple[int, int]:
     """A stream ID as (ms, seq) integers: IDs compare as numbers, never as strings."""
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
+
+
+def next_id(entry_id: str) -> str:
+    """The smallest ID after ``entry_id``."""
+    ms, seq = parse_id(entry_id)
+    return f"{ms}-{seq + 1}"
 
 
 def id_after(a: str, b: str) -> bool:

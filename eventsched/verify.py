@@ -15,6 +15,7 @@ from .applier import APPLIER_GROUP
 from .events import ENTRY_FIELD, NodeRegistered, SessionOpened, decode_event
 from .keys import CellKeys
 from .metrics import measure
+from .retention import deleted_below
 from .state import read_state
 from .store import RedisClient, Store
 from .streams import id_after, read_stream, text, xrange_raw
@@ -117,9 +118,7 @@ def _ended_once_in_order(state: dict[str, Any]) -> list[str]:
 
 async def verify_cell(client: RedisClient, keys: CellKeys) -> VerifyReport:
     report = VerifyReport()
-    info = await client.xinfo_stream(keys.log)
-    added = info.get("entries-added")
-    if added is not None and int(added) != int(info["length"]):
+    if await deleted_below(client, keys, keys.log) is not None:
         report.problems.append(
             "the log was trimmed or had entries deleted: it cannot be rebuilt from the start"
         )

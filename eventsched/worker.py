@@ -26,7 +26,7 @@ from .events import ENTRY_FIELD, Tick, encode_event
 from .keys import PROJECTIONS, CellKeys
 from .lease import Lease
 from .lifecycle import follow_decisions
-from .retention import trim_acknowledged
+from .retention import retain
 from .scripts import register
 from .store import RedisClient
 from .streams import text, xreadgroup_raw
@@ -277,15 +277,15 @@ class Worker:
                 role.lose()
 
     async def _trim(self, keys: CellKeys) -> None:
-        """Trim the cell's log and decisions stream now and then (by the dispatch role's
-        holder): only what every group acknowledged, beyond the retention window."""
+        """Now and then (by the dispatch role's holder): checkpoint the projections and
+        trim the log and the decisions stream below a checkpoint beyond the retention
+        window, never below what a group still needs."""
         if time.monotonic() < self._trimmed_at + _TRIM_EVERY_S or self.retain_ms is None:
             return
         self._trimmed_at = time.monotonic()
-        for stream in (keys.log, keys.decisions):
-            removed = await trim_acknowledged(self.client, stream, self.retain_ms)
-            if removed:
-                log.info("%s: trimmed %d acknowledged entries", stream, removed)
+        removed = await retain(self.client, keys, self.retain_ms)
+        if removed:
+            log.info("%s: trimmed %d acknowledged entries", keys.cell, removed)
 
     async def _follow(self, role: _Role, stop: anyio.Event) -> None:
         """Boundary logs of a cell, written only by its dispatch role's holder."""

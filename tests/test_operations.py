@@ -10,10 +10,17 @@ from eventsched import dlq
 from eventsched.applier import APPLIER_GROUP
 from eventsched.events import ENTRY_FIELD, Tick
 from eventsched.rebuild import rebuild_groups
-from eventsched.retention import acked_bound, trim_acknowledged
-from eventsched.streams import xrange_raw
+from eventsched.replay import check, record, replay
+from eventsched.retention import (
+    acked_bound,
+    checkpoint_markers,
+    deleted_below,
+    retain,
+    trim_acknowledged,
+)
+from eventsched.streams import id_after, xrange_raw
 from eventsched.verify import verify_cell
-from tests.harness import Cell, error, finalize, node, ok, session
+from tests.harness import START_MS, Cell, error, finalize, node, ok, session
 
 pytestmark = pytest.mark.anyio
 
@@ -94,9 +101,10 @@ async def test_trimming_keeps_what_any_group_has_not_acknowledged(cell: Cell) ->
     await cell.step(node("n1"), session("s1"))
     cell.advance(10_000)
     await cell.step(finalize("s1", 0))
+    everything = f"{cell.now_ms + 1_000_000}-0"
     # A second group on the log that has read nothing holds everything back.
     await cell.client.xgroup_create(cell.keys.log, "audit", id="0")
-    assert await trim_acknowledged(cell.client, cell.keys.log, retain_ms=0) == 0
+    assert await trim_acknowledged(cell.client, cell.keys.log, everything) == 0
     await cell.client.xgroup_destroy(cell.keys.log, "audit")
     # Pending (read, not acknowledged) entries are kept too.
     cell.advance(10_000)
@@ -104,10 +112,32 @@ async def test_trimming_keeps_what_any_group_has_not_acknowledged(cell: Cell) ->
     await cell.client.xreadgroup(APPLIER_GROUP, "test-worker", {cell.keys.log: ">"})
     pending_id = (await cell.client.xpending(cell.keys.log, APPLIER_GROUP))["min"]
     assert await acked_bound(cell.client, cell.keys.log) == pending_id.decode()
-    # Within the retention window nothing goes; beyond it, acknowledged entries do,
-    # and the pending one stays whatever the window.
-    assert await trim_acknowledged(cell.client, cell.keys.log, retain_ms=60_000) == 0
-    assert await trim_acknowledged(cell.client, cell.keys.log, retain_ms=5_000) == 3
-    assert await trim_acknowledged(cell.client, cell.keys.log, retain_ms=0) == 0
+    assert await trim_acknowledged(cell.client, cell.keys.log, f"{START_MS}-1") == 1
+    assert await trim_acknowledged(cell.client, cell.keys.log, everything) == 2
     [(remaining_id, _)] = await xrange_raw(cell.client, cell.keys.log)
     assert remaining_id == pending_id
+    assert await deleted_below(cell.client, cell.keys, cell.keys.log) is not None
+
+
+async def test_retention_trims_below_a_checkpoint_and_recordings_start_after_it(
+    cell: Cell,
+) -> None:
+    await _conversation(cell)
+    assert await retain(cell.client, cell.keys, retain_ms=5_000) == 0  # first checkpoint
+    [first] = await checkpoint_markers(cell.client, cell.keys)
+    cell.advance(10_000)
+    placed = await cell.dispatched_to()
+    await cell.step(ok("s1:2", 1, placed["s1:2"]), finalize("s1", 4), Tick())
+    removed = await retain(cell.client, cell.keys, retain_ms=5_000)
+    log_ids = [entry_id.decode() for entry_id, _ in await xrange_raw(cell.client, cell.keys.log)]
+    assert removed > 0 and id_after(log_ids[0], first)
+    assert len(await checkpoint_markers(cell.client, cell.keys)) == 2
+    # What was trimmed is covered: verify refuses, a recording starts after the checkpoint.
+    assert "trimmed" in (await verify_cell(cell.client, cell.keys)).problems[0]
+    with pytest.raises(ValueError, match="trimmed"):
+        await record(cell.client, cell.keys, "all")
+    with pytest.raises(ValueError, match="decisions stream was trimmed"):
+        await rebuild_groups(cell.client, cell.keys, cell.settings, holder="test-worker")
+    fixture, golden = await record(cell.client, cell.keys, "tail", since=log_ids[0])
+    assert fixture.snapshot and fixture.entries[0][0] == log_ids[1]
+    assert check(await replay(fixture), golden) is None
