@@ -341,25 +341,23 @@ def _cut_streams(
         return not id_after(entry, end) and (after is None or id_after(entry, after))
 
     cut = {name: value for name, value in state.items() if not _is_output(name)}
-    skipped: dict[str, int] = {}
-    taken: dict[str, int] = {}
+    handed: set[tuple[bytes, bytes]] = set()  # (job, attempt) dispatched in the span
+    if "decisions" in state:  # a worker makes it with its group, even when empty
+        cut["decisions"] = []
     for entry_id, fields in state.get("decisions", []):
-        node = "inbox:" + text(fields.get(b"node", b""))
-        caused_at = text(fields[b"at"])
-        if fields[b"k"] == b"d" and after is not None and not id_after(caused_at, after):
-            skipped[node] = skipped.get(node, 0) + 1
         if inside(fields[b"at"]):
-            cut.setdefault("decisions", []).append((entry_id, fields))
+            cut["decisions"].append((entry_id, fields))
             if fields[b"k"] == b"d":
-                taken[node] = taken.get(node, 0) + 1
+                handed.add((fields[b"job"], fields[b"att"]))
     for name, value in state.items():
         if name.startswith("out:"):
             kept = [(i, f) for i, f in value if inside(f[b"at"])]
             if kept:
                 cut[name] = kept
-        elif name.startswith("inbox:") and (taken.get(name) or name in new_inboxes):
-            start = skipped.get(name, 0)
-            cut[name] = value[start : start + taken.get(name, 0)]
+        elif name.startswith("inbox:"):
+            kept = [(i, f) for i, f in value if (f[b"job"], f[b"att"]) in handed]
+            if kept or name in new_inboxes:
+                cut[name] = kept
         elif name == "dlq":
             kept = [(i, f) for i, f in value if inside(f[b"log_id"])]
             if kept:

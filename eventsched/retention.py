@@ -82,8 +82,8 @@ async def write_checkpoint(client: RedisClient, keys: CellKeys) -> str | None:
     """Store the projections at the cell's current applied position; returns that
     position, or None when the cell changed under the read (try again later)."""
     state = await dump_state(client, keys)
-    if state is None:
-        return None
+    if state is None or state["_applied"] == "0-0":
+        return None  # changed under the read, or nothing applied yet
     marker = str(state["_applied"])
     await client.hset(keys.checkpoints, marker, canonical_json(restore_items(state)))
     return marker

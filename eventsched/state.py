@@ -116,7 +116,8 @@ def restore_items(state: dict[str, Any]) -> list[dict[str, Any]]:
     for name in sorted(k for k in state if not k.startswith("_")):
         value = state[name]
         if isinstance(value, dict):
-            items.append({"restore": name, "type": "hash", "value": _plain(value)})
+            if value:  # a hash Redis keeps is never empty; meta without its settings can be
+                items.append({"restore": name, "type": "hash", "value": _plain(value)})
         elif isinstance(value, list) and _is_stream(value):
             continue
         elif isinstance(value, list) and value and isinstance(value[0], tuple):

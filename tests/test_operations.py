@@ -122,6 +122,9 @@ async def test_trimming_keeps_what_any_group_has_not_acknowledged(cell: Cell) ->
 async def test_retention_trims_below_a_checkpoint_and_recordings_start_after_it(
     cell: Cell,
 ) -> None:
+    await cell.append(node("n1"))
+    assert await retain(cell.client, cell.keys, retain_ms=5_000) == 0
+    assert await checkpoint_markers(cell.client, cell.keys) == []  # nothing applied yet
     await _conversation(cell)
     assert await retain(cell.client, cell.keys, retain_ms=5_000) == 0  # first checkpoint
     [first] = await checkpoint_markers(cell.client, cell.keys)
