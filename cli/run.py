@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 import anyio
@@ -19,6 +20,7 @@ from eventsched.config import DecisionSettings
 from eventsched.demo import run_demo
 from eventsched.keys import DEFAULT_CELL, DEFAULT_NAMESPACE, CellKeys
 from eventsched.loadgen import LoadSpec, run_load
+from eventsched.loadgen import Progress as LoadProgress
 from eventsched.metrics import RunReport
 from eventsched.store import MEMORY_URL, Store
 from eventsched.worker import DEFAULT_BATCH, Worker, find_cells
@@ -50,15 +52,25 @@ def _report(console: Console, report: RunReport, as_json: bool) -> None:
     console.print(table)
 
 
-def _progress(console: Console) -> Progress:
-    return Progress(
+def _run_with_progress(
+    spec: LoadSpec, as_json: bool, run: Callable[[LoadProgress], Awaitable[RunReport]]
+) -> None:
+    """Run a load with a progress bar on stderr, then print its report."""
+    bar = Progress(
         TextColumn("outcomes delivered"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=console,
+        console=Console(stderr=True),
         transient=True,
     )
+
+    async def main() -> RunReport:
+        with bar:
+            task = bar.add_task("load", total=spec.sessions * spec.utterances)
+            return await run(lambda done, _total: bar.update(task, completed=done))
+
+    _report(Console(), anyio.run(main), as_json)
 
 
 def worker(
@@ -135,23 +147,15 @@ def loadgen(
     if redis_url.startswith(MEMORY_URL):
         raise ValueError("loadgen needs a worker in another process: give a redis:// URL")
     spec = LoadSpec(nodes=nodes, sessions=sessions, utterances=utterances, seed=seed)
-    console = Console(stderr=True)
 
-    async def main() -> RunReport:
+    async def load(progress: LoadProgress) -> RunReport:
         client = Store(redis_url).client()
         try:
-            with _progress(console) as bar:
-                task = bar.add_task("load", total=spec.sessions * spec.utterances)
-                return await run_load(
-                    client,
-                    CellKeys(cell, namespace),
-                    spec,
-                    lambda done, _total: bar.update(task, completed=done),
-                )
+            return await run_load(client, CellKeys(cell, namespace), spec, progress)
         finally:
             await client.aclose()
 
-    _report(Console(), anyio.run(main), as_json)
+    _run_with_progress(spec, as_json, load)
 
 
 def demo(
@@ -166,19 +170,11 @@ def demo(
 ) -> None:
     """Run the load generator with an in-process worker (embedded fakeredis by default)."""
     spec = LoadSpec(nodes=nodes, sessions=sessions, utterances=utterances, seed=seed)
-    console = Console(stderr=True)
 
-    async def main() -> RunReport:
-        with _progress(console) as bar:
-            task = bar.add_task("demo", total=spec.sessions * spec.utterances)
-            return await run_demo(
-                redis_url,
-                CellKeys(cell, namespace),
-                spec,
-                on_progress=lambda done, _total: bar.update(task, completed=done),
-            )
+    async def load(progress: LoadProgress) -> RunReport:
+        return await run_demo(redis_url, CellKeys(cell, namespace), spec, on_progress=progress)
 
-    _report(Console(), anyio.run(main), as_json)
+    _run_with_progress(spec, as_json, load)
 
 
 def register(app: typer.Typer) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 from pydantic import ValidationError
 
@@ -151,10 +152,14 @@ class NotLeader(Exception):
     """The worker no longer holds the role's lease; the batch was refused, not applied."""
 
 
-class Applier:
-    """The dispatch projection: applies batches of one cell's log with apply.lua."""
+class _ScriptProjection:
+    """A projection folded by one Lua script over one stream, under one lease: what the
+    worker needs of it (role, stream, group, lease) and the call itself, refused with
+    NotLeader when this holder lost the lease."""
 
-    role = "dispatch"
+    role: str
+    script: str
+    group: str
 
     def __init__(
         self,
@@ -164,16 +169,24 @@ class Applier:
         holder: str = "worker-1",
     ) -> None:
         self.keys = keys
-        self.stream = keys.log
-        self.group = APPLIER_GROUP
+        self.stream = self.stream_of(keys)
         self.lease_key = keys.lease(self.role)
-        self._script = register(client, "apply")
+        self._script = register(client, self.script)
         self._head: list[Arg] = [
             keys.prefix,
             self.group,
             holder,
-            *(settings or DecisionSettings()).as_argv(),
+            *self.settings_args(settings or DecisionSettings()),
         ]
+
+    def stream_of(self, keys: CellKeys) -> str:
+        raise NotImplementedError
+
+    def settings_args(self, settings: DecisionSettings) -> list[Arg]:
+        raise NotImplementedError
+
+    def entry_args(self, entry_id: bytes, fields: dict[bytes, bytes]) -> list[Arg]:
+        raise NotImplementedError
 
     @property
     def sha(self) -> str:
@@ -182,54 +195,63 @@ class Applier:
     def build_args(self, entries: Sequence[Entry]) -> list[Arg]:
         args: list[Arg] = [*self._head, len(entries)]
         for entry_id, fields in entries:
-            kind, values = entry_args(fields)
-            args += [entry_id, kind, len(values), *values]
+            args += self.entry_args(entry_id, fields)
         return args
+
+    async def _call(self, entries: Sequence[Entry]) -> list[Any]:
+        reply = await self._script(
+            keys=self.keys.script_keys(self.script), args=self.build_args(entries)
+        )
+        if int(reply[0]) < 0:
+            raise NotLeader(self.lease_key)
+        return cast(list[Any], reply)
+
+
+class Applier(_ScriptProjection):
+    """The dispatch projection: applies batches of one cell's log with apply.lua."""
+
+    role = "dispatch"
+    script = "apply"
+    group = APPLIER_GROUP
+
+    def stream_of(self, keys: CellKeys) -> str:
+        return keys.log
+
+    def settings_args(self, settings: DecisionSettings) -> list[Arg]:
+        return list(settings.as_argv())
+
+    def entry_args(self, entry_id: bytes, fields: dict[bytes, bytes]) -> list[Arg]:
+        kind, values = entry_args(fields)
+        return [entry_id, kind, len(values), *values]
 
     async def apply(self, entries: Sequence[Entry]) -> BatchResult:
         if not entries:
             return BatchResult(0, 0, 0)
-        reply = await self._script(keys=self.keys.apply_keys(), args=self.build_args(entries))
-        if int(reply[0]) < 0:
-            raise NotLeader(self.lease_key)
-        applied, skipped, dead = (int(x) for x in reply)
+        applied, skipped, dead = (int(x) for x in await self._call(entries))
         return BatchResult(applied, skipped, dead)
 
 
-class GroupsApplier:
+class GroupsApplier(_ScriptProjection):
     """The group-state projection: folds the decisions stream with groups.lua."""
 
     role = "groups"
+    script = "groups"
+    group = GROUPS_GROUP
 
-    def __init__(
-        self,
-        client: RedisClient,
-        keys: CellKeys,
-        settings: DecisionSettings | None = None,
-        holder: str = "worker-1",
-    ) -> None:
-        self.keys = keys
-        self.stream = keys.decisions
-        self.group = GROUPS_GROUP
-        self.lease_key = keys.lease(self.role)
-        self._script = register(client, "groups")
-        self._head: list[Arg] = [
-            keys.prefix,
-            self.group,
-            holder,
-            (settings or DecisionSettings()).group_max_utterances,
-        ]
+    def stream_of(self, keys: CellKeys) -> str:
+        return keys.decisions
+
+    def settings_args(self, settings: DecisionSettings) -> list[Arg]:
+        return [settings.group_max_utterances]
+
+    def entry_args(self, entry_id: bytes, fields: dict[bytes, bytes]) -> list[Arg]:
+        flat = [part for item in fields.items() for part in item]
+        return [entry_id, len(flat), *flat]
 
     async def apply(self, entries: Sequence[Entry]) -> BatchResult:
         if not entries:
             return BatchResult(0, 0, 0)
-        args: list[Arg] = [*self._head, len(entries)]
-        for entry_id, fields in entries:
-            flat = [part for item in fields.items() for part in item]
-            args += [entry_id, len(flat), *flat]
-        reply = await self._script(keys=self.keys.script_keys("groups"), args=args)
-        if int(reply[0]) < 0:
-            raise NotLeader(self.lease_key)
+        reply = await self._call(entries)
         flat = reply[2]
         delivered = [(text(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 2)]
         log_delivered(self.keys.cell, delivered)

@@ -568,28 +568,20 @@ end
 
 ---------------------------------------------------------------- the batch
 
-local applied = redis.call('HGET', K_META, 'applied') or '0-0'
 local dead_start = redis.call('XLEN', K_DLQ)
-local count = tonumber(ARGV[15])
-local pos = 16
-local ids = {}
-local done, skipped = 0, 0
-for _ = 1, count do
+
+local function read_entry(pos)
   local id, kind, nfields = ARGV[pos], ARGV[pos + 1], tonumber(ARGV[pos + 2])
   local fields = {}
   for i = 1, nfields do fields[i] = ARGV[pos + 2 + i] end
-  pos = pos + 3 + nfields
-  ids[#ids + 1] = id
-  if id_after(id, applied) then
-    now_id, decided = id, 0
-    now_ms, now_seq = id_parts(id)
-    handlers[kind](fields)
-    applied = id
-    done = done + 1
-  else
-    skipped = skipped + 1
-  end
+  return id, {kind = kind, fields = fields}, pos + 3 + nfields
 end
-redis.call('HSET', K_META, 'applied', applied)
-if #ids > 0 then redis.call('XACK', K_LOG, GROUP, unpack(ids)) end
+
+local function apply_entry(id, entry)
+  now_id, decided = id, 0
+  now_ms, now_seq = id_parts(id)
+  handlers[entry.kind](entry.fields)
+end
+
+local done, skipped = run_batch(K_META, 'applied', K_LOG, GROUP, 15, read_entry, apply_entry)
 return {done, skipped, redis.call('XLEN', K_DLQ) - dead_start}

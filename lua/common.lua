@@ -27,3 +27,29 @@ end
 local function holds_lease(lease_key, holder)
   return redis.call('GET', lease_key) == holder
 end
+
+-- The batch: entries in ID order; each one after the tracking marker is applied, the
+-- others (already applied, redelivered) are skipped; then the marker is written and
+-- every entry acknowledged, in this same call. read_entry(pos) returns id, entry and
+-- the next position in ARGV; apply_entry(id, entry) applies one.
+local function run_batch(meta, marker_field, stream, group, pos, read_entry, apply_entry)
+  local applied = redis.call('HGET', meta, marker_field) or '0-0'
+  local count = tonumber(ARGV[pos])
+  pos = pos + 1
+  local ids, done, skipped = {}, 0, 0
+  for _ = 1, count do
+    local id, entry
+    id, entry, pos = read_entry(pos)
+    ids[#ids + 1] = id
+    if id_after(id, applied) then
+      apply_entry(id, entry)
+      applied = id
+      done = done + 1
+    else
+      skipped = skipped + 1
+    end
+  end
+  redis.call('HSET', meta, marker_field, applied)
+  if #ids > 0 then redis.call('XACK', stream, group, unpack(ids)) end
+  return done, skipped
+end

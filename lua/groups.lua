@@ -130,30 +130,22 @@ function handlers.o(e)
     timings = e.timings})
 end
 
-local applied = redis.call('HGET', K_META, 'groups_applied') or '0-0'
-local count = tonumber(ARGV[5])
-local pos = 6
-local ids = {}
-local done, skipped = 0, 0
-for _ = 1, count do
+local function read_entry(pos)
   local id, nfields = ARGV[pos], tonumber(ARGV[pos + 1])
   local entry = {}
   for i = 1, nfields, 2 do entry[ARGV[pos + 1 + i]] = ARGV[pos + 2 + i] end
-  pos = pos + 2 + nfields
-  ids[#ids + 1] = id
-  if id_after(id, applied) then
-    local handler = entry.k and handlers[entry.k]
-    if handler then
-      now_at = entry.at
-      now_ms = id_parts(entry.at)
-      handler(entry)
-    end
-    applied = id
-    done = done + 1
-  else
-    skipped = skipped + 1
+  return id, entry, pos + 2 + nfields
+end
+
+local function apply_entry(_, entry)
+  local handler = entry.k and handlers[entry.k]
+  if handler then
+    now_at = entry.at
+    now_ms = id_parts(entry.at)
+    handler(entry)
   end
 end
-redis.call('HSET', K_META, 'groups_applied', applied)
-if #ids > 0 then redis.call('XACK', K_DEC, GROUP, unpack(ids)) end
+
+local done, skipped = run_batch(K_META, 'groups_applied', K_DEC, GROUP, 5, read_entry,
+  apply_entry)
 return {done, skipped, delivered}

@@ -17,6 +17,16 @@ from tests.conftest import new_namespace, remove_namespace
 pytestmark = pytest.mark.anyio
 
 FIXTURES = sorted((Path(__file__).parent.parent / "replay_fixtures").glob("*.jsonl"))
+# A short live run to record: quick pauses, no node deaths.
+LIVE = LoadSpec(
+    nodes=5,
+    sessions=6,
+    utterances=4,
+    gap_ms=(5, 20),
+    service_ms=(5, 20),
+    heartbeat_ms=100,
+    mortal_share=0,
+)
 
 
 def test_there_are_at_least_fourteen_named_fixtures() -> None:
@@ -55,19 +65,10 @@ async def test_a_changed_rule_fails_with_a_readable_diff() -> None:
 async def test_a_recorded_live_run_replays_to_what_it_did(store_url: str, tmp_path: Path) -> None:
     namespace = new_namespace()
     keys = CellKeys("c0", namespace)
-    spec = LoadSpec(
-        nodes=5,
-        sessions=6,
-        utterances=4,
-        gap_ms=(5, 20),
-        service_ms=(5, 20),
-        heartbeat_ms=100,
-        mortal_share=0,
-    )
     store = Store(store_url)
     client = store.client()
     try:
-        await run_demo(store, keys, spec)
+        await run_demo(store, keys, LIVE)
         fixture, golden = await record(client, keys, "recorded", ["a test recording"])
     finally:
         await remove_namespace(client, namespace)
@@ -76,7 +77,7 @@ async def test_a_recorded_live_run_replays_to_what_it_did(store_url: str, tmp_pa
     path.write_text(fixture.to_text(), encoding="utf-8")
     reloaded = load_fixture(path)
     assert reloaded.entries == fixture.entries and reloaded.settings == fixture.settings
-    assert len(reloaded.entries) > 6 * 4
+    assert len(reloaded.entries) > LIVE.sessions * LIVE.utterances
     assert check(await replay(reloaded), golden) is None
     assert check(await replay(reloaded, store_url, batch=7), golden) is None
 
@@ -86,19 +87,10 @@ async def test_recordings_can_start_from_a_snapshot_and_stop_early(
 ) -> None:
     namespace = new_namespace()
     keys = CellKeys("c0", namespace)
-    spec = LoadSpec(
-        nodes=4,
-        sessions=5,
-        utterances=5,
-        gap_ms=(5, 20),
-        service_ms=(5, 20),
-        heartbeat_ms=100,
-        mortal_share=0,
-    )
     store = Store(store_url)
     client = store.client()
     try:
-        await run_demo(store, keys, spec)
+        await run_demo(store, keys, LIVE)
         whole, _ = await record(client, keys, "whole")
         ids = [entry_id for entry_id, _ in whole.entries]
         since, until = ids[len(ids) // 3], ids[2 * len(ids) // 3]
