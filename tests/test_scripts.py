@@ -10,21 +10,24 @@ from pathlib import Path
 import pytest
 
 from eventsched.applier import Applier
-from eventsched.keys import APPLY_KEYS, SUFFIXES, CellKeys
+from eventsched.keys import SCRIPT_KEYS, SUFFIXES, CellKeys
 from eventsched.scripts import declared_keys, lua_source
 from eventsched.store import Store, is_memory_url
 from tests.harness import Cell, finalize, node, session
 from tests.servers import private_redis
 
-SCRIPTS = {"apply": APPLY_KEYS}
 
-
-@pytest.mark.parametrize("name", sorted(SCRIPTS))
+@pytest.mark.parametrize("name", sorted(SCRIPT_KEYS))
 def test_each_script_declares_the_keys_keys_py_passes(name: str) -> None:
-    assert declared_keys(name) == list(SCRIPTS[name])
-    assert len(CellKeys().apply_keys()) == len(declared_keys(name))
+    assert declared_keys(name) == list(SCRIPT_KEYS[name])
     used = {int(n) for n in re.findall(r"KEYS\[(\d+)\]", lua_source(name))}
-    assert used == set(range(1, len(SCRIPTS[name]) + 1))
+    assert used == set(range(1, len(SCRIPT_KEYS[name]) + 1))
+
+
+def test_the_cell_passes_as_many_keys_as_each_script_declares() -> None:
+    keys = CellKeys()
+    for name in ("apply", "groups"):
+        assert len(keys.script_keys(name)) == len(declared_keys(name))
 
 
 def test_the_key_suffixes_built_in_lua_match_keys_py() -> None:
@@ -60,3 +63,9 @@ async def test_dispatch_works_after_script_flush(flushable_cell: Cell) -> None:
     assert await cell.client.script_exists(Applier(cell.client, cell.keys).sha) == [False]
     await cell.step(finalize("s1", 0))
     assert [d["node"] for d in await cell.decisions("d")] == ["n1"]
+
+
+def test_the_inbox_group_named_in_lua_matches_keys_py() -> None:
+    from eventsched.keys import INBOX_GROUP
+
+    assert f"local INBOX_GROUP = '{INBOX_GROUP}'" in lua_source("apply")

@@ -1,0 +1,164 @@
+-- pools.lua: pools, node membership and node selection, included by apply.lua after
+-- its locals (P, K_POOLS, K_LIDX, K_META, the settings and suffixes); no KEYS or ARGV of
+-- its own, never run alone.
+
+local function load_score(running, max_concurrency)
+  return math.floor(running * FULL / max_concurrency)
+end
+
+local function index_pool(name, langs, keep_sorted)
+  local list = split(langs, ',')
+  for _, src in ipairs(list) do
+    for _, tgt in ipairs(list) do
+      if src ~= tgt then
+        local pair = src .. '>' .. tgt
+        local pools = split(redis.call('HGET', K_LIDX, pair) or '', ',')
+        pools[#pools + 1] = name
+        if keep_sorted then table.sort(pools) end
+        redis.call('HSET', K_LIDX, pair, table.concat(pools, ','))
+      end
+    end
+  end
+end
+
+-- The pools a node with these pool languages belongs to, sorted by name.
+local function pools_for(langs)
+  if redis.call('HGET', K_META, 'mode') ~= 'configured' then
+    local name = 'auto+' .. string.gsub(langs, ',', '+')
+    if redis.call('HSETNX', K_POOLS, name, '0|' .. langs) == 1 then
+      index_pool(name, langs, true)
+    end
+    return {name}
+  end
+  local have = ',' .. langs .. ','
+  local flat = redis.call('HGETALL', K_POOLS)
+  local names, defs = {}, {}
+  for i = 1, #flat, 2 do
+    names[#names + 1] = flat[i]
+    defs[flat[i]] = flat[i + 1]
+  end
+  table.sort(names)
+  local out = {}
+  for _, name in ipairs(names) do
+    local covered = true
+    for _, lang in ipairs(split(string.match(defs[name], '|(.*)$'), ',')) do
+      if not string.find(have, ',' .. lang .. ',', 1, true) then
+        covered = false
+        break
+      end
+    end
+    if covered then out[#out + 1] = name end
+  end
+  return out
+end
+
+-- Keep a node in its pools' sorted sets exactly while it can take work: up and not
+-- overloaded. Freshness is checked when it is picked, since it changes with time alone.
+local function sync_membership(node_id)
+  local nk = P .. S_NODE .. node_id
+  local f = redis.call('HMGET', nk, 'st', 'cpu', 'gpu', 'mem', 'run', 'mc', 'pools', 'inpool')
+  local wanted = f[1] == 'up' and tonumber(f[2]) <= CPU_MAX and tonumber(f[3]) <= GPU_MAX
+    and tonumber(f[4]) <= MEM_MAX
+  if wanted and f[8] ~= '1' then
+    local score = load_score(tonumber(f[5]), tonumber(f[6]))
+    for _, pool in ipairs(split(f[7], ',')) do
+      redis.call('ZADD', P .. S_POOL .. pool, score, node_id)
+    end
+    redis.call('HSET', nk, 'inpool', '1')
+  elseif not wanted and f[8] == '1' then
+    for _, pool in ipairs(split(f[7], ',')) do
+      redis.call('ZREM', P .. S_POOL .. pool, node_id)
+    end
+    redis.call('HSET', nk, 'inpool', '0')
+  end
+end
+
+local function leave_pools(node_id)
+  local nk = P .. S_NODE .. node_id
+  local f = redis.call('HMGET', nk, 'pools', 'inpool')
+  if f[2] == '1' then
+    for _, pool in ipairs(split(f[1], ',')) do
+      redis.call('ZREM', P .. S_POOL .. pool, node_id)
+    end
+    redis.call('HSET', nk, 'inpool', '0')
+  end
+end
+
+local function join_pools(node_id, langs)
+  redis.call('HSET', P .. S_NODE .. node_id, 'pools', table.concat(pools_for(langs), ','))
+  sync_membership(node_id)
+end
+
+local function rescore(node_id, running)
+  local nk = P .. S_NODE .. node_id
+  local f = redis.call('HMGET', nk, 'mc', 'pools', 'inpool')
+  if f[3] == '1' then
+    local score = load_score(running, tonumber(f[1]))
+    for _, pool in ipairs(split(f[2], ',')) do
+      redis.call('ZADD', P .. S_POOL .. pool, 'XX', score, node_id)
+    end
+  end
+end
+
+local function release(node_id, job_id)
+  local nk = P .. S_NODE .. node_id
+  local running = redis.call('HINCRBY', nk, 'run', -1)
+  if running < 0 then
+    running = 0
+    redis.call('HSET', nk, 'run', 0)
+  end
+  redis.call('SREM', P .. S_NJOBS .. node_id, job_id)
+  redis.call('ZREM', K_DEADLINES, job_id)
+  rescore(node_id, running)
+end
+
+-- The least-loaded node of a pool that has a fresh heartbeat, serves the pair and is not
+-- inside a MODEL_NOT_AVAILABLE window for it, with its fields (hb, pairs, mc, pools), or
+-- nil. Members are read in load order (ties by node id, the sorted set's own order), a
+-- page at a time, and at most SCAN_LIMIT are examined: the cost does not grow with the
+-- pool.
+local function pick_in_pool(pool, pair, exclude)
+  local key = P .. S_POOL .. pool
+  local needle = ',' .. pair .. ','
+  local seen = 0
+  while seen < SCAN_LIMIT do
+    local page = math.min(16, SCAN_LIMIT - seen)
+    local ids = redis.call('ZRANGEBYSCORE', key, '-inf', '(' .. FULL, 'LIMIT', seen, page)
+    for _, node_id in ipairs(ids) do
+      if node_id ~= exclude then
+        local f = redis.call('HMGET', P .. S_NODE .. node_id, 'hb', 'pairs', 'mc', 'pools',
+          'na:' .. pair)
+        if now_ms - tonumber(f[1]) <= FRESH_MS and string.find(f[2], needle, 1, true)
+          and now_ms >= tonumber(f[5] or 0) then
+          return node_id, f
+        end
+      end
+    end
+    if #ids < page then return nil end
+    seen = seen + #ids
+  end
+  return nil
+end
+
+-- Candidate pools for the pair: the session's preferred pool first, then the language
+-- index's order. Returns node, pool, node fields, or nil, nil, nil and the reason.
+local function place(pair, preferred, exclude)
+  local listed = redis.call('HGET', K_LIDX, pair)
+  if not listed then return nil, nil, nil, 'no_pool' end
+  local pools = split(listed, ',')
+  if preferred ~= '' then
+    for i, pool in ipairs(pools) do
+      if pool == preferred then
+        table.remove(pools, i)
+        table.insert(pools, 1, pool)
+        break
+      end
+    end
+  end
+  for _, pool in ipairs(pools) do
+    local node_id, fields = pick_in_pool(pool, pair, exclude)
+    if node_id then return node_id, pool, fields end
+  end
+  return nil, nil, nil, 'no_capacity'
+end
+
