@@ -6,7 +6,7 @@ from __future__ import annotations
 import fakeredis
 import redis.asyncio as aioredis
 
-__all__ = ["MEMORY_URL", "RedisClient", "Store", "connect", "is_memory_url"]
+__all__ = ["MEMORY_URL", "RedisClient", "Store", "is_memory_url"]
 
 MEMORY_URL = "memory://"
 
@@ -38,8 +38,3 @@ class Store:
             client: RedisClient = fakeredis.FakeAsyncRedis(server=self._server)
             return client
         return aioredis.Redis.from_url(self.url)
-
-
-def connect(url: str = MEMORY_URL) -> RedisClient:
-    """A client for ``url``; each ``memory://`` call makes a new, empty embedded store."""
-    return Store(url).client()
