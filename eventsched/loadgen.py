@@ -16,13 +16,10 @@ from __future__ import annotations
 import random
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import anyio
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .events import (
     Event,
@@ -39,6 +36,7 @@ from .events import (
 from .keys import CellKeys
 from .log import append_many
 from .metrics import RunReport, measure
+from .retry import patiently
 from .store import RedisClient
 from .streams import text, xread_raw
 
@@ -102,24 +100,6 @@ def _plan(spec: LoadSpec, rng: random.Random) -> _Plan:
     return plan
 
 
-T = TypeVar("T")
-
-
-async def _patiently(operation: Callable[[], Awaitable[T]], outage_s: float = 60.0) -> T:
-    """Run a Redis operation, retrying through a restart or a lost connection, as a
-    real producer would. A retried append may land twice: the log is at-least-once and
-    the scheduler's idempotency makes duplicates harmless."""
-    delay, deadline = 0.05, time.monotonic() + outage_s
-    while True:
-        try:
-            return await operation()
-        except (RedisConnectionError, RedisTimeoutError, OSError):
-            if time.monotonic() > deadline:
-                raise
-            await anyio.sleep(delay)
-            delay = min(delay * 2, 1.0)
-
-
 async def _count_delivered(client: RedisClient, keys: CellKeys, plan: _Plan) -> int:
     async with client.pipeline(transaction=False) as pipe:
         for session in plan.sessions:
@@ -141,7 +121,7 @@ async def run_load(
     down_until: dict[str, float] = {}  # node -> monotonic time it comes back
 
     async def emit(*events: Event) -> None:
-        await _patiently(lambda: append_many(client, keys, events))
+        await patiently(lambda: append_many(client, keys, events))
 
     def is_down(node_id: str) -> bool:
         return time.monotonic() < down_until.get(node_id, 0.0)
@@ -206,7 +186,7 @@ async def run_load(
         cursors: dict[str, str] = {keys.inbox(n.node_id): "0-0" for n in plan.nodes}
         owner = {keys.inbox(n.node_id): n.node_id for n in plan.nodes}
         while True:
-            for stream_name, entries in await _patiently(
+            for stream_name, entries in await patiently(
                 lambda: xread_raw(client, cursors, block_ms=200)
             ):
                 stream = text(stream_name)
@@ -232,7 +212,7 @@ async def run_load(
     async def wait_outcomes() -> None:
         with anyio.move_on_after(spec.timeout_s):
             while True:
-                delivered = await _patiently(lambda: _count_delivered(client, keys, plan))
+                delivered = await patiently(lambda: _count_delivered(client, keys, plan))
                 if on_progress is not None:
                     on_progress(delivered, target)
                 if delivered >= target:
@@ -254,7 +234,7 @@ async def run_load(
 
     await emit(*(SessionClosed(session_id=s.session_id) for s in plan.sessions))
     await emit(*(NodeDeregistered(node_id=n.node_id) for n in plan.nodes))
-    return await _patiently(
+    return await patiently(
         lambda: measure(
             client,
             keys,

@@ -8,6 +8,7 @@ utterance has ended; a rejection or failure takes its place in the order.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, cast
 
@@ -17,7 +18,14 @@ from ..keys import CellKeys
 from ..store import RedisClient
 from ..streams import read_hash, read_stream, text
 
-__all__ = ["GroupView", "Outcome", "SessionView", "read_outcomes", "read_session"]
+__all__ = [
+    "GroupView",
+    "Outcome",
+    "SessionView",
+    "outcome_of",
+    "read_outcomes",
+    "read_session",
+]
 
 
 class Outcome(BaseModel):
@@ -73,13 +81,18 @@ def _blank_to_none(fields: dict[str, str]) -> dict[str, str | None]:
     return {k: (None if v == "" and k in ("att", "tts_ms") else v) for k, v in fields.items()}
 
 
+def outcome_of(fields: Mapping[bytes, bytes] | Mapping[str, str]) -> Outcome:
+    """An output stream entry as an Outcome."""
+    return Outcome.model_validate(_blank_to_none({text(k): text(v) for k, v in fields.items()}))
+
+
 async def read_outcomes(
     client: RedisClient, keys: CellKeys, session_id: str, after_index: int = -1
 ) -> list[Outcome]:
     """The session's outcomes with an utterance index above ``after_index``, in order."""
     start = f"(0-{after_index + 1}" if after_index >= 0 else "-"
     return [
-        Outcome.model_validate(_blank_to_none(fields))
+        outcome_of(fields)
         async for _, fields in read_stream(client, keys.output(session_id), start)
     ]
 
