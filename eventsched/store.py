@@ -4,6 +4,7 @@ fakeredis (created as Redis 7.0, Lua included) from ``memory://``."""
 from __future__ import annotations
 
 import fakeredis
+import redis
 import redis.asyncio as aioredis
 
 __all__ = ["MEMORY_URL", "RedisClient", "Store", "is_memory_url"]
@@ -32,6 +33,16 @@ class Store:
     @property
     def embedded(self) -> bool:
         return self._server is not None
+
+    def sync_client(self, decode_responses: bool = False) -> redis.Redis:
+        """A blocking client of the same store (threads, scripts, other languages'
+        stand-ins in tests); fakeredis serialises access to its server."""
+        if self._server is not None:
+            sync: redis.Redis = fakeredis.FakeRedis(
+                server=self._server, decode_responses=decode_responses
+            )
+            return sync
+        return redis.Redis.from_url(self.url, decode_responses=decode_responses)
 
     def client(self) -> RedisClient:
         if self._server is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio
 import pytest
@@ -95,8 +96,9 @@ async def test_outputs_arrive_in_order_while_jobs_finish_out_of_order(store_url:
         assert [o.status for o in outcomes] == ["ok"] * 6
         assert [o.asr_text for o in outcomes] == [f"heard {i}" for i in range(6)]
         assert node.completed == 6
-        record = await read_node(cell.client(), keys, "n1")
-        assert record is not None and record.state == "gone"  # drained and deregistered
+        # Leaving the block drained the node: it deregistered once its jobs were done.
+        reader = cell.client()
+        await wait_for(lambda: _state_is(reader, keys, "gone"))
 
 
 @pytest.mark.anyio
@@ -147,7 +149,7 @@ async def test_drain_finishes_the_running_job_and_takes_no_new_one(store_url: st
             release.set()
             outcomes = await collect(session, 2)
         assert [(o.status, o.reason) for o in outcomes] == [("ok", ""), ("rejected", "no_capacity")]
-        assert await _state_is(client, keys, "gone")
+        await wait_for(lambda: _state_is(client, keys, "gone"))  # the worker applies it
 
 
 @pytest.mark.anyio
@@ -217,3 +219,40 @@ def test_our_own_tts_playback_is_not_taken_for_the_speaker() -> None:
     assert ended is not None and ended.duration_ms == 400
     with pytest.raises(ValueError, match="hangover"):
         FinalizePolicy(hangover_ms=250)
+
+
+def _minimal_node_from_the_protocol() -> Callable[..., None]:
+    """The code block at the end of docs/PROTOCOL.md, exactly as a reader copies it."""
+    text = (Path(__file__).parent.parent / "docs" / "PROTOCOL.md").read_text(encoding="utf-8")
+    source = text.rsplit("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, object] = {}
+    exec(compile(source, "PROTOCOL.md", "exec"), namespace)
+    found = namespace["minimal_node"]
+    assert callable(found)
+    return found
+
+
+@pytest.mark.anyio
+async def test_the_minimal_node_of_the_protocol_works_beside_sdk_nodes(store_url: str) -> None:
+    minimal_node = _minimal_node_from_the_protocol()
+    async with running_cell(store_url) as cell:
+        keys = cell.keys
+        sync = cell.store.sync_client(decode_responses=True)
+        sdk = Node(cell.client(), keys, "n-sdk", EN_ZH, 1, echo(lambda job: 30), heartbeat_s=0.2)
+        try:
+            gateway = SessionClient(cell.client(), keys, block_ms=50)
+            async with sdk, gateway, anyio.create_task_group() as group:
+                group.start_soon(
+                    anyio.to_thread.run_sync, minimal_node, sync, keys.prefix, "n-min", 2
+                )
+                session = await gateway.open("s1", "en", "zh")
+                for index in range(6):
+                    await session.finalize(index, "pause", f"audio/{index}", 500)
+                    await anyio.sleep(0.05)  # a speaker's pace, so both nodes get work
+                outcomes = await collect(session, 6)
+        finally:
+            sync.close()
+    assert [o.utterance_index for o in outcomes] == list(range(6))
+    by_node = {o.node_id for o in outcomes if o.status == "ok"}
+    assert by_node == {"n-min", "n-sdk"}
+    assert [o.nmt_text for o in outcomes if o.node_id == "n-min"] == ["你好", "你好"]

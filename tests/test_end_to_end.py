@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +16,8 @@ from eventsched.demo import run_demo
 from eventsched.keys import CellKeys
 from eventsched.loadgen import LoadSpec
 from eventsched.store import Store
-from tests.conftest import new_namespace, remove_namespace
+from tests.conftest import REAL_AVAILABLE, new_namespace, remove_namespace
+from tests.servers import RedisProcess
 
 pytestmark = pytest.mark.anyio
 
@@ -85,3 +88,69 @@ def test_cli_errors_are_one_readable_line(args: tuple[str, ...], message: str) -
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.skipif(not REAL_AVAILABLE, reason="processes talk to a real Redis")
+def test_the_examples_run_as_separate_processes(tmp_path: Path) -> None:
+    """A worker, two echo nodes and the session client, each its own process."""
+    server = RedisProcess(tmp_path)
+    server.start()
+    examples = Path(__file__).parent.parent / "examples"
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from cli.app import main; main()",
+            "worker",
+            "--redis-url",
+            server.url,
+        ],
+        stderr=subprocess.DEVNULL,
+    )
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(examples / "echo_node.py"),
+                "--redis-url",
+                server.url,
+                "--node-id",
+                f"echo-{index}",
+                "--langs",
+                "en,zh",
+            ],
+            stderr=subprocess.DEVNULL,
+        )
+        for index in (1, 2)
+    ]
+    try:
+        done = subprocess.run(
+            [
+                sys.executable,
+                str(examples / "session_client.py"),
+                "--redis-url",
+                server.url,
+                "--utterances",
+                "20",
+                "--gap-ms",
+                "20",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout.strip().splitlines()[-1]) == {
+            "sent": 20,
+            "received": 20,
+            "in_order": True,
+        }
+        for process in [*nodes, worker]:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0
+    finally:
+        for process in [*nodes, worker]:
+            if process.poll() is None:
+                process.kill()
+        server.stop()
