@@ -15,30 +15,18 @@ from __future__ import annotations
 
 import random
 import secrets
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
 
-from .events import (
-    Event,
-    JobResult,
-    NodeDeregistered,
-    NodeHeartbeat,
-    NodeRegistered,
-    Services,
-    SessionClosed,
-    SessionOpened,
-    StageTimings,
-    UtteranceFinalized,
-)
+from .events import NodeRegistered, Services, SessionOpened, StageTimings
 from .keys import CellKeys
-from .log import append_many
 from .metrics import RunReport, measure
+from .node import Job, JobFailed, JobOutput, Node
 from .retry import patiently
+from .session import SessionClient
 from .store import RedisClient
-from .streams import text, xread_raw
 
 __all__ = ["LoadSpec", "Progress", "run_load"]
 
@@ -100,14 +88,6 @@ def _plan(spec: LoadSpec, rng: random.Random) -> _Plan:
     return plan
 
 
-async def _count_delivered(client: RedisClient, keys: CellKeys, plan: _Plan) -> int:
-    async with client.pipeline(transaction=False) as pipe:
-        for session in plan.sessions:
-            pipe.xlen(keys.output(session.session_id))
-        lengths = await pipe.execute()
-    return sum(int(n) for n in lengths)
-
-
 async def run_load(
     client: RedisClient,
     keys: CellKeys,
@@ -118,122 +98,98 @@ async def run_load(
     rng = random.Random(spec.seed)
     plan = _plan(spec, rng)
     target = spec.sessions * spec.utterances
-    down_until: dict[str, float] = {}  # node -> monotonic time it comes back
+    nodes: dict[str, Node] = {}  # the running incarnation of each node
+    received = 0
 
-    async def emit(*events: Event) -> None:
-        await patiently(lambda: append_many(client, keys, events))
+    def node_of(registration: NodeRegistered) -> Node:
+        node_id = registration.node_id
 
-    def is_down(node_id: str) -> bool:
-        return time.monotonic() < down_until.get(node_id, 0.0)
-
-    await emit(*plan.nodes)
-
-    async def heartbeats() -> None:
-        while True:
-            await anyio.sleep(spec.heartbeat_ms / 1000)
-            await emit(
-                *(
-                    NodeHeartbeat(
-                        node_id=node.node_id,
-                        cpu_pct=rng.randint(5, 70),
-                        gpu_pct=rng.randint(5, 80),
-                        mem_pct=rng.randint(20, 70),
-                    )
-                    for node in plan.nodes
-                    if not is_down(node.node_id)
-                )
-            )
-
-    async def die_and_return(node: NodeRegistered) -> None:
-        """Go silent mid-run (no beats, jobs dropped), then restart and register again."""
-        await anyio.sleep(rng.uniform(0.2, 0.6) * spec.utterances * sum(spec.gap_ms) / 2000)
-        down_s = rng.randint(*spec.down_ms) / 1000
-        down_until[node.node_id] = time.monotonic() + down_s
-        await anyio.sleep(down_s)
-        await emit(node)
-
-    async def serve_job(node_id: str, fields: dict[bytes, bytes]) -> None:
-        service_ms = rng.randint(*spec.service_ms)
-        await anyio.sleep(service_ms / 1000)
-        if is_down(node_id):
-            return  # died with the job in hand: nothing comes back
-        job_id, attempt = fields[b"job"].decode(), int(fields[b"att"])
-        if node_id in plan.flaky and rng.random() < 0.5:
-            result = JobResult(
-                job_id=job_id,
-                attempt=attempt,
-                node_id=node_id,
-                ok=False,
-                error_code="MODEL_NOT_AVAILABLE",
-            )
-        else:
-            result = JobResult(
-                job_id=job_id,
-                attempt=attempt,
-                node_id=node_id,
-                ok=True,
-                asr_text=f"utterance {job_id}",
-                nmt_text=f"translation {job_id}",
-                tts_audio_ref=f"tts/{job_id}/{attempt}.opus",
+        async def serve(job: Job) -> JobOutput:
+            service_ms = rng.randint(*spec.service_ms)
+            await anyio.sleep(service_ms / 1000)
+            if node_id in plan.flaky and rng.random() < 0.5:
+                raise JobFailed("MODEL_NOT_AVAILABLE")
+            third = service_ms // 3
+            return JobOutput(
+                asr_text=f"utterance {job.job_id}",
+                nmt_text=f"translation {job.job_id}",
+                tts_audio_ref=f"tts/{job.job_id}/{job.attempt}.opus",
                 tts_duration_ms=rng.randint(300, 2000),
-                timings=StageTimings(
-                    asr_ms=service_ms // 3, nmt_ms=service_ms // 3, tts_ms=service_ms // 3
-                ),
-            )
-        await emit(result)
-
-    async def nodes(task_group: anyio.abc.TaskGroup) -> None:
-        cursors: dict[str, str] = {keys.inbox(n.node_id): "0-0" for n in plan.nodes}
-        owner = {keys.inbox(n.node_id): n.node_id for n in plan.nodes}
-        while True:
-            for stream_name, entries in await patiently(
-                lambda: xread_raw(client, cursors, block_ms=200)
-            ):
-                stream = text(stream_name)
-                for entry_id, fields in entries:
-                    cursors[stream] = text(entry_id)
-                    if not is_down(owner[stream]):
-                        task_group.start_soon(serve_job, owner[stream], fields)
-
-    async def speak(session: SessionOpened) -> None:
-        await emit(session)
-        for index in range(spec.utterances):
-            await anyio.sleep(rng.randint(*spec.gap_ms) / 1000)
-            await emit(
-                UtteranceFinalized(
-                    session_id=session.session_id,
-                    utterance_index=index,
-                    reason=rng.choice(("pause", "pause", "max_length", "client")),
-                    audio_ref=f"audio/{session.session_id}/{index}.opus",
-                    duration_ms=rng.randint(500, 6000),
-                )
+                timings=StageTimings(asr_ms=third, nmt_ms=third, tts_ms=third),
             )
 
-    async def wait_outcomes() -> None:
-        with anyio.move_on_after(spec.timeout_s):
-            while True:
-                delivered = await patiently(lambda: _count_delivered(client, keys, plan))
+        def load() -> tuple[int, int, int]:
+            return rng.randint(5, 70), rng.randint(5, 80), rng.randint(20, 70)
+
+        node = Node(
+            client,
+            keys,
+            node_id,
+            registration.services,
+            registration.max_concurrency,
+            serve,
+            semantic_languages=list(registration.semantic_languages),
+            gpu=registration.gpu,
+            heartbeat_s=spec.heartbeat_ms / 1000,
+            load=load,
+        )
+        nodes[node_id] = node
+        return node
+
+    async def die_and_return(registration: NodeRegistered, fleet: anyio.abc.TaskGroup) -> None:
+        """Run, go silent mid-run (no beats, no answers, nothing acknowledged), then
+        restart under the same id, which registers again and reads its pending jobs."""
+        async with anyio.create_task_group() as life:
+            life.start_soon(node_of(registration).run)
+            await anyio.sleep(rng.uniform(0.2, 0.6) * spec.utterances * sum(spec.gap_ms) / 2000)
+            life.cancel_scope.cancel()
+        await anyio.sleep(rng.randint(*spec.down_ms) / 1000)
+        fleet.start_soon(node_of(registration).run)
+
+    async def speak(gateway: SessionClient, opened: SessionOpened) -> None:
+        nonlocal received
+        session = await gateway.open(opened.session_id, opened.src_lang, opened.tgt_lang)
+
+        async def listen() -> None:
+            nonlocal received
+            heard = 0
+            async for _ in session.outcomes():
+                heard += 1
+                received += 1
                 if on_progress is not None:
-                    on_progress(delivered, target)
-                if delivered >= target:
-                    break
-                await anyio.sleep(0.05)
+                    on_progress(received, target)
+                if heard == spec.utterances:
+                    return
+
+        async with anyio.create_task_group() as both:
+            both.start_soon(listen)
+            for index in range(spec.utterances):
+                await anyio.sleep(rng.randint(*spec.gap_ms) / 1000)
+                await session.finalize(
+                    index,
+                    rng.choice(("pause", "pause", "max_length", "client")),
+                    f"audio/{opened.session_id}/{index}.opus",
+                    rng.randint(500, 6000),
+                )
+        await session.close()
 
     async with anyio.create_task_group() as fleet:
-        fleet.start_soon(heartbeats)
-        fleet.start_soon(nodes, fleet)
-        # The run ends when every finalize has ended and every dead node is back.
-        async with anyio.create_task_group() as story:
-            for node in plan.nodes:
-                if node.node_id in plan.mortal:
-                    story.start_soon(die_and_return, node)
-            for session in plan.sessions:
-                story.start_soon(speak, session)
-        await wait_outcomes()
-        fleet.cancel_scope.cancel()
+        for registration in plan.nodes:
+            if registration.node_id not in plan.mortal:
+                fleet.start_soon(node_of(registration).run)
+        async with SessionClient(client, keys, block_ms=50) as gateway:
+            # The run ends when every finalize has ended and every dead node is back.
+            with anyio.move_on_after(spec.timeout_s):
+                async with anyio.create_task_group() as story:
+                    for registration in plan.nodes:
+                        if registration.node_id in plan.mortal:
+                            story.start_soon(die_and_return, registration, fleet)
+                    for opened in plan.sessions:
+                        story.start_soon(speak, gateway, opened)
+        async with anyio.create_task_group() as farewell:
+            for node in list(nodes.values()):
+                farewell.start_soon(node.drain)
 
-    await emit(*(SessionClosed(session_id=s.session_id) for s in plan.sessions))
-    await emit(*(NodeDeregistered(node_id=n.node_id) for n in plan.nodes))
     return await patiently(
         lambda: measure(
             client,

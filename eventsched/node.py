@@ -50,6 +50,7 @@ log = logging.getLogger("eventsched.node")
 
 HANDLER_ERROR = "HANDLER_ERROR"  # the code of a result whose handler raised
 _BACKOFF_MAX_S = 2.0
+_REREGISTER_AFTER_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,7 @@ class Node:
     async def _take_jobs(self, jobs: anyio.abc.TaskGroup) -> None:
         cursor = "0"  # unacknowledged jobs from before a restart first, then ">"
         inbox = self.keys.inbox(self.node_id)
-        backoff = 0.0
+        backoff = missing_s = 0.0
         while not self._draining.is_set():
             await self._free.acquire()  # wait for a free slot; take as many as are free
             wanted = 1 + self._free.value
@@ -222,17 +223,23 @@ class Node:
                     wanted,
                     None if cursor != ">" else 100,
                 )
-                backoff = 0.0
+                backoff = missing_s = 0.0
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 self._free.release()
                 backoff = min(max(backoff * 2, 0.05), _BACKOFF_MAX_S)
                 await anyio.sleep(backoff)
                 continue
             except ResponseError:
-                # The inbox or its group is gone (Redis restarted without persistence,
-                # or flushed): registering again makes them.
+                # No inbox group yet: the scheduler has not applied the registration,
+                # or Redis lost it (restarted without persistence, flushed). Wait; if it
+                # stays missing, register again, which makes it.
                 self._free.release()
-                await self._emit(self.registration)
+                backoff = min(max(backoff * 2, 0.05), _BACKOFF_MAX_S)
+                missing_s += backoff
+                if missing_s >= _REREGISTER_AFTER_S:
+                    missing_s = 0.0
+                    await self._emit(self.registration)
+                await anyio.sleep(backoff)
                 continue
             entries = [entry for _, found in reply for entry in found]
             if not entries:
