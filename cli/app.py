@@ -9,7 +9,7 @@ import typer
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from . import ops, replay, run
+from . import inspect, ops, replay, run
 
 __all__ = ["app", "main"]
 
@@ -23,6 +23,7 @@ app = typer.Typer(
 run.register(app)
 ops.register(app)
 replay.register(app)
+inspect.register(app)
 
 
 _EXPECTED = (ValueError, ValidationError, RedisError, OSError)

@@ -33,6 +33,7 @@ __all__ = [
     "ReplayResult",
     "check",
     "load_fixture",
+    "play",
     "record",
     "replay",
     "state_at",
@@ -167,6 +168,23 @@ class ReplayResult:
         return sum(1 for line in self.output.splitlines() if not line.startswith("## "))
 
 
+async def play(
+    client: RedisClient, keys: CellKeys, fixture: Fixture, batch: int = DEFAULT_BATCH
+) -> None:
+    """Put the fixture's snapshot and events into the cell ``keys`` (which must be empty)
+    and apply them with the worker's own code: the cell is then as the fixture leaves it."""
+    await restore_state(client, keys, fixture.snapshot)
+    for start in range(0, len(fixture.entries), _PAGE):
+        async with client.pipeline(transaction=False) as pipe:
+            for entry_id, fields in fixture.entries[start : start + _PAGE]:
+                pipe.xadd(keys.log, fields, id=entry_id)  # type: ignore[arg-type]
+            await pipe.execute()
+    await _start_groups(client, keys)
+    worker = Worker(client, [keys], fixture.settings, name="replay", batch_size=batch)
+    await worker.drain()
+    await worker.release()
+
+
 async def replay(
     fixture: Fixture, url: str = MEMORY_URL, batch: int = DEFAULT_BATCH
 ) -> ReplayResult:
@@ -174,16 +192,7 @@ async def replay(
     keys = CellKeys(fixture.cell, f"replay-{uuid.uuid4().hex[:12]}")
     client = Store(url).client()
     try:
-        await restore_state(client, keys, fixture.snapshot)
-        for start in range(0, len(fixture.entries), _PAGE):
-            async with client.pipeline(transaction=False) as pipe:
-                for entry_id, fields in fixture.entries[start : start + _PAGE]:
-                    pipe.xadd(keys.log, fields, id=entry_id)  # type: ignore[arg-type]
-                await pipe.execute()
-        await _start_groups(client, keys)
-        worker = Worker(client, [keys], fixture.settings, name="replay", batch_size=batch)
-        await worker.drain()
-        await worker.release()
+        await play(client, keys, fixture, batch)
         output = render_state(await read_state(client, keys), fixture.with_state)
         return ReplayResult(fixture.name, len(fixture.entries), output)
     finally:

@@ -18,6 +18,20 @@ def is_memory_url(url: str) -> bool:
     return url.startswith("memory://")
 
 
+_NAMED_SERVERS: dict[str, fakeredis.FakeServer] = {}
+
+
+def _embedded_server(url: str) -> fakeredis.FakeServer:
+    """``memory://`` is a new, empty embedded store each time; ``memory://NAME`` is the
+    one store of that name in this process (so separate commands can share it)."""
+    name = url.removeprefix("memory://")
+    if not name:
+        return fakeredis.FakeServer(version=(7, 0))
+    if name not in _NAMED_SERVERS:
+        _NAMED_SERVERS[name] = fakeredis.FakeServer(version=(7, 0))
+    return _NAMED_SERVERS[name]
+
+
 class Store:
     """A place the scheduler's data lives. Every client of one ``memory://`` store sees
     the same embedded server, so a worker and a load generator in one process share it."""
@@ -28,7 +42,7 @@ class Store:
                 f"unsupported Redis URL {url!r}: use redis://, rediss://, unix:// or memory://"
             )
         self.url = url
-        self._server = fakeredis.FakeServer(version=(7, 0)) if is_memory_url(url) else None
+        self._server = _embedded_server(url) if is_memory_url(url) else None
 
     @property
     def embedded(self) -> bool:

@@ -1,0 +1,126 @@
+"""The operator's CLI over a replayed fixture, on fakeredis and on the real Redis: each
+command's --json output against a golden; errors are one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.app import app
+from eventsched.keys import CellKeys
+from eventsched.replay import load_fixture, play
+from eventsched.store import Store, is_memory_url
+from tests.conftest import new_namespace, remove_namespace
+
+ROOT = Path(__file__).parent.parent
+FIXTURE = ROOT / "replay_fixtures" / "06_model_not_available_storm.jsonl"
+GOLDENS = Path(__file__).parent / "goldens"
+COMMANDS = {
+    "nodes": ["nodes"],
+    "node_show": ["node", "show", "n1"],
+    "pools": ["pools"],
+    "sessions": ["sessions"],
+    "session_show": ["session", "show", "s1"],
+    "jobs": ["jobs"],
+    "jobs_done": ["jobs", "--state", "done"],
+    "job_show": ["job", "show", "s1:0"],
+}
+
+
+@pytest.fixture
+async def cell_url(store_url: str, anyio_backend: str) -> AsyncIterator[tuple[str, str]]:
+    """(URL, namespace) of a cell left as the fixture leaves it. The embedded store is
+    named, so each command's own client finds the same one."""
+    url = f"memory://cli-{uuid.uuid4().hex[:8]}" if is_memory_url(store_url) else store_url
+    namespace = new_namespace()
+    client = Store(url).client()
+    await play(client, CellKeys("c0", namespace), load_fixture(FIXTURE))
+    yield url, namespace
+    await remove_namespace(client, namespace)
+    await client.aclose()
+
+
+def _invoke(*args: str) -> str:
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_each_command_answers_its_golden_json(cell_url: tuple[str, str], name: str) -> None:
+    url, namespace = cell_url
+    output = _invoke(*COMMANDS[name], "--redis-url", url, "--namespace", namespace, "--json")
+    found = json.loads(output)
+    golden = GOLDENS / f"cli_{name}.json"
+    if os.environ.get("EVENTSCHED_UPDATE_GOLDENS"):
+        golden.write_text(json.dumps(found, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert found == json.loads(golden.read_text(encoding="utf-8"))
+
+
+def test_streams_lists_every_stream_with_its_groups(cell_url: tuple[str, str]) -> None:
+    url, namespace = cell_url
+    rows = json.loads(_invoke("streams", "--redis-url", url, "--namespace", namespace, "--json"))
+    by_name = {row["stream"]: row for row in rows}
+    assert {"log", "decisions", "inbox:n1", "inbox:n2", "out:s1"} <= set(by_name)
+    log = by_name["log"]
+    assert log["length"] == len(load_fixture(FIXTURE).entries)
+    assert [(g["name"], g["pending"]) for g in log["groups"]] == [("applier", 0)]
+    assert [g["name"] for g in by_name["inbox:n1"]["groups"]] == ["node"]
+
+
+def test_tail_decodes_the_log_and_filters_by_type(cell_url: tuple[str, str]) -> None:
+    url, namespace = cell_url
+    lines = _invoke(
+        "tail",
+        "--redis-url",
+        url,
+        "--namespace",
+        namespace,
+        "--count",
+        "50",
+        "--type",
+        "job_result",
+    ).splitlines()
+    events = [json.loads(line) for line in lines]
+    assert events and {e["type"] for e in events} == {"job_result"}
+    assert events[0]["job_id"] == "s1:0" and events[0]["ok"] is False
+
+
+def test_node_drain_and_pools_apply_append_events(
+    cell_url: tuple[str, str], tmp_path: Path
+) -> None:
+    url, namespace = cell_url
+    common = ["--redis-url", url, "--namespace", namespace]
+    assert "appended" in _invoke("node", "drain", "n2", *common)
+    good = tmp_path / "pools.toml"
+    good.write_text('[[pools]]\nname = "asia"\nlanguages = ["en", "zh"]\norder = 1\n')
+    assert "1 pools appended" in _invoke("pools", "apply", str(good), *common)
+    tail = [json.loads(line) for line in _invoke("tail", *common, "--count", "2").splitlines()]
+    assert [e["type"] for e in tail] == ["node_draining", "pools_configured"]
+    assert tail[1]["pools"] == [{"name": "asia", "languages": ["en", "zh"], "order": 1}]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            '[[pools]]\nname = "a"\nlanguages = ["en", "zh"]\n[[pools]]\nname = "b"\n',
+            ":4: pools.1.languages",
+        ),
+        ("[[pools]\n", "pools.toml: Expected ']]'"),
+        ('[[pools]]\nname = "auto+x"\nlanguages = ["en", "zh"]\n', ":1: pools.0"),
+    ],
+)
+def test_a_bad_pool_file_is_refused_with_its_line(
+    tmp_path: Path, content: str, message: str
+) -> None:
+    from eventsched.inspect import PoolFileError, load_pools_file
+
+    with pytest.raises(PoolFileError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_pools_file(str(tmp_path / "pools.toml"), content)
