@@ -9,15 +9,19 @@ from typing import Annotated, Any, TypeVar, cast
 
 import anyio
 import typer
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from eventsched import inspect
 from eventsched.events import NodeDraining
 from eventsched.keys import DEFAULT_CELL, DEFAULT_NAMESPACE, CellKeys
 from eventsched.log import append
+from eventsched.stats import read_stats
 from eventsched.store import RedisClient, Store
 from eventsched.streams import read_stream, text, xread_raw
+from eventsched.worker import find_cells
 
 __all__ = ["register"]
 
@@ -60,6 +64,35 @@ def _run(
     return anyio.run(main)
 
 
+AllCells = Annotated[
+    bool, typer.Option("--all-cells", help="every cell of the namespace (adds a cell column)")
+]
+
+
+def _rows(
+    url: str,
+    cell: str,
+    namespace: str,
+    all_cells: bool,
+    work: Callable[[RedisClient, CellKeys], Awaitable[list[dict[str, Any]]]],
+) -> list[dict[str, Any]]:
+    """A listing of one cell, or of every cell with a ``cell`` field first."""
+    if not all_cells:
+        return _run(url, cell, namespace, work)
+
+    async def main() -> list[dict[str, Any]]:
+        client = Store(url).client()
+        try:
+            rows: list[dict[str, Any]] = []
+            for keys in await find_cells(client, namespace):
+                rows += [{"cell": keys.cell, **row} for row in await work(client, keys)]
+            return rows
+        finally:
+            await client.aclose()
+
+    return anyio.run(main)
+
+
 def _emit(rows: Any, as_json: bool, title: str, columns: list[str]) -> None:
     if as_json:
         print(json.dumps(rows, ensure_ascii=False, sort_keys=True))
@@ -91,10 +124,11 @@ def streams(
     redis_url: RedisUrl = DEFAULT_URL,
     cell: Cell = DEFAULT_CELL,
     namespace: Namespace = DEFAULT_NAMESPACE,
+    all_cells: AllCells = False,
     as_json: AsJson = False,
 ) -> None:
     """Every stream of the cell: length, first and last IDs, groups, pending, lag."""
-    rows = _run(redis_url, cell, namespace, inspect.list_streams)
+    rows = _rows(redis_url, cell, namespace, all_cells, inspect.list_streams)
     if as_json:
         _emit(rows, True, "", [])
         return
@@ -115,10 +149,13 @@ def nodes(
     cell: Cell = DEFAULT_CELL,
     namespace: Namespace = DEFAULT_NAMESPACE,
     limit: Limit = 1000,
+    all_cells: AllCells = False,
     as_json: AsJson = False,
 ) -> None:
     """Nodes: state, running/max, load, heartbeat age (event time), pools, pairs."""
-    rows = _run(redis_url, cell, namespace, lambda c, k: inspect.list_nodes(c, k, limit))
+    rows = _rows(
+        redis_url, cell, namespace, all_cells, lambda c, k: inspect.list_nodes(c, k, limit)
+    )
     columns = [
         "node_id",
         "state",
@@ -211,10 +248,13 @@ def sessions(
     cell: Cell = DEFAULT_CELL,
     namespace: Namespace = DEFAULT_NAMESPACE,
     limit: Limit = 1000,
+    all_cells: AllCells = False,
     as_json: AsJson = False,
 ) -> None:
     """Sessions: pair, bound pool, finalized, delivered, in flight."""
-    rows = _run(redis_url, cell, namespace, lambda c, k: inspect.list_sessions(c, k, limit))
+    rows = _rows(
+        redis_url, cell, namespace, all_cells, lambda c, k: inspect.list_sessions(c, k, limit)
+    )
     columns = [
         "session_id",
         "src_lang",
@@ -247,12 +287,15 @@ def jobs(
     namespace: Namespace = DEFAULT_NAMESPACE,
     state: Annotated[str | None, typer.Option(help="running, done or failed")] = None,
     limit: Limit = 1000,
+    all_cells: AllCells = False,
     as_json: AsJson = False,
 ) -> None:
     """Jobs: state, attempt, node, pool, deadline."""
     if state not in (None, "running", "done", "failed"):
         raise typer.BadParameter("state must be running, done or failed", param_hint="--state")
-    rows = _run(redis_url, cell, namespace, lambda c, k: inspect.list_jobs(c, k, state, limit))
+    rows = _rows(
+        redis_url, cell, namespace, all_cells, lambda c, k: inspect.list_jobs(c, k, state, limit)
+    )
     _emit(rows, as_json, "jobs", ["job_id", "state", "attempt", "node_id", "pool", "deadline_ms"])
 
 
@@ -301,8 +344,94 @@ def tail(
     _run(redis_url, cell, namespace, work)
 
 
+def _stats_tables(snapshot: dict[str, Any]) -> list[Table]:
+    window = Table(title=f"window of {snapshot['window_ms']} ms from {snapshot['window_start_ms']}")
+    window.add_column("figure")
+    window.add_column("value", justify="right")
+    for name in (
+        "dispatch_rate_per_s",
+        "dispatch_p50_ms",
+        "dispatch_p99_ms",
+        "e2e_p50_ms",
+        "e2e_p99_ms",
+    ):
+        window.add_row(name, _cell(snapshot.get(name)))
+    for name, value in sorted(snapshot["counts"].items()):
+        window.add_row(name, str(value))
+    for group in ("rejected", "failed"):
+        for reason, value in sorted(snapshot[group].items()):
+            window.add_row(f"{group}: {reason}", str(value))
+    nodes = Table(title="nodes and roles")
+    nodes.add_column("what")
+    nodes.add_column("value", justify="right")
+    for state, count in snapshot["nodes_by_state"].items():
+        nodes.add_row(f"nodes {state}", str(count))
+    for role, holder in snapshot["leases"].items():
+        nodes.add_row(f"lease {role}", holder or "-")
+    for name, figures in snapshot["consumers"].items():
+        nodes.add_row(f"{name} pending/lag", f"{figures['pending']}/{_cell(figures['lag'])}")
+    pools = Table(title="pools")
+    for column in ("pool", "running", "capacity", "utilization"):
+        pools.add_column(column)
+    for name, figures in snapshot["pools"].items():
+        pools.add_row(
+            name, str(figures["running"]), str(figures["capacity"]), str(figures["utilization"])
+        )
+    return [window, nodes, pools]
+
+
+def stats(
+    redis_url: RedisUrl = DEFAULT_URL,
+    cell: Cell = DEFAULT_CELL,
+    namespace: Namespace = DEFAULT_NAMESPACE,
+    as_json: AsJson = False,
+) -> None:
+    """The statistics snapshot the workers build every 5 s of event time."""
+    found = _run(redis_url, cell, namespace, read_stats)
+    if found is None:
+        raise NotFound("no statistics yet: a worker writes them every 5 s of event time")
+    if as_json:
+        print(json.dumps(found, sort_keys=True))
+        return
+    for table in _stats_tables(found):
+        Console().print(table)
+
+
+def top(
+    redis_url: RedisUrl = DEFAULT_URL,
+    cell: Cell = DEFAULT_CELL,
+    namespace: Namespace = DEFAULT_NAMESPACE,
+    once: Annotated[bool, typer.Option("--once", help="render one frame and exit")] = False,
+    interval: Annotated[float, typer.Option(min=0.1, help="seconds between frames")] = 1.0,
+) -> None:
+    """A live dashboard of the statistics snapshot, refreshed every second."""
+    keys = CellKeys(cell, namespace)
+
+    def frame(snapshot: dict[str, Any] | None) -> Group:
+        if snapshot is None:
+            return Group(Text("no statistics yet: waiting for a worker"))
+        return Group(*_stats_tables(snapshot))
+
+    async def main() -> None:
+        client = Store(redis_url).client()
+        try:
+            if not await client.exists(keys.log):
+                raise NotFound(f"unknown cell {namespace}:{{{cell}}} (it has no log)")
+            if once:
+                Console().print(frame(await read_stats(client, keys)))
+                return
+            with Live(frame(None), refresh_per_second=4) as live:
+                while True:
+                    live.update(frame(await read_stats(client, keys)))
+                    await anyio.sleep(interval)
+        finally:
+            await client.aclose()
+
+    anyio.run(main)
+
+
 def register(app: typer.Typer) -> None:
-    for command in (streams, nodes, sessions, jobs, tail):
+    for command in (streams, nodes, sessions, jobs, tail, stats, top):
         app.command()(command)
     app.add_typer(node_app, name="node")
     app.add_typer(pools_app, name="pools")

@@ -220,8 +220,14 @@ class Applier(_ScriptProjection):
     def settings_args(self, settings: DecisionSettings) -> list[Arg]:
         return list(settings.as_argv())
 
+    def build_args(self, entries: Sequence[Entry]) -> list[Arg]:
+        self.finalize_ms: list[int] = []  # append times of this batch's finalizes (stats)
+        return super().build_args(entries)
+
     def entry_args(self, entry_id: bytes, fields: dict[bytes, bytes]) -> list[Arg]:
         kind, values = entry_args(fields)
+        if kind == "fin":
+            self.finalize_ms.append(int(entry_id.split(b"-", 1)[0]))
         return [entry_id, kind, len(values), *values]
 
     async def apply(self, entries: Sequence[Entry]) -> BatchResult:

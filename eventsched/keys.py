@@ -140,6 +140,11 @@ class CellKeys:
         return self.prefix + "checkpoints"
 
     @property
+    def stats(self) -> str:
+        """Hash: the statistics snapshot of the last window (JSON)."""
+        return self.prefix + "stats"
+
+    @property
     def trims(self) -> str:
         """Hash: stream -> the ID below which retention trimmed it."""
         return self.prefix + "trims"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import anyio
@@ -67,9 +67,16 @@ def log_delivered(cell: str, delivered: list[tuple[str, int]]) -> None:
 
 
 async def follow_decisions(
-    client: RedisClient, keys: CellKeys, stop: anyio.Event, active: Callable[[], bool]
+    client: RedisClient,
+    keys: CellKeys,
+    stop: anyio.Event,
+    active: Callable[[], bool],
+    on_decision: Callable[[dict[str, str]], None],
+    every_pass: Callable[[], Awaitable[None]],
 ) -> None:
-    """Log the cell's decisions as they are appended, while ``active()`` says so."""
+    """Follow the cell's decisions as they are appended: while ``active()``, log each
+    (see the module doc) and hand it to ``on_decision``; call ``every_pass`` after each
+    read (at least every half second)."""
     newest = cast(list[tuple[bytes, Any]], await client.xrevrange(keys.decisions, count=1))
     cursor = text(newest[0][0]) if newest else "0-0"
     counts: Counter[str] = Counter()
@@ -82,10 +89,13 @@ async def follow_decisions(
                 if not active():
                     continue
                 fields = {text(k): text(v) for k, v in raw.items()}
+                on_decision(fields)
                 level, line = describe(fields)
                 counts[fields.get("k", "?")] += 1
                 if log.isEnabledFor(level):
                     log.log(level, "cell=%s %s", keys.cell, line)
+        if active():
+            await every_pass()
         if time.monotonic() >= summary_at:
             summary_at = time.monotonic() + _SUMMARY_EVERY_S
             if counts and active():

@@ -213,6 +213,9 @@ class Node:
         backoff = missing_s = 0.0
         while not self._draining.is_set():
             await self._free.acquire()  # wait for a free slot; take as many as are free
+            if self._draining.is_set():  # drained while every slot was busy
+                self._free.release()
+                break
             wanted = 1 + self._free.value
             try:
                 reply = await xreadgroup_raw(

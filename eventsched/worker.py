@@ -28,8 +28,9 @@ from .lease import Lease
 from .lifecycle import follow_decisions
 from .retention import retain
 from .scripts import register
+from .stats import StatsBuilder
 from .store import RedisClient
-from .streams import text, xreadgroup_raw
+from .streams import parse_id, text, xreadgroup_raw
 
 __all__ = ["DEFAULT_BATCH", "Worker", "ensure_group", "find_cells", "stored_settings"]
 
@@ -143,6 +144,11 @@ class _Role:
             read += len(entries)
             result = await projection.apply(entries)
             self.worker.add(result)
+            if isinstance(projection, Applier) and projection.finalize_ms:
+                wall_ms = int(time.time() * 1000)
+                self.worker.stats[projection.keys.cell].dispatched_after(
+                    projection.finalize_ms, wall_ms
+                )
         return read
 
 
@@ -182,6 +188,7 @@ class Worker:
             for kind in projections
         ]
         self.ticks = "dispatch" in projections
+        self.stats = {keys.cell: StatsBuilder() for keys in self.cells}
         self.totals = BatchResult(0, 0, 0)
 
     def add(self, result: BatchResult) -> None:
@@ -230,10 +237,9 @@ class Worker:
                     group.start_soon(self._run_role, role, stop)
                 for keys in self.cells if self.ticks else ():
                     group.start_soon(self._run_ticker, keys, stop)
-                if logging.getLogger("eventsched.jobs").isEnabledFor(logging.INFO):
-                    for role in self.roles:
-                        if isinstance(role.projection, Applier):
-                            group.start_soon(self._follow, role, stop)
+                for role in self.roles:
+                    if isinstance(role.projection, Applier):
+                        group.start_soon(self._follow, role, stop)
         finally:
             with anyio.CancelScope(shield=True):
                 await self.release()
@@ -288,10 +294,27 @@ class Worker:
             log.info("%s: trimmed %d acknowledged entries", keys.cell, removed)
 
     async def _follow(self, role: _Role, stop: anyio.Event) -> None:
-        """Boundary logs of a cell, written only by its dispatch role's holder."""
+        """Boundary logs and the statistics snapshot of a cell, written only by its
+        dispatch role's holder."""
+        keys = role.projection.keys
+        builder = self.stats[keys.cell]
+
+        async def publish_when_due() -> None:
+            applied = await self.client.hget(keys.meta, "applied")
+            now_ms = parse_id(text(applied))[0] if applied else 0
+            if builder.due(now_ms):
+                await builder.publish(self.client, keys, now_ms)
+
         while not stop.is_set():
             try:
-                await follow_decisions(self.client, role.projection.keys, stop, lambda: role.taken)
+                await follow_decisions(
+                    self.client,
+                    keys,
+                    stop,
+                    lambda: role.taken,
+                    builder.decision,
+                    publish_when_due,
+                )
             except (RedisError, OSError):
                 await self._pause(stop, _BACKOFF_MAX_S)  # the role loops log the outage
 

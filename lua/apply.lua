@@ -367,7 +367,7 @@ end
 function handlers.res(f)
   local job_id, attempt, node_id, ok, err = f[1], tonumber(f[2]), f[3], f[4] == '1', f[5]
   local jk = P .. S_JOB .. job_id
-  local j = redis.call('HMGET', jk, 'att', 'node', 'st', 'cut', 'sid', 'idx')
+  local j = redis.call('HMGET', jk, 'att', 'node', 'st', 'cut', 'sid', 'idx', 'fin')
   if not j[1] then
     dead_letter_entry('unknown_job')
     return
@@ -388,7 +388,7 @@ function handlers.res(f)
   redis.call('HSET', jk, 'st', 'done')
   decide('k', 'o', 'job', job_id, 'att', attempt, 'node', node_id,
     'sid', j[5], 'idx', j[6], 'cut', j[4], 'asr', f[6], 'nmt', f[7], 'tts', f[8],
-    'tts_ms', f[9], 'timings', f[10], 'at', now_id)
+    'tts_ms', f[9], 'timings', f[10], 'fin', j[7], 'at', now_id)
 end
 
 function handlers.close(f)

@@ -124,3 +124,11 @@ def test_a_bad_pool_file_is_refused_with_its_line(
 
     with pytest.raises(PoolFileError, match=message.replace("[", r"\[").replace("]", r"\]")):
         load_pools_file(str(tmp_path / "pools.toml"), content)
+
+
+def test_listings_can_span_every_cell(cell_url: tuple[str, str]) -> None:
+    url, namespace = cell_url
+    rows = json.loads(
+        _invoke("nodes", "--redis-url", url, "--namespace", namespace, "--all-cells", "--json")
+    )
+    assert [(row["cell"], row["node_id"]) for row in rows] == [("c0", "n1"), ("c0", "n2")]

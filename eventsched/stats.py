@@ -1,0 +1,167 @@
+"""The statistics projection (the seeds' /api/v1/stats): built by the worker that holds
+a cell's dispatch role, from the decisions it follows and the batches it applies, as a
+snapshot per 5 s window of event time, stored in the cell's ``stats`` hash. ``eventsched
+stats`` and ``eventsched top`` read that snapshot; nothing scans projections on request.
+
+Latencies: *end to end* is event time from a finalize to its result (the `o` decision's
+`at` minus the job's finalize); *dispatch* is the wall time from a finalize's append
+(its log ID) to the apply call that decided it returning, which includes the hand-off to
+the node's inbox. The snapshot depends on wall time, so it is not part of replay.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from typing import Any, cast
+
+from .keys import CellKeys
+from .store import RedisClient
+from .streams import parse_id, text
+
+__all__ = ["WINDOW_MS", "StatsBuilder", "read_stats"]
+
+WINDOW_MS = 5000
+BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+
+
+def _bucket(value_ms: int) -> int:
+    for index, bound in enumerate(BUCKETS_MS):
+        if value_ms <= bound:
+            return index
+    return len(BUCKETS_MS)
+
+
+def _percentile(histogram: list[int], fraction: float) -> int | None:
+    """The upper bound (ms) of the bucket holding the percentile; None when empty."""
+    total = sum(histogram)
+    if not total:
+        return None
+    rank, seen = fraction * total, 0
+    for index, count in enumerate(histogram):
+        seen += count
+        if seen >= rank:
+            return BUCKETS_MS[index] if index < len(BUCKETS_MS) else BUCKETS_MS[-1] * 10
+    return None
+
+
+class StatsBuilder:
+    def __init__(self, window_ms: int = WINDOW_MS) -> None:
+        self.window_ms = window_ms
+        self.window_start: int | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.e2e = [0] * (len(BUCKETS_MS) + 1)
+        self.dispatch = [0] * (len(BUCKETS_MS) + 1)
+
+    def decision(self, fields: dict[str, str]) -> None:
+        kind = fields.get("k", "")
+        at_ms = parse_id(fields.get("at", "0-0"))[0]
+        if self.window_start is None:
+            self.window_start = at_ms - at_ms % self.window_ms
+        if kind == "d":
+            self.counts["dispatched" if fields.get("att") == "1" else "retried"] += 1
+        elif kind == "x":
+            self.counts[f"rejected:{fields.get('reason', '')}"] += 1
+        elif kind == "f":
+            self.counts[f"failed:{fields.get('reason', '')}"] += 1
+        elif kind == "o":
+            self.counts["completed"] += 1
+            if fields.get("fin"):
+                self.e2e[_bucket(at_ms - parse_id(fields["fin"])[0])] += 1
+        elif kind == "r" and fields.get("err") == "MODEL_NOT_AVAILABLE":
+            self.counts["model_not_available"] += 1
+        elif kind == "l":
+            self.counts["nodes_lost"] += 1
+        elif kind == "m":
+            self.counts["unavailable_windows"] += 1
+
+    def dispatched_after(self, finalize_ms: list[int], now_wall_ms: int) -> None:
+        for appended_ms in finalize_ms:
+            self.dispatch[_bucket(max(0, now_wall_ms - appended_ms))] += 1
+
+    def due(self, now_ms: int) -> bool:
+        return self.window_start is not None and now_ms >= self.window_start + self.window_ms
+
+    async def publish(self, client: RedisClient, keys: CellKeys, now_ms: int) -> dict[str, Any]:
+        """Write the window's snapshot with the cell's current shape; start a new window."""
+        start = self.window_start if self.window_start is not None else now_ms
+        seconds = self.window_ms / 1000
+        rejected = {
+            k.split(":", 1)[1]: n for k, n in self.counts.items() if k.startswith("rejected:")
+        }
+        failed = {k.split(":", 1)[1]: n for k, n in self.counts.items() if k.startswith("failed:")}
+        plain = {k: n for k, n in self.counts.items() if ":" not in k}
+        snapshot: dict[str, Any] = {
+            "window_start_ms": start,
+            "window_ms": self.window_ms,
+            "published_wall_ms": int(time.time() * 1000),
+            "counts": plain,
+            "rejected": rejected,
+            "failed": failed,
+            "dispatch_rate_per_s": round(plain.get("dispatched", 0) / seconds, 2),
+            "e2e_p50_ms": _percentile(self.e2e, 0.5),
+            "e2e_p99_ms": _percentile(self.e2e, 0.99),
+            "dispatch_p50_ms": _percentile(self.dispatch, 0.5),
+            "dispatch_p99_ms": _percentile(self.dispatch, 0.99),
+            "histogram_bounds_ms": list(BUCKETS_MS),
+            "e2e_histogram": self.e2e,
+            "dispatch_histogram": self.dispatch,
+            **await _shape(client, keys),
+        }
+        await client.hset(keys.stats, "snapshot", json.dumps(snapshot, sort_keys=True))
+        self.window_start = now_ms - now_ms % self.window_ms
+        self._reset()
+        return snapshot
+
+
+async def _shape(client: RedisClient, keys: CellKeys) -> dict[str, Any]:
+    """Nodes by state, pool utilization, who holds which role, and consumer lag. Built
+    here, once a window, so that readers never scan."""
+    node_keys = [text(k) async for k in client.scan_iter(match=keys.node("*"), count=1000)]
+    async with client.pipeline(transaction=False) as pipe:
+        for key in node_keys:
+            pipe.hmget(key, ["st", "inpool", "pools", "run", "mc"])
+        records = cast(list[list[bytes | None]], await pipe.execute())
+    nodes: Counter[str] = Counter()
+    pools: dict[str, dict[str, int]] = {}
+    for record in records:
+        st, inpool, member_of, running, capacity = (text(v) if v else "" for v in record)
+        nodes["ready" if st == "up" and inpool == "1" else "overloaded" if st == "up" else st] += 1
+        for pool in filter(None, member_of.split(",")):
+            entry = pools.setdefault(pool, {"running": 0, "capacity": 0})
+            if st == "up":
+                entry["running"] += int(running or 0)
+                entry["capacity"] += int(capacity or 0)
+    leases = {}
+    for role in ("dispatch", "groups", "ticker"):
+        holder = await client.get(keys.lease(role))
+        leases[role] = text(holder) if holder is not None else None
+    consumers = {}
+    for stream, label in ((keys.log, "log"), (keys.decisions, "decisions")):
+        if await client.exists(stream):
+            for group in await client.xinfo_groups(stream):
+                consumers[f"{label}/{text(group['name'])}"] = {
+                    "pending": int(group["pending"]),
+                    "lag": None if group.get("lag") is None else int(group["lag"]),
+                }
+    utilization = {
+        name: {**entry, "utilization": round(entry["running"] / entry["capacity"], 3)}
+        if entry["capacity"]
+        else {**entry, "utilization": 0.0}
+        for name, entry in sorted(pools.items())
+    }
+    return {
+        "nodes_by_state": dict(sorted(nodes.items())),
+        "pools": utilization,
+        "leases": leases,
+        "consumers": consumers,
+    }
+
+
+async def read_stats(client: RedisClient, keys: CellKeys) -> dict[str, Any] | None:
+    raw = await client.hget(keys.stats, "snapshot")
+    return None if raw is None else cast(dict[str, Any], json.loads(raw))

@@ -1,0 +1,89 @@
+"""The statistics projection: a running worker publishes a snapshot per 5 s window of
+event time; `eventsched stats` and `top` read it."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import anyio
+import pytest
+from typer.testing import CliRunner
+
+from cli.app import app
+from eventsched.events import Tick
+from eventsched.stats import StatsBuilder, read_stats
+from eventsched.worker import Worker
+from tests.harness import Cell, error, finalize, node, ok, session
+
+
+def test_windows_count_decisions_and_bucket_latencies() -> None:
+    builder = StatsBuilder(window_ms=5000)
+    builder.decision({"k": "d", "att": "1", "at": "10100-0"})
+    builder.decision({"k": "d", "att": "2", "at": "10150-0"})
+    builder.decision({"k": "x", "reason": "no_capacity", "at": "10200-0"})
+    builder.decision({"k": "o", "fin": "10100-0", "at": "10180-0"})
+    builder.dispatched_after([10_000, 10_000], 10_003)
+    assert builder.window_start == 10_000
+    assert not builder.due(14_999) and builder.due(15_000)
+    assert builder.counts == {
+        "dispatched": 1,
+        "retried": 1,
+        "rejected:no_capacity": 1,
+        "completed": 1,
+    }
+    assert builder.e2e[6] == 1  # 80 ms falls in the (50, 100] bucket
+    assert builder.dispatch[2] == 2  # 3 ms in (2, 5]
+
+
+@pytest.mark.anyio
+async def test_a_running_worker_publishes_a_snapshot_that_the_cli_shows(
+    cell: Cell, store_url: str
+) -> None:
+    # The worker's ticker appends ticks at the server's clock; run the cell's own clock a
+    # minute ahead so that the events appended here come after them.
+    cell.now_ms = int(time.time() * 1000) + 60_000
+    cell.configure(node_lost_ms=600_000, heartbeat_fresh_ms=600_000)
+    worker = Worker(cell.client, [cell.keys], cell.settings, lease_ms=500, block_ms=20, tick_ms=50)
+    stop = anyio.Event()
+    async with anyio.create_task_group() as group:
+        group.start_soon(worker.run, stop)
+        await cell.append(node("n1", max_concurrency=2), node("n2"), session("s1"))
+        with anyio.fail_after(20):  # the follower starts once the worker holds dispatch
+            while not worker.roles[0].taken:
+                await anyio.sleep(0.01)
+        cell.advance(100)
+        await cell.append(finalize("s1", 0), finalize("s1", 1))
+        cell.advance(150)
+        placed: dict[str, str] = {}
+        with anyio.fail_after(20):
+            while len(placed) < 2:
+                placed = await cell.dispatched_to()
+                await anyio.sleep(0.01)
+        await cell.append(ok("s1:0", 1, placed["s1:0"]), error("s1:1", 1, placed["s1:1"]))
+        cell.advance(6000)
+        await cell.append(Tick())
+        snapshot = None
+        with anyio.fail_after(20):
+            while snapshot is None:
+                snapshot = await read_stats(cell.client, cell.keys)
+                await anyio.sleep(0.01)
+        stop.set()
+    assert snapshot is not None
+    assert snapshot["counts"]["dispatched"] == 2
+    assert snapshot["counts"]["completed"] >= 1 and snapshot["counts"]["model_not_available"] == 1
+    assert snapshot["e2e_p50_ms"] == 200  # 150 ms from finalize to result: the (100, 200] bucket
+    assert snapshot["nodes_by_state"] == {"ready": 2}
+    assert snapshot["leases"]["dispatch"] == worker.name
+    assert snapshot["dispatch_p50_ms"] is not None
+
+    if store_url.startswith("memory://"):
+        return  # the CLI opens its own connection: it needs a server it can reach
+    common = ["--redis-url", store_url, "--namespace", cell.keys.namespace]
+    # The CLI runs its own event loop: call it from a thread of its own.
+    shown = await anyio.to_thread.run_sync(CliRunner().invoke, app, ["stats", *common, "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout)["counts"] == snapshot["counts"]
+    frame = await anyio.to_thread.run_sync(CliRunner().invoke, app, ["top", *common, "--once"])
+    assert frame.exit_code == 0, frame.output
+    assert "dispatch_rate_per_s" in frame.stdout and "lease dispatch" in frame.stdout
