@@ -132,3 +132,15 @@ def test_listings_can_span_every_cell(cell_url: tuple[str, str]) -> None:
         _invoke("nodes", "--redis-url", url, "--namespace", namespace, "--all-cells", "--json")
     )
     assert [(row["cell"], row["node_id"]) for row in rows] == [("c0", "n1"), ("c0", "n2")]
+
+
+def test_a_bad_pool_file_appends_nothing(cell_url: tuple[str, str], tmp_path: Path) -> None:
+    url, namespace = cell_url
+    common = ["--redis-url", url, "--namespace", namespace]
+    before = _invoke("tail", *common, "--count", "1")
+    bad = tmp_path / "pools.toml"
+    bad.write_text('[[pools]]\nname = "a"\nlanguages = ["english"]\n')
+    result = CliRunner().invoke(app, ["pools", "apply", str(bad), *common])
+    assert result.exit_code == 1
+    assert "pools.toml:1: pools.0.languages.0" in str(result.exception)
+    assert _invoke("tail", *common, "--count", "1") == before

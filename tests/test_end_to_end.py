@@ -79,6 +79,9 @@ def test_the_demo_command_prints_its_figures_as_json() -> None:
         (("demo", "--redis-url", "redis://127.0.0.1:1/0"), "connecting to 127.0.0.1:1"),
         (("loadgen", "--redis-url", "memory://"), "needs a worker in another process"),
         (("worker", "--redis-url", "memory://"), "give a redis:// URL"),
+        (("nodes", "--redis-url", "redis://127.0.0.1:1"), "connecting to 127.0.0.1:1"),
+        (("nodes", "--redis-url", "memory://", "--cell", "zz"), "unknown cell es:{zz}"),
+        (("pools", "apply", "/nonexistent.toml", "--redis-url", "memory://"), "no such file"),
         (("worker", "--redis-url", "redis://127.0.0.1:1", "--cells", "C0!"), "invalid cell name"),
     ],
 )
