@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar, cast
+from typing import Annotated, Any, cast
 
 import anyio
 import typer
@@ -23,45 +23,16 @@ from eventsched.store import RedisClient, Store
 from eventsched.streams import read_stream, text, xread_raw
 from eventsched.worker import find_cells
 
+from .common import DEFAULT_URL, AsJson, Cell, Namespace, NotFound, RedisUrl, run_on_cell
+
 __all__ = ["register"]
 
-T = TypeVar("T")
-
-RedisUrl = Annotated[
-    str,
-    typer.Option("--redis-url", envvar="EVENTSCHED_REDIS_URL", help="redis://host:port/db"),
-]
-Cell = Annotated[str, typer.Option(help="the cell")]
-Namespace = Annotated[str, typer.Option(help="key namespace in front of each cell's tag")]
-AsJson = Annotated[bool, typer.Option("--json", help="JSON (schema: docs/CLI.md)")]
 Limit = Annotated[int, typer.Option(min=1, help="at most this many rows")]
-DEFAULT_URL = "redis://127.0.0.1:6379"
 
 node_app = typer.Typer(help="One node: show, drain.", no_args_is_help=True)
 pools_app = typer.Typer(help="Pools: list, apply a configuration.", invoke_without_command=True)
 session_app = typer.Typer(help="One session.", no_args_is_help=True)
 job_app = typer.Typer(help="One job.", no_args_is_help=True)
-
-
-class NotFound(ValueError):
-    """Something asked for by id does not exist (exit 1, one line)."""
-
-
-def _run(
-    url: str, cell: str, namespace: str, work: Callable[[RedisClient, CellKeys], Awaitable[T]]
-) -> T:
-    keys = CellKeys(cell, namespace)
-
-    async def main() -> T:
-        client = Store(url).client()
-        try:
-            if not await client.exists(keys.log):
-                raise NotFound(f"unknown cell {namespace}:{{{cell}}} (it has no log)")
-            return await work(client, keys)
-        finally:
-            await client.aclose()
-
-    return anyio.run(main)
 
 
 AllCells = Annotated[
@@ -78,7 +49,7 @@ def _rows(
 ) -> list[dict[str, Any]]:
     """A listing of one cell, or of every cell with a ``cell`` field first."""
     if not all_cells:
-        return _run(url, cell, namespace, work)
+        return run_on_cell(url, cell, namespace, work)
 
     async def main() -> list[dict[str, Any]]:
         client = Store(url).client()
@@ -179,7 +150,7 @@ def node_show(
     as_json: AsJson = False,
 ) -> None:
     """One node with its running jobs."""
-    found = _run(redis_url, cell, namespace, lambda c, k: inspect.node_detail(c, k, node_id))
+    found = run_on_cell(redis_url, cell, namespace, lambda c, k: inspect.node_detail(c, k, node_id))
     _show(found, f"node {node_id}", as_json)
 
 
@@ -197,7 +168,9 @@ def node_drain(
             raise NotFound(f"no node {node_id}")
         return await append(client, keys, NodeDraining(node_id=node_id))
 
-    print(f"drain of {node_id} appended as log entry {_run(redis_url, cell, namespace, work)}")
+    print(
+        f"drain of {node_id} appended as log entry {run_on_cell(redis_url, cell, namespace, work)}"
+    )
 
 
 @pools_app.callback()
@@ -211,7 +184,7 @@ def pools(
     """Pools with languages, members, free slots and utilization."""
     if context.invoked_subcommand is not None:
         return
-    found = _run(redis_url, cell, namespace, inspect.list_pools)
+    found = run_on_cell(redis_url, cell, namespace, inspect.list_pools)
     if as_json:
         _emit(found, True, "", [])
         return
@@ -239,7 +212,7 @@ def pools_apply(
     async def work(client: RedisClient, keys: CellKeys) -> str:
         return await append(client, keys, configured)
 
-    entry = _run(redis_url, cell, namespace, work)
+    entry = run_on_cell(redis_url, cell, namespace, work)
     print(f"{len(configured.pools)} pools appended as log entry {entry}")
 
 
@@ -277,7 +250,9 @@ def session_show(
     as_json: AsJson = False,
 ) -> None:
     """One session: its pool and pair, pending results, group, recent outputs."""
-    found = _run(redis_url, cell, namespace, lambda c, k: inspect.session_detail(c, k, session_id))
+    found = run_on_cell(
+        redis_url, cell, namespace, lambda c, k: inspect.session_detail(c, k, session_id)
+    )
     _show(found, f"session {session_id}", as_json)
 
 
@@ -308,7 +283,7 @@ def job_show(
     as_json: AsJson = False,
 ) -> None:
     """One job and its lineage: every attempt, node and reason."""
-    found = _run(redis_url, cell, namespace, lambda c, k: inspect.job_detail(c, k, job_id))
+    found = run_on_cell(redis_url, cell, namespace, lambda c, k: inspect.job_detail(c, k, job_id))
     _show(found, f"job {job_id}", as_json)
 
 
@@ -341,7 +316,7 @@ def tail(
                     fields = {text(k): text(v) for k, v in raw.items()}
                     show(inspect.describe_event(cursor, fields))
 
-    _run(redis_url, cell, namespace, work)
+    run_on_cell(redis_url, cell, namespace, work)
 
 
 def _stats_tables(snapshot: dict[str, Any]) -> list[Table]:
@@ -387,7 +362,7 @@ def stats(
     as_json: AsJson = False,
 ) -> None:
     """The statistics snapshot the workers build every 5 s of event time."""
-    found = _run(redis_url, cell, namespace, read_stats)
+    found = run_on_cell(redis_url, cell, namespace, read_stats)
     if found is None:
         raise NotFound("no statistics yet: a worker writes them every 5 s of event time")
     if as_json:

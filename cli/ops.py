@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import Annotated
 
-import anyio
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -14,32 +12,15 @@ from rich.table import Table
 from eventsched import dlq as dead_letters
 from eventsched.keys import DEFAULT_CELL, DEFAULT_NAMESPACE, CellKeys
 from eventsched.rebuild import rebuild_groups
-from eventsched.store import RedisClient, Store
+from eventsched.store import RedisClient
 from eventsched.verify import VerifyReport, verify_cell
 from eventsched.worker import stored_settings
 
+from .common import DEFAULT_URL, AsJson, Cell, Namespace, RedisUrl, run_on_cell
+
 __all__ = ["register"]
 
-T = TypeVar("T")
-
-RedisUrl = Annotated[str, typer.Option("--redis-url", help="redis://host:port/db")]
-Cell = Annotated[str, typer.Option(help="the cell")]
-Namespace = Annotated[str, typer.Option(help="key namespace in front of each cell's tag")]
-AsJson = Annotated[bool, typer.Option("--json", help="print JSON")]
-DEFAULT_URL = "redis://127.0.0.1:6379"
-
 dlq_app = typer.Typer(help="The cell's dead-letter stream.", no_args_is_help=True)
-
-
-def _run(url: str, keys: CellKeys, work: Callable[[RedisClient, CellKeys], Awaitable[T]]) -> T:
-    async def main() -> T:
-        client = Store(url).client()
-        try:
-            return await work(client, keys)
-        finally:
-            await client.aclose()
-
-    return anyio.run(main)
 
 
 def verify(
@@ -50,7 +31,7 @@ def verify(
 ) -> None:
     """Rebuild every projection from the log in memory, compare it with the live one and
     check the invariants. Exit 0 when all hold, 1 with a report otherwise."""
-    report: VerifyReport = _run(redis_url, CellKeys(cell, namespace), verify_cell)
+    report: VerifyReport = run_on_cell(redis_url, cell, namespace, verify_cell)
     if as_json:
         print(json.dumps({"ok": report.ok, "problems": report.problems, **report.figures}))
     else:
@@ -77,7 +58,7 @@ def rebuild(
     async def work(client: RedisClient, keys: CellKeys) -> int:
         return await rebuild_groups(client, keys, await stored_settings(client, keys))
 
-    folded = _run(redis_url, CellKeys(cell, namespace), work)
+    folded = run_on_cell(redis_url, cell, namespace, work)
     print(f"rebuilt groups of {namespace}:{{{cell}}} from {folded} decisions")
 
 
@@ -94,7 +75,7 @@ def dlq_list(
     async def work(client: RedisClient, keys: CellKeys) -> list[dead_letters.DeadLetter]:
         return await dead_letters.list_dead(client, keys, limit)
 
-    found = _run(redis_url, CellKeys(cell, namespace), work)
+    found = run_on_cell(redis_url, cell, namespace, work)
     if as_json:
         print(json.dumps([letter.__dict__ for letter in found]))
         return
@@ -118,7 +99,7 @@ def dlq_show(
     async def work(client: RedisClient, keys: CellKeys) -> dead_letters.DeadLetter | None:
         return await dead_letters.find(client, keys, dlq_id)
 
-    letter = _run(redis_url, CellKeys(cell, namespace), work)
+    letter = run_on_cell(redis_url, cell, namespace, work)
     if letter is None:
         raise ValueError(f"no dead letter {dlq_id}")
     print(json.dumps(letter.__dict__, indent=2, ensure_ascii=False))
@@ -136,7 +117,7 @@ def dlq_requeue(
     async def work(client: RedisClient, keys: CellKeys) -> str:
         return await dead_letters.requeue(client, keys, dlq_id)
 
-    print(f"requeued {dlq_id} as log entry {_run(redis_url, CellKeys(cell, namespace), work)}")
+    print(f"requeued {dlq_id} as log entry {run_on_cell(redis_url, cell, namespace, work)}")
 
 
 def register(app: typer.Typer) -> None:

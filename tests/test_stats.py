@@ -42,7 +42,9 @@ async def test_a_running_worker_publishes_a_snapshot_that_the_cli_shows(
 ) -> None:
     # The worker's ticker appends ticks at the server's clock; run the cell's own clock a
     # minute ahead so that the events appended here come after them.
-    cell.now_ms = int(time.time() * 1000) + 60_000
+    # Windows are aligned to 5 s of event time: start just after a boundary.
+    ahead = int(time.time() * 1000) + 60_000
+    cell.now_ms = ahead - ahead % 5000 + 5000
     cell.configure(node_lost_ms=600_000, heartbeat_fresh_ms=600_000)
     worker = Worker(cell.client, [cell.keys], cell.settings, lease_ms=500, block_ms=20, tick_ms=50)
     stop = anyio.Event()

@@ -1,0 +1,47 @@
+"""What every command shares: the options naming a cell, and running work on it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+import anyio
+import typer
+
+from eventsched.keys import CellKeys
+from eventsched.store import RedisClient, Store
+
+__all__ = ["DEFAULT_URL", "AsJson", "Cell", "Namespace", "NotFound", "RedisUrl", "run_on_cell"]
+
+T = TypeVar("T")
+
+DEFAULT_URL = "redis://127.0.0.1:6379"
+RedisUrl = Annotated[
+    str,
+    typer.Option("--redis-url", envvar="EVENTSCHED_REDIS_URL", help="redis://host:port/db"),
+]
+Cell = Annotated[str, typer.Option(help="the cell")]
+Namespace = Annotated[str, typer.Option(help="key namespace in front of each cell's tag")]
+AsJson = Annotated[bool, typer.Option("--json", help="JSON (schema: docs/CLI.md)")]
+
+
+class NotFound(ValueError):
+    """Something asked for does not exist (exit 1, one line)."""
+
+
+def run_on_cell(
+    url: str, cell: str, namespace: str, work: Callable[[RedisClient, CellKeys], Awaitable[T]]
+) -> T:
+    """Run ``work`` on an existing cell with a client of its own."""
+    keys = CellKeys(cell, namespace)
+
+    async def main() -> T:
+        client = Store(url).client()
+        try:
+            if not await client.exists(keys.log):
+                raise NotFound(f"unknown cell {namespace}:{{{cell}}} (it has no log)")
+            return await work(client, keys)
+        finally:
+            await client.aclose()
+
+    return anyio.run(main)
