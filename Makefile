@@ -33,8 +33,7 @@ pytest: install
 test: lint typecheck pytest
 
 bench: install
-	scripts/with-redis $(BIN)/python -m bench.dispatch_scale
-	scripts/with-redis $(BIN)/python -m bench.replay_speed
+	$(BIN)/python -m bench.run
 
 # Build the wheel, install it in a fresh venv and run the demo from there.
 wheel-check: install
