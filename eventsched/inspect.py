@@ -170,7 +170,7 @@ async def list_sessions(
                 "tgt_lang": view.tgt_lang,
                 "pool": view.preferred_pool,
                 "closed": view.closed,
-                "finalized": int(await client.hlen(keys.utterances(session_id))),
+                "finalized": int(await client.xlen(keys.output(session_id))) + len(view.in_flight),
                 "delivered": int(await client.xlen(keys.output(session_id))),
                 "in_flight": len(view.in_flight),
             }

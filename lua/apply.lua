@@ -306,22 +306,24 @@ end
 
 function handlers.fin(f)
   local session_id, index, cut = f[1], tonumber(f[2]), f[3]
-  local uk = P .. S_UTT .. session_id
-  if redis.call('HEXISTS', uk, index) == 1 then return end -- step 1: idempotent
   local sk = P .. S_SESS .. session_id
   local s = redis.call('HMGET', sk, 'src', 'tgt', 'pool', 'closed', 'tb', 'tbt', 'top')
   if not s[1] then
     dead_letter_entry('unknown_session')
     return
   end
-  if s[4] == '1' then
-    dead_letter_entry('session_closed')
+  -- step 1: utterances come in index order, so only an index at or below the session's
+  -- last can be a repeat: of a job (its record exists) or of a rejection (noted in the
+  -- utt hash). Anything else that far back could not be delivered in order.
+  if index <= tonumber(s[7]) then
+    if redis.call('EXISTS', P .. S_JOB .. session_id .. ':' .. index) == 0
+      and redis.call('HEXISTS', P .. S_UTT .. session_id, index) == 0 then
+      dead_letter_entry('index_behind')
+    end
     return
   end
-  if index <= tonumber(s[7]) then
-    -- Utterances are finalized in index order: one behind a later one could not be
-    -- delivered in order.
-    dead_letter_entry('index_behind')
+  if s[4] == '1' then
+    dead_letter_entry('session_closed')
     return
   end
   -- step 2: a token bucket in milli-tokens, refilled by event time
@@ -342,11 +344,7 @@ function handlers.fin(f)
   else
     redis.call('HSET', sk, 'tb', tokens - 1000, 'tbt', now_ms, 'top', index)
   end
-  if not placed then
-    reject(session_id, index, cut, pool_or_why)
-    return
-  end
-  redis.call('HSET', uk, index, 'job')
+  if not placed then reject(session_id, index, cut, pool_or_why) end
 end
 
 -- MODEL_NOT_AVAILABLE: the node is not offered this pair for a while (the seeds'
