@@ -36,9 +36,9 @@ __all__ = ["DEFAULT_BATCH", "Worker", "ensure_group", "find_cells", "stored_sett
 
 log = logging.getLogger("eventsched.worker")
 
-# One apply call holds Redis for its whole batch. A finalize decision costs 60-80 us of
-# Redis time on our machines (bench/dispatch_scale.py), so 24 finalizes hold it for
-# about 2 ms, the most we let one call take from every other client.
+# One apply call holds Redis for its whole batch. A finalize decision costs 40-80 us of
+# Redis time on our machines (bench/dispatch_scale.py; the machine is noisy), so 24
+# finalizes hold it for under 2 ms, the most we let one call take from other clients.
 DEFAULT_BATCH = 24
 _CLAIM_PAGE = 100
 _TRIM_EVERY_S = 5.0
