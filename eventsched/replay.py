@@ -16,7 +16,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .applier import APPLIER_GROUP, GROUPS_GROUP
 from .config import DecisionSettings
 from .events import ENTRY_FIELD, canonical_json
 from .keys import DEFAULT_CELL, SUFFIXES, CellKeys
@@ -24,7 +23,8 @@ from .retention import checkpoint_markers, deleted_below, load_checkpoint
 from .state import read_state, render_state, restore_items, restore_state
 from .store import MEMORY_URL, RedisClient, Store
 from .streams import id_after, next_id, text, xrange_raw
-from .worker import DEFAULT_BATCH, Worker, ensure_group, stored_settings
+from .verify import rebuild_in_memory, start_groups
+from .worker import DEFAULT_BATCH, Worker, stored_settings
 
 __all__ = [
     "FORMAT",
@@ -179,7 +179,7 @@ async def play(
             for entry_id, fields in fixture.entries[start : start + _PAGE]:
                 pipe.xadd(keys.log, fields, id=entry_id)  # type: ignore[arg-type]
             await pipe.execute()
-    await _start_groups(client, keys)
+    await start_groups(client, keys)
     worker = Worker(client, [keys], fixture.settings, name="replay", batch_size=batch)
     await worker.drain()
     await worker.release()
@@ -233,49 +233,16 @@ async def state_at(client: RedisClient, keys: CellKeys, point: str) -> list[dict
     had been applied: the newest checkpoint at or before it (or nothing), with the log
     after it replayed in memory by the same scripts."""
     usable = [m for m in await checkpoint_markers(client, keys) if not id_after(m, point)]
-    base, items = (
-        ("0-0", []) if not usable else (usable[-1], await load_checkpoint(client, keys, usable[-1]))
-    )
+    base = usable[-1] if usable else None
+    items = await load_checkpoint(client, keys, base) if base else []
     deleted = await deleted_below(client, keys, keys.log)
-    if deleted is not None and id_after(deleted, next_id(base)):
+    if deleted is not None and id_after(deleted, next_id(base or "0-0")):
         raise ValueError(
             f"the log before {point} was trimmed past the newest checkpoint before it "
-            f"({base}); start the recording later"
+            f"({base or 'none'}); start the recording later"
         )
-    scratch = Store().client()
-    try:
-        await restore_state(scratch, keys, items)
-        cursor = f"({base}"
-        while True:
-            page = [
-                (i, f)
-                for i, f in await xrange_raw(client, keys.log, cursor, _PAGE)
-                if not id_after(text(i), point)
-            ]
-            if page:
-                async with scratch.pipeline(transaction=False) as pipe:
-                    for entry_id, fields in page:
-                        pipe.xadd(keys.log, fields, id=entry_id)  # type: ignore[arg-type]
-                    await pipe.execute()
-            if len(page) < _PAGE:
-                break
-            cursor = "(" + text(page[-1][0])
-        await _start_groups(scratch, keys)
-        worker = Worker(scratch, [keys], await stored_settings(client, keys), name="record")
-        await worker.drain()
-        return restore_items(await read_state(scratch, keys))
-    finally:
-        await scratch.aclose()
-
-
-async def _start_groups(client: RedisClient, keys: CellKeys) -> None:
-    """Consumer groups of a store about to apply: the log from its start; the decisions
-    after the ones a restored snapshot has folded already."""
-    await ensure_group(client, keys.log, APPLIER_GROUP)
-    folded = await client.hget(keys.meta, "groups_applied")
-    if folded is not None:
-        await ensure_group(client, keys.decisions, GROUPS_GROUP)
-        await client.xgroup_setid(keys.decisions, GROUPS_GROUP, text(folded))
+    state, _ = await rebuild_in_memory(client, keys, point, "record", items, base)
+    return restore_items(state)
 
 
 async def record(

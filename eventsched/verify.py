@@ -11,17 +11,17 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from .applier import APPLIER_GROUP
+from .applier import APPLIER_GROUP, GROUPS_GROUP
 from .events import ENTRY_FIELD, NodeRegistered, SessionOpened, decode_event
 from .keys import CellKeys
 from .metrics import measure
 from .retention import deleted_below
-from .state import read_state
+from .state import read_state, restore_state
 from .store import RedisClient, Store
 from .streams import id_after, read_stream, text, xrange_raw
-from .worker import Worker, stored_settings
+from .worker import Worker, ensure_group, stored_settings
 
-__all__ = ["VerifyReport", "rebuild_in_memory", "verify_cell"]
+__all__ = ["VerifyReport", "rebuild_in_memory", "start_groups", "verify_cell"]
 
 _COPY_PAGE = 1000
 
@@ -37,14 +37,32 @@ class VerifyReport:
         return not self.problems
 
 
+async def start_groups(client: RedisClient, keys: CellKeys) -> None:
+    """Consumer groups of a store about to apply: the log from its start; the decisions
+    after the ones a restored snapshot has folded already."""
+    await ensure_group(client, keys.log, APPLIER_GROUP)
+    folded = await client.hget(keys.meta, "groups_applied")
+    if folded is not None:
+        await ensure_group(client, keys.decisions, GROUPS_GROUP)
+        await client.xgroup_setid(keys.decisions, GROUPS_GROUP, text(folded))
+
+
 async def rebuild_in_memory(
-    live: RedisClient, keys: CellKeys, up_to: str, worker_name: str
+    live: RedisClient,
+    keys: CellKeys,
+    up_to: str,
+    worker_name: str,
+    snapshot: list[dict[str, Any]] | None = None,
+    after: str | None = None,
 ) -> tuple[dict[str, Any], int]:
-    """Replay the live log up to ``up_to`` into a fresh embedded store."""
+    """Replay the live log's entries in (``after``, ``up_to``] into a fresh embedded
+    store that starts from ``snapshot`` (restore items; none: an empty cell), with the
+    settings the live dispatch worker stored. Returns the state and the entries copied."""
     scratch = Store().client()
     copied = 0
-    cursor = "-"
+    cursor = f"({after}" if after is not None else "-"
     try:
+        await restore_state(scratch, keys, snapshot or [])
         while True:
             page = await xrange_raw(live, keys.log, cursor, _COPY_PAGE)
             page = [(i, f) for i, f in page if not id_after(text(i), up_to)]
@@ -57,7 +75,7 @@ async def rebuild_in_memory(
             if len(page) < _COPY_PAGE:
                 break
             cursor = "(" + text(page[-1][0])
-        await scratch.xgroup_create(keys.log, APPLIER_GROUP, id="0", mkstream=True)
+        await start_groups(scratch, keys)
         settings = await stored_settings(live, keys)
         await Worker(scratch, [keys], settings, name=worker_name).drain()
         return await read_state(scratch, keys), copied
