@@ -52,6 +52,13 @@ local function pools_for(langs)
   return out
 end
 
+local function drop_memberships(node_id, pools)
+  for _, pool in ipairs(split(pools, ',')) do
+    redis.call('ZREM', P .. S_POOL .. pool, node_id)
+  end
+  redis.call('HSET', P .. S_NODE .. node_id, 'inpool', '0')
+end
+
 -- Keep a node in its pools' sorted sets exactly while it can take work: up and not
 -- overloaded. Freshness is checked when it is picked, since it changes with time alone.
 local function sync_membership(node_id)
@@ -66,22 +73,13 @@ local function sync_membership(node_id)
     end
     redis.call('HSET', nk, 'inpool', '1')
   elseif not wanted and f[8] == '1' then
-    for _, pool in ipairs(split(f[7], ',')) do
-      redis.call('ZREM', P .. S_POOL .. pool, node_id)
-    end
-    redis.call('HSET', nk, 'inpool', '0')
+    drop_memberships(node_id, f[7])
   end
 end
 
 local function leave_pools(node_id)
-  local nk = P .. S_NODE .. node_id
-  local f = redis.call('HMGET', nk, 'pools', 'inpool')
-  if f[2] == '1' then
-    for _, pool in ipairs(split(f[1], ',')) do
-      redis.call('ZREM', P .. S_POOL .. pool, node_id)
-    end
-    redis.call('HSET', nk, 'inpool', '0')
-  end
+  local f = redis.call('HMGET', P .. S_NODE .. node_id, 'pools', 'inpool')
+  if f[2] == '1' then drop_memberships(node_id, f[1]) end
 end
 
 local function join_pools(node_id, langs)
