@@ -20,7 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .applier import Applier, BatchResult, Entry, GroupsApplier, NotLeader, Projection
+from .applier import Applier, Entry, GroupsApplier, NotLeader, Projection
 from .config import DecisionSettings
 from .events import ENTRY_FIELD, Tick, encode_event
 from .keys import PROJECTIONS, CellKeys
@@ -142,8 +142,7 @@ class _Role:
             # A pending entry trimmed from the stream comes back without fields.
             entries: list[Entry] = [(eid, fields or {}) for eid, fields in raw_entries]
             read += len(entries)
-            result = await projection.apply(entries)
-            self.worker.add(result)
+            await projection.apply(entries)
             if isinstance(projection, Applier) and projection.finalize_ms:
                 wall_ms = int(time.time() * 1000)
                 self.worker.stats[projection.keys.cell].dispatched_after(
@@ -177,7 +176,7 @@ class Worker:
         self.lease_ms = lease_ms
         self.tick_ms = tick_ms
         self.retain_ms = retain_ms
-        self._trimmed_at = 0.0
+        self._trimmed_at: dict[str, float] = {}  # cell -> monotonic time of its last trim
         kinds: dict[str, type[Applier] | type[GroupsApplier]] = {
             "dispatch": Applier,
             "groups": GroupsApplier,
@@ -189,14 +188,6 @@ class Worker:
         ]
         self.ticks = "dispatch" in projections
         self.stats = {keys.cell: StatsBuilder() for keys in self.cells}
-        self.totals = BatchResult(0, 0, 0)
-
-    def add(self, result: BatchResult) -> None:
-        self.totals = BatchResult(
-            self.totals.applied + result.applied,
-            self.totals.skipped + result.skipped,
-            self.totals.dead_lettered + result.dead_lettered,
-        )
 
     async def drain(self) -> int:
         """Take every role now and apply everything in the streams without blocking;
@@ -286,9 +277,10 @@ class Worker:
         """Now and then (by the dispatch role's holder): checkpoint the projections and
         trim the log and the decisions stream below a checkpoint beyond the retention
         window, never below what a group still needs."""
-        if time.monotonic() < self._trimmed_at + _TRIM_EVERY_S or self.retain_ms is None:
+        last = self._trimmed_at.get(keys.cell, 0.0)
+        if time.monotonic() < last + _TRIM_EVERY_S or self.retain_ms is None:
             return
-        self._trimmed_at = time.monotonic()
+        self._trimmed_at[keys.cell] = time.monotonic()
         removed = await retain(self.client, keys, self.retain_ms)
         if removed:
             log.info("%s: trimmed %d acknowledged entries", keys.cell, removed)
