@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from .events import ENTRY_FIELD, NodeRegistered, UtteranceFinalized, decode_event
 from .keys import CellKeys
 from .store import RedisClient
-from .streams import read_stream
+from .streams import parse_id, read_stream
 
 __all__ = ["RunReport", "measure"]
 
@@ -43,10 +43,6 @@ class RunReport:
 
     def as_dict(self) -> dict[str, int | float]:
         return asdict(self)
-
-
-def _ms(entry_id: str) -> int:
-    return int(entry_id.split("-", 1)[0])
 
 
 def _names_any(raw_event: str, names: set[str]) -> bool:
@@ -85,7 +81,7 @@ async def measure(
         except ValidationError:
             continue
         if isinstance(event, UtteranceFinalized) and event.session_id in sessions:
-            finalize_ms.setdefault((event.session_id, event.utterance_index), _ms(entry_id))
+            finalize_ms.setdefault((event.session_id, event.utterance_index), parse_id(entry_id)[0])
         elif isinstance(event, NodeRegistered) and event.node_id in nodes:
             capacity[event.node_id] = event.max_concurrency
 
@@ -123,7 +119,7 @@ async def measure(
         async for entry_id, fields in read_stream(client, keys.inbox(node)):
             key = (fields["sid"], int(fields["idx"]))
             if fields["att"] == "1" and key in finalize_ms:
-                latencies.append(_ms(entry_id) - finalize_ms[key])
+                latencies.append(parse_id(entry_id)[0] - finalize_ms[key])
     latencies.sort()
 
     delivered = rejected = failed = out_of_order = 0
