@@ -297,18 +297,26 @@ class Worker:
             if builder.due(now_ms):
                 await builder.publish(self.client, keys, now_ms)
 
-        while not stop.is_set():
-            try:
-                await follow_decisions(
-                    self.client,
-                    keys,
-                    stop,
-                    lambda: role.taken,
-                    builder.decision,
-                    publish_when_due,
-                )
-            except (RedisError, OSError):
-                await self._pause(stop, _BACKOFF_MAX_S)  # the role loops log the outage
+        async def follow() -> None:
+            while not stop.is_set():
+                try:
+                    await follow_decisions(
+                        self.client,
+                        keys,
+                        stop,
+                        lambda: role.taken,
+                        builder.decision,
+                        publish_when_due,
+                    )
+                except (RedisError, OSError):
+                    await self._pause(stop, _BACKOFF_MAX_S)  # the role loops log the outage
+
+        # Following holds no batch in hand: on stop it ends at once instead of waiting
+        # out its blocking read.
+        async with anyio.create_task_group() as group:
+            group.start_soon(follow)
+            await stop.wait()
+            group.cancel_scope.cancel()
 
     async def _run_ticker(self, keys: CellKeys, stop: anyio.Event) -> None:
         lease = Lease(self.client, keys.lease("ticker"), self.name, self.lease_ms)
