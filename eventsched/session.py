@@ -41,6 +41,8 @@ class Session:
         self.client = client
         self.session_id = session_id
         self.finalized = 0
+        self.received = 0
+        self.closing = False
         self._send, self._receive = anyio.create_memory_object_stream[Outcome](_BUFFER)
 
     async def finalize(
@@ -59,14 +61,27 @@ class Session:
 
     async def outcomes(self) -> AsyncIterator[Outcome]:
         """Every outcome of the session in utterance order, as it is delivered (one
-        reader per session); ends once the session is closed."""
+        reader per session); ends once the session is closed and every utterance it
+        finalized has been delivered."""
         async for outcome in self._receive:
             yield outcome
 
     async def close(self) -> None:
+        """No more utterances. Outcomes of those still running keep coming: the
+        session is read until each finalized utterance has its outcome."""
         await self.client.emit(SessionClosed(session_id=self.session_id))
-        self.client.forget(self)
-        self._send.close()
+        self.closing = True
+        self._finish_if_done()
+
+    async def _deliver(self, outcome: Outcome) -> None:
+        await self._send.send(outcome)  # a reader far behind holds the reading back
+        self.received += 1
+        self._finish_if_done()
+
+    def _finish_if_done(self) -> None:
+        if self.closing and self.received >= self.finalized:
+            self.client.forget(self)
+            self._send.close()
 
     def _release(self) -> None:
         self._send.close()
@@ -115,8 +130,10 @@ class SessionClient:
                 if session is None:
                     break
                 self._cursors[stream] = text(entry_id)
-                await session._send.send(outcome_of(fields))
+                await session._deliver(outcome_of(fields))
                 handed += 1
+                if stream not in self._sessions:  # closed and complete
+                    break
         return handed
 
     async def _read_forever(self) -> None:

@@ -102,6 +102,23 @@ async def test_outputs_arrive_in_order_while_jobs_finish_out_of_order(store_url:
 
 
 @pytest.mark.anyio
+async def test_a_closed_session_still_gets_the_outcomes_of_running_utterances(
+    store_url: str,
+) -> None:
+    async with running_cell(store_url) as cell:
+        keys = cell.keys
+        node = Node(cell.client(), keys, "n1", EN_ZH, 4, echo(lambda job: 50), heartbeat_s=0.2)
+        async with node, SessionClient(cell.client(), keys, block_ms=50) as gateway:
+            session = await gateway.open("s1", "en", "zh")
+            for index in range(3):
+                await session.finalize(index, "pause", f"audio/{index}", 800)
+            await session.close()  # before any result is back
+            with anyio.fail_after(20):
+                indexes = [outcome.utterance_index async for outcome in session.outcomes()]
+    assert indexes == [0, 1, 2]  # every outcome, then the iterator ends by itself
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize(
     ("raised", "code"),
     [
