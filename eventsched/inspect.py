@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from .events import ENTRY_FIELD, PoolsConfigured, decode_event
 from .keys import SUFFIXES, CellKeys
-from .projections.groups import read_outcomes, read_session
+from .projections.groups import SessionView, read_outcomes, read_session
 from .projections.snapshot import NodeView, read_node, read_snapshot
 from .store import RedisClient
 from .streams import parse_id, read_hash, read_stream, text
@@ -155,38 +155,39 @@ async def list_pools(client: RedisClient, keys: CellKeys) -> dict[str, Any]:
     return {"mode": snapshot.mode, "pools": pools, "lang_index": index}
 
 
+def _session_row(session_id: str, view: SessionView, delivered: int) -> dict[str, Any]:
+    return {
+        "session_id": session_id,
+        "src_lang": view.src_lang,
+        "tgt_lang": view.tgt_lang,
+        "pool": view.preferred_pool,
+        "closed": view.closed,
+        "finalized": delivered + len(view.in_flight),
+        "delivered": delivered,
+        "in_flight": len(view.in_flight),
+    }
+
+
 async def list_sessions(
     client: RedisClient, keys: CellKeys, limit: int = 1000
 ) -> list[dict[str, Any]]:
     rows = []
     for session_id in await _ids_of(client, keys, "session", limit):
         view = await read_session(client, keys, session_id)
-        if view is None:
-            continue
-        rows.append(
-            {
-                "session_id": session_id,
-                "src_lang": view.src_lang,
-                "tgt_lang": view.tgt_lang,
-                "pool": view.preferred_pool,
-                "closed": view.closed,
-                "finalized": int(await client.xlen(keys.output(session_id))) + len(view.in_flight),
-                "delivered": int(await client.xlen(keys.output(session_id))),
-                "in_flight": len(view.in_flight),
-            }
-        )
+        if view is not None:
+            delivered = int(await client.xlen(keys.output(session_id)))
+            rows.append(_session_row(session_id, view, delivered))
     return rows
 
 
 async def session_detail(
     client: RedisClient, keys: CellKeys, session_id: str, recent: int = 10
 ) -> dict[str, Any] | None:
-    rows = [r for r in await list_sessions(client, keys) if r["session_id"] == session_id]
     view = await read_session(client, keys, session_id)
-    if not rows or view is None:
+    if view is None:
         return None
     outcomes = await read_outcomes(client, keys, session_id)
-    row = rows[0]
+    row = _session_row(session_id, view, len(outcomes))
     row["pending_results"] = list(view.in_flight)
     row["tts_playing_until_ms"] = view.tts_playing_until_ms
     row["group"] = None if view.group is None else vars(view.group)
@@ -194,38 +195,46 @@ async def session_detail(
     return row
 
 
+_JOB_STATES = {"run": "running", "done": "done", "failed": "failed"}
+
+
+async def _job_row(client: RedisClient, keys: CellKeys, job_id: str) -> dict[str, Any] | None:
+    job = await read_hash(client, keys.job(job_id))
+    if not job:
+        return None
+    return {
+        "job_id": job_id,
+        "state": _JOB_STATES.get(job.get("st", ""), job.get("st", "")),
+        "attempt": int(job.get("att", 0)),
+        "node_id": job.get("node", ""),
+        "pool": job.get("pool", ""),
+        "deadline_ms": int(job.get("dl", 0)),
+    }
+
+
 async def list_jobs(
     client: RedisClient, keys: CellKeys, state: str | None = None, limit: int = 1000
 ) -> list[dict[str, Any]]:
-    states = {"run": "running", "done": "done", "failed": "failed"}
     rows = []
     for job_id in await _ids_of(client, keys, "job", 100_000):
-        job = await read_hash(client, keys.job(job_id))
-        row = {
-            "job_id": job_id,
-            "state": states.get(job.get("st", ""), job.get("st", "")),
-            "attempt": int(job.get("att", 0)),
-            "node_id": job.get("node", ""),
-            "pool": job.get("pool", ""),
-            "deadline_ms": int(job.get("dl", 0)),
-        }
-        if state is None or row["state"] == state:
+        row = await _job_row(client, keys, job_id)
+        if row is not None and (state is None or row["state"] == state):
             rows.append(row)
-        if len(rows) >= limit:
-            break
+            if len(rows) >= limit:
+                break
     return rows
 
 
 async def job_detail(client: RedisClient, keys: CellKeys, job_id: str) -> dict[str, Any] | None:
     """A job and its whole lineage from the decisions stream: attempts, nodes, reasons."""
-    rows = [r for r in await list_jobs(client, keys) if r["job_id"] == job_id]
-    if not rows:
+    row = await _job_row(client, keys, job_id)
+    if row is None:
         return None
     lineage = []
     async for decision_id, fields in read_stream(client, keys.decisions):
         if fields.get("job") == job_id:
             lineage.append({"decision_id": decision_id, **fields})
-    return {**rows[0], "lineage": lineage}
+    return {**row, "lineage": lineage}
 
 
 def describe_event(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
