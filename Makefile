@@ -33,7 +33,7 @@ pytest: install
 test: lint typecheck pytest
 
 bench: install
-	$(BIN)/python -m bench.run
+	$(BIN)/python bench/run.py
 
 # Build the wheel, install it in a fresh venv and run the demo from there.
 wheel-check: install

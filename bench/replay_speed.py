@@ -1,16 +1,21 @@
 """Replay speed: events per second through the whole replay path (append with explicit
 IDs, apply and group folds, canonical output), embedded and on the Redis at REDIS_URL.
 
-    python -m bench.replay_speed [--events 20000]
+    python bench/replay_speed.py [--events 20000]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
+from pathlib import Path
 
 import anyio
+
+if __package__ in (None, ""):  # run as a script: the checkout's root on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from eventsched.events import Event, encode_event
 from eventsched.replay import Fixture, replay

@@ -1,0 +1,158 @@
+"""End to end at rising offered load: finalize -> result delivered, in utterance order,
+to the session, with instant echo nodes.
+
+Three processes besides Redis: a worker (``bench.procs worker``: dispatch, groups and
+ticker roles), the echo nodes (``bench.procs nodes``, the node SDK) and this one, the
+gateway, which opens sessions with the session client and finalizes open loop at each
+rate. Latency runs from a finalize's *scheduled* time (so a gateway that falls behind
+counts against the figure instead of hiding it) to its outcome reaching the session.
+
+    python bench/e2e.py [--rates 500,1000,2000,3000] [--seconds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+
+if __package__ in (None, ""):  # run as a script: the checkout's root on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import fleet
+from bench.procs import spawn
+from eventsched.keys import CellKeys
+from eventsched.session import Session, SessionClient
+from eventsched.store import RedisClient, Store
+
+__all__ = ["Step", "measure"]
+
+SESSIONS = 200
+NODES = 24
+_DRAIN_S = 10.0  # after a step, how long its last outcomes may take before they count lost
+
+
+@dataclass
+class Step:
+    rate: int
+    sent: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    not_ok: int = 0
+    elapsed_s: float = 0.0
+
+    def pct(self, fraction: float) -> float:
+        if len(self.latencies_ms) < self.sent:
+            return float("inf")  # outcomes missing: no figure can stand for them
+        ordered = sorted(self.latencies_ms)
+        return round(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))], 2)
+
+
+async def _wait_for(
+    condition: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 30.0
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"gave up waiting for {what}")
+        await anyio.sleep(0.05)
+
+
+async def _run_step(sessions: list[Session], step: Step, seconds: float) -> None:
+    """Finalize at ``step.rate`` per second for ``seconds``, round the sessions."""
+    scheduled: dict[tuple[str, int], float] = {}
+    done = anyio.Event()
+    total = int(step.rate * seconds)
+
+    async def listen(session: Session) -> None:
+        async for outcome in session.outcomes():
+            started = scheduled.pop((session.session_id, outcome.utterance_index), None)
+            if started is None:
+                continue
+            step.latencies_ms.append((time.perf_counter() - started) * 1000)
+            step.not_ok += outcome.status != "ok"
+            if len(step.latencies_ms) == total:
+                done.set()
+
+    async with anyio.create_task_group() as group:
+        for session in sessions:
+            group.start_soon(listen, session)
+        began = time.perf_counter()
+        while step.sent < total:
+            due = min(total, int((time.perf_counter() - began) * step.rate) + 1)
+            while step.sent < due:
+                session = sessions[step.sent % len(sessions)]
+                index = session.finalized
+                scheduled[(session.session_id, index)] = began + step.sent / step.rate
+                step.sent += 1
+                await session.finalize(index, "pause", f"a/{index}", 1000)
+            await anyio.sleep(max(0.0, began + step.sent / step.rate - time.perf_counter()))
+        step.elapsed_s = time.perf_counter() - began
+        with anyio.move_on_after(_DRAIN_S):
+            await done.wait()
+        group.cancel_scope.cancel()
+
+
+async def measure(url: str, rates: list[int], seconds: float) -> list[Step]:
+    namespace = "benche2e"
+    keys = CellKeys("c0", namespace)
+    client: RedisClient = Store(url).client()
+    steps = [Step(rate) for rate in rates]
+    try:
+        await fleet.append_chunked(client, keys, [fleet.POOLS])
+        with (
+            spawn("worker", url, namespace, keys.cell),
+            spawn("nodes", url, namespace, keys.cell, str(NODES)),
+        ):
+
+            async def fleet_up() -> bool:
+                return int(await client.zcard(keys.alive)) == NODES
+
+            await _wait_for(fleet_up, "the echo nodes to register")
+            async with SessionClient(client, keys, block_ms=50) as gateway:
+                sessions = [
+                    await gateway.open(s.session_id, s.src_lang, s.tgt_lang)
+                    for s in fleet.sessions(SESSIONS)
+                ]
+                for step in steps:
+                    await _run_step(sessions, step, seconds)
+    finally:
+        await client.flushdb()
+        await client.aclose()
+    return steps
+
+
+def figures(steps: list[Step]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for step in steps:
+        out[f"e2e_p50_ms_at_{step.rate}"] = step.pct(0.5)
+        out[f"e2e_p99_ms_at_{step.rate}"] = step.pct(0.99)
+    under = [s.rate for s in steps if s.pct(0.99) <= 50 and not s.not_ok]
+    out["e2e_max_rate_p99_50ms"] = max(under, default=0)
+    return out
+
+
+async def main(rates: list[int], seconds: float) -> None:
+    from tests.servers import private_redis
+
+    with tempfile.TemporaryDirectory() as directory, private_redis(Path(directory)) as url:
+        steps = await measure(url, rates, seconds)
+    print(f"{'offered/s':>10}{'sent/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'not ok':>8}")
+    for step in steps:
+        print(
+            f"{step.rate:>10}{step.sent / step.elapsed_s:>10.0f}"
+            f"{step.pct(0.5):>10}{step.pct(0.99):>10}{step.not_ok:>8}"
+        )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rates", default="500,1000,2000,3000")
+    parser.add_argument("--seconds", type=float, default=3.0)
+    arguments = parser.parse_args()
+    anyio.run(main, [int(r) for r in arguments.rates.split(",")], arguments.seconds)

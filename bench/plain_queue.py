@@ -1,0 +1,137 @@
+"""From a finalize to the node holding its job: eventsched against a plain queue.
+
+eventsched: the gateway appends the finalize to the log; a worker process (``bench.procs
+worker``) applies it and hands the job to the chosen node's inbox; the node, blocked in
+XREADGROUP on its inbox as the SDK is, wakes with it. The plain queue is what a team would
+build instead: the gateway LPUSHes the job on a per-language-pair list and a node blocked
+in BRPOP on it wakes with it (no capacity, affinity, ordering, retries or replay). One
+job at a time, so each figure is latency, not queueing.
+
+    python bench/plain_queue.py [--jobs 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import anyio
+
+if __package__ in (None, ""):  # run as a script: the checkout's root on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.procs import spawn
+from eventsched.events import Event
+from eventsched.keys import INBOX_GROUP, CellKeys
+from eventsched.log import append, append_many
+from eventsched.store import RedisClient, Store
+from eventsched.streams import xreadgroup_raw
+from tests.harness import finalize, node, session
+
+__all__ = ["measure"]
+
+NODE = "n0"
+
+
+def _pct(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))], 3)
+
+
+async def _timed(
+    jobs: int, send: Callable[[int], Awaitable[object]], take: Callable[[], Awaitable[bool]]
+) -> list[float]:
+    """Milliseconds from each send to the node task taking that job, one job at a time."""
+    took: list[float] = []
+    for index in range(jobs):
+        taken = anyio.Event()
+
+        async def node_task(done: anyio.Event = taken) -> None:
+            while not await take():
+                pass
+            done.set()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(node_task)
+            await anyio.sleep(0.001)  # let the node block in its read first
+            started = time.perf_counter()
+            await send(index)
+            await taken.wait()
+            took.append((time.perf_counter() - started) * 1000)
+    return took
+
+
+async def _eventsched(
+    url: str, client: RedisClient, node_client: RedisClient, jobs: int
+) -> list[float]:
+    namespace = "benchqueue"
+    keys = CellKeys("c0", namespace)
+    events: list[Event] = [node(NODE, max_concurrency=1024)]
+    events += [session(f"s{i}") for i in range(jobs)]
+    await append_many(client, keys, events)
+    inbox = keys.inbox(NODE)
+    with spawn("worker", url, namespace, keys.cell):
+        deadline = time.monotonic() + 30
+        while await client.hget(keys.session(f"s{jobs - 1}"), "src") is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the worker did not apply the fleet")
+            await anyio.sleep(0.05)
+
+        async def send(index: int) -> None:
+            await append(client, keys, finalize(f"s{index}", 0))
+
+        async def take() -> bool:
+            reply = await xreadgroup_raw(node_client, INBOX_GROUP, NODE, {inbox: ">"}, 1, 1000)
+            return bool(reply and reply[0][1])
+
+        return await _timed(jobs, send, take)
+
+
+async def _plain(client: RedisClient, node_client: RedisClient, jobs: int) -> list[float]:
+    queue = "benchqueue:plain:en>zh"
+
+    async def send(index: int) -> None:
+        await client.lpush(queue, f"s{index}:0|en|zh|audio/s{index}/0")
+
+    async def take() -> bool:
+        return await node_client.brpop([queue], timeout=1) is not None
+
+    return await _timed(jobs, send, take)
+
+
+async def measure(url: str, jobs: int) -> dict[str, float]:
+    store = Store(url)
+    client, node_client = store.client(), store.client()
+    try:
+        ours = await _eventsched(url, client, node_client, jobs)
+        plain = await _plain(client, node_client, jobs)
+    finally:
+        await client.flushdb()
+        await client.aclose()
+        await node_client.aclose()
+    return {
+        "finalize_to_inbox_p50_ms": _pct(ours, 0.5),
+        "finalize_to_inbox_p99_ms": _pct(ours, 0.99),
+        "plain_queue_p50_ms": _pct(plain, 0.5),
+        "plain_queue_p99_ms": _pct(plain, 0.99),
+        "vs_plain_queue_p50_ratio": round(_pct(ours, 0.5) / _pct(plain, 0.5), 2),
+    }
+
+
+async def main(jobs: int) -> None:
+    from tests.servers import private_redis
+
+    with tempfile.TemporaryDirectory() as directory, private_redis(Path(directory)) as url:
+        figures = await measure(url, jobs)
+    for name, value in figures.items():
+        print(f"{name:<28}{value:>10}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=500)
+    anyio.run(main, parser.parse_args().jobs)

@@ -1,0 +1,111 @@
+"""Processes the benchmarks start beside themselves, so the worker, the nodes and the
+load each have their own interpreter (as they would in production) instead of sharing
+one event loop. Each runs until SIGTERM.
+
+    python -m bench.procs worker URL NAMESPACE CELL[,CELL...] [dispatch|groups,...]
+    python -m bench.procs nodes URL NAMESPACE CELL COUNT         # instant echo nodes (SDK)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import anyio
+
+from bench import fleet
+from eventsched.keys import PROJECTIONS, CellKeys
+from eventsched.node import Job, JobOutput, Node
+from eventsched.store import Store
+from eventsched.worker import Worker
+
+__all__ = ["spawn"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextmanager
+def spawn(*args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``python -m bench.procs ARGS`` in the checkout; stopped by SIGTERM (then killed)
+    on the way out."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.procs", *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+async def _on_terminate(action: Callable[[], object]) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for _ in signals:
+            action()
+            return
+
+
+async def worker(url: str, namespace: str, cells: str, projections: str) -> None:
+    client = Store(url).client()
+    keys = [CellKeys(cell, namespace) for cell in cells.split(",")]
+    stop = anyio.Event()
+    runner = Worker(
+        client,
+        keys,
+        fleet.SETTINGS,
+        name=f"bench-{os.getpid()}",
+        projections=projections.split(","),
+    )
+    async with anyio.create_task_group() as group:
+        group.start_soon(_on_terminate, stop.set)
+        await runner.run(stop)  # the batch in hand finished, leases released
+        group.cancel_scope.cancel()
+    await client.aclose()
+
+
+async def echo(job: Job) -> JobOutput:
+    return JobOutput(asr_text=job.audio_ref, nmt_text=job.audio_ref, tts_audio_ref=job.audio_ref)
+
+
+async def nodes(url: str, namespace: str, cell: str, count: int) -> None:
+    client = Store(url).client()
+    keys = CellKeys(cell, namespace)
+    async with anyio.create_task_group() as group:
+        for registration in fleet.nodes(count, max_concurrency=16):
+            node = Node(
+                client,
+                keys,
+                registration.node_id,
+                registration.services,
+                registration.max_concurrency,
+                echo,
+                semantic_languages=list(registration.semantic_languages),
+                gpu=registration.gpu,
+                load=lambda: (20, 40, 50),
+            )
+            group.start_soon(node.run)
+        group.start_soon(_on_terminate, group.cancel_scope.cancel)
+    await client.aclose()
+
+
+if __name__ == "__main__":
+    match sys.argv[1:]:
+        case ["worker", url, namespace, cells]:
+            anyio.run(worker, url, namespace, cells, ",".join(PROJECTIONS))
+        case ["worker", url, namespace, cells, projections]:
+            anyio.run(worker, url, namespace, cells, projections)
+        case ["nodes", url, namespace, cell, count]:
+            anyio.run(nodes, url, namespace, cell, int(count))
+        case _:
+            sys.exit(__doc__)
