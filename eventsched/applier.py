@@ -7,10 +7,14 @@ reason and original fields in the same call that applies the rest of the batch.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+import anyio
+import anyio.lowlevel
 from pydantic import ValidationError
 
 from .config import DecisionSettings
@@ -38,12 +42,15 @@ from .streams import text
 
 __all__ = [
     "APPLIER_GROUP",
+    "ENTRY_COST",
+    "FULL_COST",
     "GROUPS_GROUP",
     "Applier",
     "BatchResult",
     "Entry",
     "GroupsApplier",
     "NotLeader",
+    "Prepared",
     "Projection",
     "entry_args",
     "event_args",
@@ -152,10 +159,27 @@ class NotLeader(Exception):
     """The worker no longer holds the role's lease; the batch was refused, not applied."""
 
 
+# What an entry costs the script, in quarters of a finalize decision (Redis time,
+# bench/dispatch_scale.py: a finalize about 45 us, a result 27, a heartbeat 11). Calls
+# are cut by cost, so one holds Redis about as long whatever it carries.
+ENTRY_COST = {"hb": 1, "res": 3}
+FULL_COST = 4
+
+
+@dataclass
+class Prepared:
+    """One call's worth of entries as the script's arguments."""
+
+    args: list[Arg]
+    count: int
+    finalize_ms: list[int]  # append times of its finalizes (dispatch statistics)
+    applied_wall_ms: int = 0  # set once the call returned
+
+
 class _ScriptProjection:
     """A projection folded by one Lua script over one stream, under one lease: what the
-    worker needs of it (role, stream, group, lease) and the call itself, refused with
-    NotLeader when this holder lost the lease."""
+    worker needs of it (role, stream, group, lease) and the calls themselves, refused
+    with NotLeader when this holder lost the lease."""
 
     role: str
     script: str
@@ -172,6 +196,7 @@ class _ScriptProjection:
         self.stream = self.stream_of(keys)
         self.lease_key = keys.lease(self.role)
         self._script = register(client, self.script)
+        self._script_keys = keys.script_keys(self.script)
         self._head: list[Arg] = [
             keys.prefix,
             self.group,
@@ -185,26 +210,71 @@ class _ScriptProjection:
     def settings_args(self, settings: DecisionSettings) -> list[Arg]:
         raise NotImplementedError
 
-    def entry_args(self, entry_id: bytes, fields: dict[bytes, bytes]) -> list[Arg]:
+    def entry_args(self, entry_id: bytes, fields: dict[bytes, bytes]) -> tuple[str, list[Arg]]:
+        """The entry's kind (which prices it) and its arguments."""
+        raise NotImplementedError
+
+    def result(self, reply: list[Any]) -> BatchResult:
         raise NotImplementedError
 
     @property
     def sha(self) -> str:
         return str(self._script.sha)
 
-    def build_args(self, entries: Sequence[Entry]) -> list[Arg]:
-        args: list[Arg] = [*self._head, len(entries)]
-        for entry_id, fields in entries:
-            args += self.entry_args(entry_id, fields)
-        return args
+    def prepare(
+        self, entries: Sequence[Entry], start: int = 0, budget: int | None = None
+    ) -> Prepared:
+        """The arguments for ``entries[start:]``: all of them, or as many as ``budget``
+        (in quarters of a finalize) pays for, one at least."""
+        body: list[Arg] = []
+        finalize_ms: list[int] = []
+        spent, position = 0, start
+        while position < len(entries) and (budget is None or spent < budget):
+            entry_id, fields = entries[position]
+            kind, values = self.entry_args(entry_id, fields)
+            spent += ENTRY_COST.get(kind, FULL_COST)
+            if kind == "fin":
+                finalize_ms.append(int(entry_id.split(b"-", 1)[0]))
+            body += values
+            position += 1
+        count = position - start
+        return Prepared([*self._head, count, *body], count, finalize_ms)
 
-    async def _call(self, entries: Sequence[Entry]) -> list[Any]:
-        reply = await self._script(
-            keys=self.keys.script_keys(self.script), args=self.build_args(entries)
-        )
+    async def run(self, prepared: Prepared) -> list[Any]:
+        reply = await self._script(keys=self._script_keys, args=prepared.args)
         if int(reply[0]) < 0:
             raise NotLeader(self.lease_key)
         return cast(list[Any], reply)
+
+    async def apply(self, entries: Sequence[Entry]) -> BatchResult:
+        """Apply ``entries`` in one call."""
+        if not entries:
+            return BatchResult(0, 0, 0)
+        return self.result(await self.run(self.prepare(entries)))
+
+    async def apply_in_calls(self, entries: Sequence[Entry], budget: int) -> list[Prepared]:
+        """Apply ``entries`` in order, in calls of ``budget`` each (see ``prepare``);
+        returns the calls. While one call runs in Redis the next is prepared here, so
+        the Python work of a batch costs no Redis time and little latency."""
+        calls: list[Prepared] = []
+        prepared = self.prepare(entries, 0, budget) if entries else None
+        position = 0
+        while prepared is not None:
+            position += prepared.count
+            call = asyncio.ensure_future(self.run(prepared))
+            try:
+                following = None
+                if position < len(entries):
+                    await anyio.lowlevel.checkpoint()  # the call goes out first
+                    following = self.prepare(entries, position, budget)
+                reply = await call
+            finally:
+                call.cancel()  # only if we were cancelled: it is done otherwise
+            self.result(reply)
+            prepared.applied_wall_ms = int(time.time() * 1000)
+            calls.append(prepared)
+            prepared = following
+        return calls
 
 
 class Applier(_ScriptProjection):
@@ -220,20 +290,12 @@ class Applier(_ScriptProjection):
     def settings_args(self, settings: DecisionSettings) -> list[Arg]:
         return list(settings.as_argv())
 
-    def build_args(self, entries: Sequence[Entry]) -> list[Arg]:
-        self.finalize_ms: list[int] = []  # append times of this batch's finalizes (stats)
-        return super().build_args(entries)
-
-    def entry_args(self, entry_id: bytes, fields: dict[bytes, bytes]) -> list[Arg]:
+    def entry_args(self, entry_id: bytes, fields: dict[bytes, bytes]) -> tuple[str, list[Arg]]:
         kind, values = entry_args(fields)
-        if kind == "fin":
-            self.finalize_ms.append(int(entry_id.split(b"-", 1)[0]))
-        return [entry_id, kind, len(values), *values]
+        return kind, [entry_id, kind, len(values), *values]
 
-    async def apply(self, entries: Sequence[Entry]) -> BatchResult:
-        if not entries:
-            return BatchResult(0, 0, 0)
-        applied, skipped, dead = (int(x) for x in await self._call(entries))
+    def result(self, reply: list[Any]) -> BatchResult:
+        applied, skipped, dead = (int(x) for x in reply)
         return BatchResult(applied, skipped, dead)
 
 
@@ -250,14 +312,11 @@ class GroupsApplier(_ScriptProjection):
     def settings_args(self, settings: DecisionSettings) -> list[Arg]:
         return [settings.group_max_utterances]
 
-    def entry_args(self, entry_id: bytes, fields: dict[bytes, bytes]) -> list[Arg]:
+    def entry_args(self, entry_id: bytes, fields: dict[bytes, bytes]) -> tuple[str, list[Arg]]:
         flat = [part for item in fields.items() for part in item]
-        return [entry_id, len(flat), *flat]
+        return "decision", [entry_id, len(flat), *flat]
 
-    async def apply(self, entries: Sequence[Entry]) -> BatchResult:
-        if not entries:
-            return BatchResult(0, 0, 0)
-        reply = await self._call(entries)
+    def result(self, reply: list[Any]) -> BatchResult:
         flat = reply[2]
         delivered = [(text(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 2)]
         log_delivered(self.keys.cell, delivered)

@@ -90,9 +90,11 @@ async def follow_decisions(
                     continue
                 fields = {text(k): text(v) for k, v in raw.items()}
                 on_decision(fields)
-                level, line = describe(fields)
-                counts[fields.get("k", "?")] += 1
-                if log.isEnabledFor(level):
+                kind = fields.get("k", "?")
+                counts[kind] += 1
+                # Most steps log at DEBUG: the line is built only when it is written.
+                if log.isEnabledFor(logging.INFO if kind in _RARE else logging.DEBUG):
+                    level, line = describe(fields)
                     log.log(level, "cell=%s %s", keys.cell, line)
         if active():
             await every_pass()

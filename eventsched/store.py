@@ -3,7 +3,10 @@ fakeredis (created as Redis 7.0, Lua included) from ``memory://``."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import fakeredis
+import hiredis
 import redis
 import redis.asyncio as aioredis
 
@@ -16,6 +19,23 @@ RedisClient = aioredis.Redis
 
 def is_memory_url(url: str) -> bool:
     return url.startswith("memory://")
+
+
+class _HiredisPackedConnection(aioredis.Connection):
+    """Commands packed by hiredis in C. redis-py's blocking connections do this when
+    hiredis is installed; its asyncio ones pack in Python, which was a tenth of a
+    gateway's or a worker's CPU under load (py-spy). Same bytes; anything hiredis will
+    not pack (a bool, None) goes to redis-py's packer for its usual error."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        if isinstance(args[0], str):
+            args = (*args[0].encode().split(), *args[1:])  # "CONFIG GET" is two words
+        elif b" " in args[0]:
+            args = (*args[0].split(), *args[1:])
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError:
+            return super().pack_command(*args)
 
 
 _NAMED_SERVERS: dict[str, fakeredis.FakeServer] = {}
@@ -62,4 +82,6 @@ class Store:
         if self._server is not None:
             client: RedisClient = fakeredis.FakeAsyncRedis(server=self._server)
             return client
+        if self.url.startswith("redis://"):  # rediss:// and unix:// keep their own classes
+            return aioredis.Redis.from_url(self.url, connection_class=_HiredisPackedConnection)
         return aioredis.Redis.from_url(self.url)

@@ -20,7 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .applier import Applier, Entry, GroupsApplier, NotLeader, Projection
+from .applier import FULL_COST, Applier, Entry, GroupsApplier, NotLeader, Projection
 from .config import DecisionSettings
 from .events import ENTRY_FIELD, Tick, encode_event
 from .keys import PROJECTIONS, CellKeys
@@ -39,7 +39,11 @@ log = logging.getLogger("eventsched.worker")
 # One apply call holds Redis for its whole batch. A finalize decision costs 40-80 us of
 # Redis time on our machines (bench/dispatch_scale.py; the machine is noisy), so 24
 # finalizes hold it for under 2 ms, the most we let one call take from other clients.
+# Calls are cut by cost (applier.ENTRY_COST): a call holds 24 finalizes or their worth,
+# 96 heartbeats, say. A read takes several calls' worth, so that each call's arguments
+# are built while the one before runs.
 DEFAULT_BATCH = 24
+_READ_CALLS = 4
 _CLAIM_PAGE = 100
 _TRIM_EVERY_S = 5.0
 _BACKOFF_MIN_S = 0.05
@@ -131,7 +135,7 @@ class _Role:
             projection.group,
             self.worker.name,
             {projection.stream: self.cursor},
-            self.worker.batch_size,
+            self.worker.batch_size * _READ_CALLS,
             self.worker.block_ms if block and self.cursor == ">" else None,
         )
         read = 0
@@ -142,12 +146,11 @@ class _Role:
             # A pending entry trimmed from the stream comes back without fields.
             entries: list[Entry] = [(eid, fields or {}) for eid, fields in raw_entries]
             read += len(entries)
-            await projection.apply(entries)
-            if isinstance(projection, Applier) and projection.finalize_ms:
-                wall_ms = int(time.time() * 1000)
-                self.worker.stats[projection.keys.cell].dispatched_after(
-                    projection.finalize_ms, wall_ms
-                )
+            calls = await projection.apply_in_calls(entries, self.worker.batch_size * FULL_COST)
+            if isinstance(projection, Applier):
+                stats = self.worker.stats[projection.keys.cell]
+                for call in calls:
+                    stats.dispatched_after(call.finalize_ms, call.applied_wall_ms)
         return read
 
 
