@@ -84,11 +84,16 @@ def session_id(index: int) -> str:
     return f"s{index:06d}"
 
 
-def nodes(count: int, seed: int = 1, max_concurrency: int | None = None) -> list[NodeRegistered]:
+def nodes(
+    count: int, seed: int = 1, max_concurrency: int | None = None, every_pair: bool = False
+) -> list[NodeRegistered]:
+    """The fleet; with ``every_pair`` each node serves every language (a few nodes that
+    cover all sessions)."""
     rng = random.Random(seed)
     fleet = []
+    everything = sorted({lang for langs, _ in _PROFILES for lang in langs})
     for index in range(count):
-        langs = list(_weighted(rng, _PROFILES))
+        langs = everything if every_pair else list(_weighted(rng, _PROFILES))
         fleet.append(
             NodeRegistered(
                 node_id=node_id(index),

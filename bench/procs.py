@@ -82,7 +82,7 @@ async def nodes(url: str, namespace: str, cell: str, count: int) -> None:
     client = Store(url).client()
     keys = CellKeys(cell, namespace)
     async with anyio.create_task_group() as group:
-        for registration in fleet.nodes(count, max_concurrency=16):
+        for registration in fleet.nodes(count, max_concurrency=64, every_pair=True):
             node = Node(
                 client,
                 keys,

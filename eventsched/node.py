@@ -10,8 +10,9 @@
 The node appends its events (register, heartbeat, result, drain, deregister) to the
 cell's log and takes jobs from its inbox stream through the consumer group ``node``, so
 a node restarted under the same id gets its unacknowledged jobs again. A result is
-appended before the job is acknowledged: after a crash between the two the job runs
-again and the scheduler ignores the second result. docs/PROTOCOL.md is the contract.
+appended and its job acknowledged in one MULTI/EXEC (the inbox shares the log's hash
+tag); a retried transaction may append the result twice, and the scheduler ignores the
+second. docs/PROTOCOL.md is the contract.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .events import (
+    ENTRY_FIELD,
     Event,
     JobResult,
     NodeDeregistered,
@@ -37,6 +39,7 @@ from .events import (
     NodeRegistered,
     Services,
     StageTimings,
+    encode_event,
 )
 from .keys import INBOX_GROUP, CellKeys
 from .log import append
@@ -282,15 +285,19 @@ class Node:
             except Exception:  # a handler bug must not lose the job: report it
                 log.exception("job %s attempt %d: handler raised", job.job_id, job.attempt)
                 result = _error(job, self.node_id, HANDLER_ERROR)
-            await self._emit(result)
-            await patiently(
-                lambda: self.client.xack(self.keys.inbox(self.node_id), INBOX_GROUP, job.entry_id),
-                outage_s=None,
-            )
+            await patiently(lambda: self._report(job, result), outage_s=None)
             self.completed += 1
         finally:
             self.running.pop(job.job_id, None)
             self._free.release()
+
+    async def _report(self, job: Job, result: JobResult) -> None:
+        """The result appended and the job acknowledged in one transaction: one round
+        trip, and never an acknowledgement without its result."""
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.xadd(self.keys.log, {ENTRY_FIELD: encode_event(result)})
+            pipe.xack(self.keys.inbox(self.node_id), INBOX_GROUP, job.entry_id)
+            await pipe.execute()
 
 
 def _error(job: Job, node_id: str, code: str) -> JobResult:

@@ -8,7 +8,7 @@ from .applier import GROUPS_GROUP
 from .config import DecisionSettings
 from .keys import SUFFIXES, CellKeys
 from .retention import deleted_below
-from .store import RedisClient
+from .store import RedisClient, unlink_matching
 from .worker import Worker, ensure_group
 
 __all__ = ["GROUP_STATE_SUFFIXES", "rebuild_groups"]
@@ -36,9 +36,7 @@ async def rebuild_groups(
     )
     try:
         for suffix in GROUP_STATE_SUFFIXES:
-            pattern = f"{keys.prefix}{SUFFIXES[suffix]}*"
-            async for key in client.scan_iter(match=pattern, count=1000):
-                await client.unlink(key)
+            await unlink_matching(client, f"{keys.prefix}{SUFFIXES[suffix]}*")
         await client.hdel(keys.meta, "groups_applied")
         # A fresh group: pending entries of the old one must not be applied first.
         await ensure_group(client, keys.decisions, GROUPS_GROUP)

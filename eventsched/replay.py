@@ -21,7 +21,7 @@ from .events import ENTRY_FIELD, canonical_json
 from .keys import DEFAULT_CELL, SUFFIXES, CellKeys
 from .retention import checkpoint_markers, deleted_below, load_checkpoint
 from .state import read_state, render_state, restore_items, restore_state
-from .store import MEMORY_URL, RedisClient, Store
+from .store import MEMORY_URL, RedisClient, Store, unlink_matching
 from .streams import id_after, next_id, text, xrange_raw
 from .verify import rebuild_in_memory, start_groups
 from .worker import DEFAULT_BATCH, Worker, stored_settings
@@ -196,8 +196,7 @@ async def replay(
         output = render_state(await read_state(client, keys), fixture.with_state)
         return ReplayResult(fixture.name, len(fixture.entries), output)
     finally:
-        async for key in client.scan_iter(match=f"{keys.namespace}:*", count=1000):
-            await client.unlink(key)
+        await unlink_matching(client, f"{keys.namespace}:*")
         await client.aclose()
 
 

@@ -10,7 +10,7 @@ import hiredis
 import redis
 import redis.asyncio as aioredis
 
-__all__ = ["MEMORY_URL", "RedisClient", "Store", "is_memory_url"]
+__all__ = ["MEMORY_URL", "RedisClient", "Store", "is_memory_url", "unlink_matching"]
 
 MEMORY_URL = "memory://"
 
@@ -85,3 +85,18 @@ class Store:
         if self.url.startswith("redis://"):  # rediss:// and unix:// keep their own classes
             return aioredis.Redis.from_url(self.url, connection_class=_HiredisPackedConnection)
         return aioredis.Redis.from_url(self.url)
+
+
+async def unlink_matching(client: RedisClient, pattern: str, page: int = 500) -> int:
+    """Unlink every key matching ``pattern``, a page of keys per call; returns how many.
+    Callers match within one cell, whose keys share a hash tag."""
+    removed = 0
+    found: list[bytes] = []
+    async for key in client.scan_iter(match=pattern, count=1000):
+        found.append(key)
+        if len(found) == page:
+            removed += int(await client.unlink(*found))
+            found = []
+    if found:
+        removed += int(await client.unlink(*found))
+    return removed

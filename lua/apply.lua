@@ -262,6 +262,7 @@ function handlers.pools(f)
     redis.call('DEL', P .. S_POOL .. name)
   end
   redis.call('DEL', K_POOLS, K_LIDX)
+  listed_pools = {}
   local nodes = redis.call('ZRANGE', K_NODES, 0, -1)
   for _, node_id in ipairs(nodes) do
     redis.call('HSET', P .. S_NODE .. node_id, 'inpool', '0')

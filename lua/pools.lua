@@ -6,7 +6,12 @@ local function load_score(running, max_concurrency)
   return math.floor(running * FULL / max_concurrency)
 end
 
+-- The language index as this call has read it (pair -> listed pools, or false); every
+-- change to the index clears it.
+local listed_pools = {}
+
 local function index_pool(name, langs, keep_sorted)
+  listed_pools = {}
   local list = split(langs, ',')
   for _, src in ipairs(list) do
     for _, tgt in ipairs(list) do
@@ -118,9 +123,10 @@ end
 local function pick_in_pool(pool, pair, exclude)
   local key = P .. S_POOL .. pool
   local needle = ',' .. pair .. ','
-  local seen = 0
+  local seen, page_size = 0, 4 -- the first few members usually serve: read more only then
   while seen < SCAN_LIMIT do
-    local page = math.min(16, SCAN_LIMIT - seen)
+    local page = math.min(page_size, SCAN_LIMIT - seen)
+    page_size = 16
     local ids = redis.call('ZRANGEBYSCORE', key, '-inf', '(' .. FULL, 'LIMIT', seen, page)
     for _, node_id in ipairs(ids) do
       if node_id ~= exclude then
@@ -141,7 +147,11 @@ end
 -- Candidate pools for the pair: the session's preferred pool first, then the language
 -- index's order. Returns node, pool, node fields, or nil, nil, nil and the reason.
 local function place(pair, preferred, exclude)
-  local listed = redis.call('HGET', K_LIDX, pair)
+  local listed = listed_pools[pair]
+  if listed == nil then
+    listed = redis.call('HGET', K_LIDX, pair)
+    listed_pools[pair] = listed
+  end
   if not listed then return nil, nil, nil, 'no_pool' end
   local pools = split(listed, ',')
   if preferred ~= '' then

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from eventsched.keys import CellKeys
-from eventsched.store import MEMORY_URL, RedisClient, Store
+from eventsched.store import MEMORY_URL, RedisClient, Store, unlink_matching
 from tests.harness import Cell
 
 REAL_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
@@ -73,8 +73,7 @@ def new_namespace() -> str:
 
 
 async def remove_namespace(client: RedisClient, namespace: str) -> None:
-    async for key in client.scan_iter(match=f"{namespace}:*", count=1000):
-        await client.unlink(key)
+    await unlink_matching(client, f"{namespace}:*")
 
 
 @pytest.fixture

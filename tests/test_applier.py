@@ -7,10 +7,10 @@ import json
 import pytest
 
 from eventsched.applier import APPLIER_GROUP, Applier
-from eventsched.events import ENTRY_FIELD
+from eventsched.events import ENTRY_FIELD, Pool, PoolsConfigured
 from eventsched.streams import xrange_raw
 from eventsched.worker import Worker, ensure_group
-from tests.harness import Cell, finalize, node, session
+from tests.harness import Cell, beat, finalize, node, session
 
 pytestmark = pytest.mark.anyio
 
@@ -79,3 +79,34 @@ async def test_ids_are_compared_as_numbers_not_strings(cell: Cell) -> None:
     await cell.step(session("s1"))
     assert (await cell.hash(cell.keys.meta))["applied"] == "10-0"
     assert (await cell.hash(cell.keys.session("s1")))["src"] == "en"
+
+
+async def test_calls_are_cut_by_cost_and_apply_every_entry_in_order(cell: Cell) -> None:
+    await cell.step(node("n1"), session("s1"))
+    await cell.append(*[beat("n1")] * 6, finalize("s1", 0), *[beat("n1")] * 2, finalize("s1", 1))
+    entries = await xrange_raw(cell.client, cell.keys.log)
+    await cell.client.xreadgroup(APPLIER_GROUP, "test-worker", {cell.keys.log: ">"})
+    applier = Applier(cell.client, cell.keys, cell.settings, holder="test-worker")
+    # a budget of one finalize: four heartbeats, or what runs up to a finalize
+    calls = await applier.apply_in_calls(entries[2:], budget=4)
+    assert [c.count for c in calls] == [4, 3, 3]
+    assert [len(c.finalize_ms) for c in calls] == [0, 1, 1]
+    assert (await cell.hash(cell.keys.meta))["applied"] == entries[-1][0].decode()
+    assert [d["job"] for d in await cell.decisions("d")] == ["s1:0", "s1:1"]
+    assert (await cell.client.xpending(cell.keys.log, APPLIER_GROUP))["pending"] == 0
+
+
+async def test_pools_configured_mid_call_are_used_by_the_finalizes_after_them(
+    cell: Cell,
+) -> None:
+    both = PoolsConfigured(pools=[Pool(name="p", languages=["en", "zh"])])
+    await cell.step(
+        node("n1", max_concurrency=8),
+        session("s1"),
+        finalize("s1", 0),
+        both,
+        finalize("s1", 1),
+        PoolsConfigured(pools=[]),
+        finalize("s1", 2),
+    )
+    assert [d["pool"] for d in await cell.decisions("d")] == ["auto+en+zh", "p", "auto+en+zh"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from redis.exceptions import DataError
 
 from eventsched import dlq
 from eventsched.applier import APPLIER_GROUP
@@ -18,8 +19,10 @@ from eventsched.retention import (
     retain,
     trim_acknowledged,
 )
+from eventsched.store import RedisClient, unlink_matching
 from eventsched.streams import id_after, xrange_raw
 from eventsched.verify import verify_cell
+from tests.conftest import new_namespace
 from tests.harness import START_MS, Cell, error, finalize, node, ok, session
 
 pytestmark = pytest.mark.anyio
@@ -144,3 +147,29 @@ async def test_retention_trims_below_a_checkpoint_and_recordings_start_after_it(
     fixture, golden = await record(cell.client, cell.keys, "tail", since=log_ids[0])
     assert fixture.snapshot and fixture.entries[0][0] == log_ids[1]
     assert check(await replay(fixture), golden) is None
+
+
+async def test_unlink_matching_removes_every_match_a_page_at_a_time(client: RedisClient) -> None:
+    namespace = new_namespace()
+    async with client.pipeline(transaction=False) as pipe:
+        for index in range(1201):
+            pipe.set(f"{namespace}:{{c0}}:k{index}", index)
+        pipe.set(f"{namespace}x:{{c0}}:other", 1)
+        await pipe.execute()
+    try:
+        assert await unlink_matching(client, f"{namespace}:*", page=500) == 1201
+        assert [k async for k in client.scan_iter(match=f"{namespace}:*")] == []
+        assert await client.exists(f"{namespace}x:{{c0}}:other") == 1
+    finally:
+        await client.delete(f"{namespace}x:{{c0}}:other")
+
+
+async def test_commands_hiredis_will_not_pack_fail_as_redis_py_says(client: RedisClient) -> None:
+    key = f"{new_namespace()}:{{c0}}:k"
+    with pytest.raises(DataError, match="Invalid input of type: 'bool'"):
+        await client.set(key, True)
+    await client.set(key, "é")  # utf-8, as redis-py encodes it
+    try:
+        assert await client.get(key) == "é".encode()
+    finally:
+        await client.delete(key)
