@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -50,6 +51,7 @@ __all__ = [
     "Entry",
     "GroupsApplier",
     "NotLeader",
+    "OutOfOrder",
     "Prepared",
     "Projection",
     "entry_args",
@@ -159,11 +161,16 @@ class NotLeader(Exception):
     """The worker no longer holds the role's lease; the batch was refused, not applied."""
 
 
+class OutOfOrder(Exception):
+    """A batch sent ahead was refused: the batch before it did not apply."""
+
+
 # What an entry costs the script, in quarters of a finalize decision (Redis time,
 # bench/dispatch_scale.py: a finalize about 45 us, a result 27, a heartbeat 11). Calls
 # are cut by cost, so one holds Redis about as long whatever it carries.
 ENTRY_COST = {"hb": 1, "res": 3}
 FULL_COST = 4
+_IN_FLIGHT = 2
 
 
 @dataclass
@@ -222,10 +229,15 @@ class _ScriptProjection:
         return str(self._script.sha)
 
     def prepare(
-        self, entries: Sequence[Entry], start: int = 0, budget: int | None = None
+        self,
+        entries: Sequence[Entry],
+        start: int = 0,
+        budget: int | None = None,
+        after: bytes = b"",
     ) -> Prepared:
         """The arguments for ``entries[start:]``: all of them, or as many as ``budget``
-        (in quarters of a finalize) pays for, one at least."""
+        (in quarters of a finalize) pays for, one at least. With ``after``, the script
+        refuses the call unless the marker has reached that ID."""
         body: list[Arg] = []
         finalize_ms: list[int] = []
         spent, position = 0, start
@@ -238,12 +250,14 @@ class _ScriptProjection:
             body += values
             position += 1
         count = position - start
-        return Prepared([*self._head, count, *body], count, finalize_ms)
+        return Prepared([*self._head, after, count, *body], count, finalize_ms)
 
     async def run(self, prepared: Prepared) -> list[Any]:
         reply = await self._script(keys=self._script_keys, args=prepared.args)
-        if int(reply[0]) < 0:
+        if int(reply[0]) == -1:
             raise NotLeader(self.lease_key)
+        if int(reply[0]) == -2:
+            raise OutOfOrder(self.stream)
         return cast(list[Any], reply)
 
     async def apply(self, entries: Sequence[Entry]) -> BatchResult:
@@ -254,26 +268,36 @@ class _ScriptProjection:
 
     async def apply_in_calls(self, entries: Sequence[Entry], budget: int) -> list[Prepared]:
         """Apply ``entries`` in order, in calls of ``budget`` each (see ``prepare``);
-        returns the calls. While one call runs in Redis the next is prepared here, so
-        the Python work of a batch costs no Redis time and little latency."""
+        returns the calls. Two calls are in flight at once: Redis runs one while the
+        next waits behind it, and the one after is prepared here meanwhile, so neither
+        side waits for the other. Each call after the first is refused unless the one
+        before it applied (``after``), so a failure cannot leave a gap."""
         calls: list[Prepared] = []
-        prepared = self.prepare(entries, 0, budget) if entries else None
-        position = 0
-        while prepared is not None:
-            position += prepared.count
-            call = asyncio.ensure_future(self.run(prepared))
-            try:
-                following = None
-                if position < len(entries):
-                    await anyio.lowlevel.checkpoint()  # the call goes out first
-                    following = self.prepare(entries, position, budget)
-                reply = await call
-            finally:
-                call.cancel()  # only if we were cancelled: it is done otherwise
-            self.result(reply)
-            prepared.applied_wall_ms = int(time.time() * 1000)
-            calls.append(prepared)
-            prepared = following
+        in_flight: deque[tuple[Prepared, asyncio.Future[list[Any]]]] = deque()
+        position, after = 0, b""
+        try:
+            while position < len(entries) or in_flight:
+                if position < len(entries) and len(in_flight) < _IN_FLIGHT:
+                    prepared = self.prepare(entries, position, budget, after)
+                    position += prepared.count
+                    after = entries[position - 1][0]
+                    in_flight.append((prepared, asyncio.ensure_future(self.run(prepared))))
+                    await anyio.lowlevel.checkpoint()  # the call goes out now
+                    continue
+                prepared, call = in_flight.popleft()
+                try:
+                    reply = await call
+                except OutOfOrder:
+                    # The two calls travel on two connections and may reach Redis in
+                    # either order; this one went first, was refused, and goes again
+                    # now that the one ahead has applied.
+                    reply = await self.run(prepared)
+                self.result(reply)
+                prepared.applied_wall_ms = int(time.time() * 1000)
+                calls.append(prepared)
+        finally:
+            for _, call in in_flight:  # after a failure: refused by Redis in any case
+                call.cancel()
         return calls
 
 

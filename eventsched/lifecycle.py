@@ -31,6 +31,8 @@ _STEPS = {
     "m": "unavailable_window",
 }
 _RARE = {"f", "l", "m"}
+# The decision fields statistics count by (stats.StatsBuilder.decision).
+_COUNTED = tuple((name.encode(), name) for name in ("k", "att", "reason", "err", "fin", "at"))
 
 
 def describe(fields: dict[str, str]) -> tuple[int, str]:
@@ -88,13 +90,13 @@ async def follow_decisions(
                 cursor = text(entry_id)
                 if not active():
                     continue
-                fields = {text(k): text(v) for k, v in raw.items()}
-                on_decision(fields)
-                kind = fields.get("k", "?")
+                # Only the fields statistics read: results carry texts nobody needs here.
+                on_decision({name: text(raw[key]) for key, name in _COUNTED if key in raw})
+                kind = text(raw.get(b"k", b"?"))
                 counts[kind] += 1
                 # Most steps log at DEBUG: the line is built only when it is written.
                 if log.isEnabledFor(logging.INFO if kind in _RARE else logging.DEBUG):
-                    level, line = describe(fields)
+                    level, line = describe({text(k): text(v) for k, v in raw.items()})
                     log.log(level, "cell=%s %s", keys.cell, line)
         if active():
             await every_pass()

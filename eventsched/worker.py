@@ -10,10 +10,11 @@ then reads new ones. The tracking marker makes entries already applied harmless.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
 import anyio
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -30,7 +31,7 @@ from .retention import retain
 from .scripts import register
 from .stats import StatsBuilder
 from .store import RedisClient
-from .streams import parse_id, text, xreadgroup_raw
+from .streams import StreamReply, parse_id, text, xreadgroup_raw
 
 __all__ = ["DEFAULT_BATCH", "Worker", "ensure_group", "find_cells", "stored_settings"]
 
@@ -46,6 +47,7 @@ DEFAULT_BATCH = 24
 _READ_CALLS = 4
 _CLAIM_PAGE = 100
 _TRIM_EVERY_S = 5.0
+_STATS_CHECK_S = 0.25  # how often the follower asks whether a stats window has ended
 _BACKOFF_MIN_S = 0.05
 _BACKOFF_MAX_S = 2.0
 _TICK = encode_event(Tick())
@@ -87,6 +89,7 @@ class _Role:
         self._claim = register(worker.client, "claim")
         self.cursor = "0"  # "0": this consumer's pending entries first; then ">"
         self.taken = False
+        self._ahead: asyncio.Future[StreamReply] | None = None
 
     @property
     def label(self) -> str:
@@ -124,13 +127,13 @@ class _Role:
         return group not in {text(found["name"]) for found in groups}
 
     def lose(self) -> None:
+        self.drop_read_ahead()
         self.taken = False
         self.lease.held = False
 
-    async def step(self, block: bool) -> int:
-        """Read and apply one batch; returns how many entries were read."""
+    def _read(self, block: bool) -> Awaitable[StreamReply]:
         projection = self.projection
-        reply = await xreadgroup_raw(
+        return xreadgroup_raw(
             self.worker.client,
             projection.group,
             self.worker.name,
@@ -138,6 +141,22 @@ class _Role:
             self.worker.batch_size * _READ_CALLS,
             self.worker.block_ms if block and self.cursor == ">" else None,
         )
+
+    def drop_read_ahead(self) -> None:
+        """Forget a read issued ahead: entries it took stay pending for this consumer,
+        and whoever takes the role next claims them."""
+        if self._ahead is not None:
+            self._ahead.cancel()
+            self._ahead = None
+
+    async def step(self, block: bool) -> int:
+        """Read and apply one batch; returns how many entries were read."""
+        projection = self.projection
+        reply = []
+        if self._ahead is not None:
+            reply, self._ahead = await self._ahead, None
+        if not any(found for _, found in reply):
+            reply = await self._read(block)
         read = 0
         for _, raw_entries in reply:
             if not raw_entries and self.cursor == "0":
@@ -146,6 +165,9 @@ class _Role:
             # A pending entry trimmed from the stream comes back without fields.
             entries: list[Entry] = [(eid, fields or {}) for eid, fields in raw_entries]
             read += len(entries)
+            if self.cursor == ">" and len(entries) == self.worker.batch_size * _READ_CALLS:
+                # A full read: more is waiting. Read it while this batch is applied.
+                self._ahead = asyncio.ensure_future(self._read(block=False))
             calls = await projection.apply_in_calls(entries, self.worker.batch_size * FULL_COST)
             if isinstance(projection, Applier):
                 stats = self.worker.stats[projection.keys.cell]
@@ -217,6 +239,7 @@ class Worker:
     async def release(self) -> None:
         """Give up every lease, so standbys take over now rather than after the TTL."""
         for role in self.roles:
+            role.drop_read_ahead()
             # Unreachable: the lease expires by its TTL instead.
             with contextlib.suppress(RedisError, OSError):
                 await role.lease.release()
@@ -247,7 +270,7 @@ class Worker:
         while not stop.is_set():
             try:
                 if not await role.lease.keep():
-                    role.taken = False
+                    role.lose()
                     await self._pause(stop, self.lease_ms / 3000)
                     continue
                 if not role.taken:
@@ -294,7 +317,13 @@ class Worker:
         keys = role.projection.keys
         builder = self.stats[keys.cell]
 
+        checked_at = 0.0
+
         async def publish_when_due() -> None:
+            nonlocal checked_at
+            if time.monotonic() < checked_at + _STATS_CHECK_S:
+                return
+            checked_at = time.monotonic()
             applied = await self.client.hget(keys.meta, "applied")
             now_ms = parse_id(text(applied))[0] if applied else 0
             if builder.due(now_ms):

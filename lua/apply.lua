@@ -29,7 +29,8 @@
 -- ARGV[4..14] settings: rate_per_s rate_burst max_attempts job_timeout_ms
 --          heartbeat_fresh_ms node_lost_ms unavailable_window_ms cpu_max_pct
 --          gpu_max_pct mem_max_pct scan_limit
--- ARGV[15] entry count, then per entry: id, type, field count, fields...
+-- ARGV[15] the ID the tracking marker must have reached ('' for none; see run_batch)
+-- ARGV[16] entry count, then per entry: id, type, field count, fields...
 --   reg   node max_concurrency pool_langs pairs gpu
 --   hb    node cpu_pct gpu_pct mem_pct running_count
 --   drain node            dereg node            tick (no fields)
@@ -39,8 +40,8 @@
 --   res   job attempt node ok error asr nmt tts tts_ms timings_json
 --   close session
 --   bad   reason, then original field name/value pairs
--- Returns {applied, skipped_as_already_applied, dead_lettered}, or {-1} when the lease
--- is not held.
+-- Returns {applied, skipped_as_already_applied, dead_lettered}, {-1} when the lease is
+-- not held, or {-2} when the marker falls short of ARGV[15].
 
 -- @include common
 
@@ -423,4 +424,5 @@ local function apply_entry(id, entry)
 end
 
 local done, skipped = run_batch(K_META, 'applied', K_LOG, GROUP, 15, read_entry, apply_entry)
+if not done then return {-2} end
 return {done, skipped, redis.call('XLEN', K_DLQ) - dead_start}

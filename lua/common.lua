@@ -30,12 +30,17 @@ end
 
 -- The batch: entries in ID order; each one after the tracking marker is applied, the
 -- others (already applied, redelivered) are skipped; then the marker is written and
--- every entry acknowledged, in this same call. read_entry(pos) returns id, entry and
--- the next position in ARGV; apply_entry(id, entry) applies one.
+-- every entry acknowledged, in this same call. ARGV[pos] is the ID the marker must have
+-- reached first ('' for none): a worker sends a batch before the one ahead of it has
+-- returned, and if that one failed, the marker falls short and this batch is refused
+-- (returns nil) rather than applied past a gap. ARGV[pos + 1] is the entry count;
+-- read_entry(pos) returns id, entry and the next position in ARGV; apply_entry(id,
+-- entry) applies one.
 local function run_batch(meta, marker_field, stream, group, pos, read_entry, apply_entry)
   local applied = redis.call('HGET', meta, marker_field) or '0-0'
-  local count = tonumber(ARGV[pos])
-  pos = pos + 1
+  if ARGV[pos] ~= '' and id_after(ARGV[pos], applied) then return nil end
+  local count = tonumber(ARGV[pos + 1])
+  pos = pos + 2
   local ids, done, skipped = {}, 0, 0
   for _ = 1, count do
     local id, entry

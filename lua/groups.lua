@@ -17,10 +17,11 @@
 -- ARGV[2] consumer group to XACK
 -- ARGV[3] holder (worker name)
 -- ARGV[4] group_max_utterances
--- ARGV[5] entry count, then per entry: id, field count n, then n name/value strings
+-- ARGV[5] the ID the tracking marker must have reached ('' for none; see run_batch)
+-- ARGV[6] entry count, then per entry: id, field count n, then n name/value strings
 --   decision kinds used: d (att 1 = finalized), x (rejected), f (failed), o (ok)
--- Returns {applied, skipped_as_already_applied, {session, index, ...} delivered}, or
--- {-1} when the lease is not held.
+-- Returns {applied, skipped_as_already_applied, {session, index, ...} delivered}, {-1}
+-- when the lease is not held, or {-2} when the marker falls short of ARGV[5].
 
 -- @include common
 
@@ -148,4 +149,5 @@ end
 
 local done, skipped = run_batch(K_META, 'groups_applied', K_DEC, GROUP, 5, read_entry,
   apply_entry)
+if not done then return {-2} end
 return {done, skipped, delivered}

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from eventsched.applier import APPLIER_GROUP, Applier
+from eventsched.applier import APPLIER_GROUP, Applier, OutOfOrder
 from eventsched.events import ENTRY_FIELD, Pool, PoolsConfigured
 from eventsched.streams import xrange_raw
 from eventsched.worker import Worker, ensure_group
@@ -110,3 +110,18 @@ async def test_pools_configured_mid_call_are_used_by_the_finalizes_after_them(
         finalize("s1", 2),
     )
     assert [d["pool"] for d in await cell.decisions("d")] == ["auto+en+zh", "p", "auto+en+zh"]
+
+
+async def test_a_call_sent_ahead_is_refused_until_the_one_before_it_applied(cell: Cell) -> None:
+    await cell.step(node("n1"), session("s1"))
+    await cell.append(finalize("s1", 0), finalize("s1", 1))
+    entries = await xrange_raw(cell.client, cell.keys.log)
+    await cell.client.xreadgroup(APPLIER_GROUP, "test-worker", {cell.keys.log: ">"})
+    applier = Applier(cell.client, cell.keys, cell.settings, holder="test-worker")
+    second = applier.prepare(entries, 3, after=entries[2][0])
+    with pytest.raises(OutOfOrder):
+        await applier.run(second)  # it overtook the first: nothing applied
+    assert await cell.decisions("d") == []
+    await applier.run(applier.prepare(entries, 2, budget=4))
+    await applier.run(second)
+    assert [d["job"] for d in await cell.decisions("d")] == ["s1:0", "s1:1"]
