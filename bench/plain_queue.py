@@ -4,8 +4,11 @@ eventsched: the gateway appends the finalize to the log; a worker process (``ben
 worker``) applies it and hands the job to the chosen node's inbox; the node, blocked in
 XREADGROUP on its inbox as the SDK is, wakes with it. The plain queue is what a team would
 build instead: the gateway LPUSHes the job on a per-language-pair list and a node blocked
-in BRPOP on it wakes with it (no capacity, affinity, ordering, retries or replay). One
-job at a time, so each figure is latency, not queueing.
+in BRPOP on it wakes with it (no capacity, affinity, ordering, retries or replay). And,
+to show the floor of any design with a Python process between the producer and the
+node, a bare relay (``bench.procs relay``): it wakes on a stream and runs a one-line
+script appending to the node's stream, deciding nothing. One job at a time, so each
+figure is latency, not queueing.
 
     python bench/plain_queue.py [--jobs 500]
 """
@@ -18,18 +21,19 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, cast
 
 import anyio
 
 if __package__ in (None, ""):  # run as a script: the checkout's root on the path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.procs import spawn
-from eventsched.events import Event
+from bench.procs import RELAY_IN, RELAY_OUT, spawn
+from eventsched.events import Event, encode_event
 from eventsched.keys import INBOX_GROUP, CellKeys
 from eventsched.log import append, append_many
 from eventsched.store import RedisClient, Store
-from eventsched.streams import xreadgroup_raw
+from eventsched.streams import text, xread_raw, xreadgroup_raw
 from tests.harness import finalize, node, session
 
 __all__ = ["measure"]
@@ -103,12 +107,40 @@ async def _plain(client: RedisClient, node_client: RedisClient, jobs: int) -> li
     return await _timed(jobs, send, take)
 
 
+async def _relay(url: str, client: RedisClient, node_client: RedisClient, jobs: int) -> list[float]:
+    cursor = "$"
+
+    async def send(index: int) -> None:
+        await client.xadd(RELAY_IN, {"e": encode_event(finalize(f"s{index}", 0))})
+
+    async def take() -> bool:
+        nonlocal cursor
+        reply = await xread_raw(node_client, {RELAY_OUT: cursor}, 1000)
+        for _, entries in reply:
+            cursor = text(entries[-1][0])
+        return bool(reply)
+
+    with spawn("relay", url):
+        deadline = time.monotonic() + 30
+        while not await _reader_blocked(client):  # the relay is up and reading
+            if time.monotonic() > deadline:
+                raise RuntimeError("the relay did not start")
+            await anyio.sleep(0.05)
+        return await _timed(jobs, send, take)
+
+
+async def _reader_blocked(client: RedisClient) -> bool:
+    clients = cast(list[dict[str, Any]], await client.client_list())
+    return any(c.get("cmd") == "xread" and c.get("flags") == "b" for c in clients)
+
+
 async def measure(url: str, jobs: int) -> dict[str, float]:
     store = Store(url)
     client, node_client = store.client(), store.client()
     try:
         ours = await _eventsched(url, client, node_client, jobs)
         plain = await _plain(client, node_client, jobs)
+        relay = await _relay(url, client, node_client, jobs)
     finally:
         await client.flushdb()
         await client.aclose()
@@ -119,6 +151,8 @@ async def measure(url: str, jobs: int) -> dict[str, float]:
         "plain_queue_p50_ms": _pct(plain, 0.5),
         "plain_queue_p99_ms": _pct(plain, 0.99),
         "vs_plain_queue_p50_ratio": round(_pct(ours, 0.5) / _pct(plain, 0.5), 2),
+        "python_relay_p50_ms": _pct(relay, 0.5),
+        "python_relay_vs_plain_p50_ratio": round(_pct(relay, 0.5) / _pct(plain, 0.5), 2),
     }
 
 

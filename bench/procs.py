@@ -4,6 +4,7 @@ one event loop. Each runs until SIGTERM.
 
     python -m bench.procs worker URL NAMESPACE CELL[,CELL...] [dispatch|groups,...]
     python -m bench.procs nodes URL NAMESPACE CELL COUNT         # instant echo nodes (SDK)
+    python -m bench.procs relay URL                              # a bare one-hop relay
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from bench import fleet
 from eventsched.keys import PROJECTIONS, CellKeys
 from eventsched.node import Job, JobOutput, Node
 from eventsched.store import Store
+from eventsched.streams import text, xread_raw
 from eventsched.worker import Worker
 
-__all__ = ["spawn"]
+__all__ = ["RELAY_IN", "RELAY_OUT", "spawn"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,6 +76,25 @@ async def worker(url: str, namespace: str, cells: str, projections: str) -> None
     await client.aclose()
 
 
+RELAY_IN, RELAY_OUT = "benchrelay:{r}:in", "benchrelay:{r}:out"
+
+
+async def relay(url: str) -> None:
+    """The floor of any design with one Python hop between producer and node: wake on a
+    stream (blocking XREAD), run a one-line script that appends to the node's stream."""
+    client = Store(url).client()
+    hand_off = client.register_script("return redis.call('XADD', KEYS[2], '*', 'j', ARGV[1])")
+    cursor = "$"
+    async with anyio.create_task_group() as group:
+        group.start_soon(_on_terminate, group.cancel_scope.cancel)
+        while True:
+            for _, entries in await xread_raw(client, {RELAY_IN: cursor}, 1000):
+                for entry_id, _ in entries:
+                    cursor = text(entry_id)
+                    await hand_off(keys=[RELAY_IN, RELAY_OUT], args=[entry_id])
+    await client.aclose()
+
+
 async def echo(job: Job) -> JobOutput:
     return JobOutput(asr_text=job.audio_ref, nmt_text=job.audio_ref, tts_audio_ref=job.audio_ref)
 
@@ -105,6 +126,8 @@ if __name__ == "__main__":
             anyio.run(worker, url, namespace, cells, ",".join(PROJECTIONS))
         case ["worker", url, namespace, cells, projections]:
             anyio.run(worker, url, namespace, cells, projections)
+        case ["relay", url]:
+            anyio.run(relay, url)
         case ["nodes", url, namespace, cell, count]:
             anyio.run(nodes, url, namespace, cell, int(count))
         case _:
