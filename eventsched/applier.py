@@ -56,6 +56,7 @@ __all__ = [
     "Projection",
     "entry_args",
     "event_args",
+    "retrieved",
 ]
 
 APPLIER_GROUP = "applier"  # reads the log
@@ -281,12 +282,14 @@ class _ScriptProjection:
                     prepared = self.prepare(entries, position, budget, after)
                     position += prepared.count
                     after = entries[position - 1][0]
-                    in_flight.append((prepared, asyncio.ensure_future(self.run(prepared))))
+                    sent = asyncio.ensure_future(self.run(prepared))
+                    sent.add_done_callback(retrieved)
+                    in_flight.append((prepared, sent))
                     await anyio.lowlevel.checkpoint()  # the call goes out now
                     continue
-                prepared, call = in_flight.popleft()
+                prepared, oldest = in_flight.popleft()
                 try:
-                    reply = await call
+                    reply = await oldest
                 except OutOfOrder:
                     # The two calls travel on two connections and may reach Redis in
                     # either order; this one went first, was refused, and goes again
@@ -296,9 +299,16 @@ class _ScriptProjection:
                 prepared.applied_wall_ms = int(time.time() * 1000)
                 calls.append(prepared)
         finally:
-            for _, call in in_flight:  # after a failure: refused by Redis in any case
-                call.cancel()
+            for _, behind in in_flight:  # after a failure: refused by Redis in any case
+                behind.cancel()
         return calls
+
+
+def retrieved(task: asyncio.Future[Any]) -> None:
+    """Mark a task's outcome seen: a call or read that was let go after the one before
+    it failed fails too, and asyncio would log that nobody looked."""
+    if not task.cancelled():
+        task.exception()
 
 
 class Applier(_ScriptProjection):

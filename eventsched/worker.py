@@ -21,7 +21,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .applier import FULL_COST, Applier, Entry, GroupsApplier, NotLeader, Projection
+from .applier import (
+    FULL_COST,
+    Applier,
+    Entry,
+    GroupsApplier,
+    NotLeader,
+    Projection,
+    retrieved,
+)
 from .config import DecisionSettings
 from .events import ENTRY_FIELD, Tick, encode_event
 from .keys import PROJECTIONS, CellKeys
@@ -168,6 +176,7 @@ class _Role:
             if self.cursor == ">" and len(entries) == self.worker.batch_size * _READ_CALLS:
                 # A full read: more is waiting. Read it while this batch is applied.
                 self._ahead = asyncio.ensure_future(self._read(block=False))
+                self._ahead.add_done_callback(retrieved)
             calls = await projection.apply_in_calls(entries, self.worker.batch_size * FULL_COST)
             if isinstance(projection, Applier):
                 stats = self.worker.stats[projection.keys.cell]

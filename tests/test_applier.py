@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import json
 
+import anyio
 import pytest
 
-from eventsched.applier import APPLIER_GROUP, Applier, OutOfOrder
+from eventsched.applier import APPLIER_GROUP, Applier, NotLeader, OutOfOrder
 from eventsched.events import ENTRY_FIELD, Pool, PoolsConfigured
 from eventsched.streams import xrange_raw
 from eventsched.worker import Worker, ensure_group
@@ -125,3 +127,21 @@ async def test_a_call_sent_ahead_is_refused_until_the_one_before_it_applied(cell
     await applier.run(applier.prepare(entries, 2, budget=4))
     await applier.run(second)
     assert [d["job"] for d in await cell.decisions("d")] == ["s1:0", "s1:1"]
+
+
+async def test_calls_in_flight_behind_a_refused_one_fail_quietly(
+    cell: Cell, caplog: pytest.LogCaptureFixture
+) -> None:
+    await cell.step(node("n1"), session("s1"))
+    await cell.append(*[finalize("s1", i) for i in range(4)])
+    entries = await xrange_raw(cell.client, cell.keys.log)
+    await cell.client.xreadgroup(APPLIER_GROUP, "test-worker", {cell.keys.log: ">"})
+    await cell.client.set(cell.keys.dispatch_lease, "someone-else")
+    applier = Applier(cell.client, cell.keys, cell.settings, holder="test-worker")
+    with pytest.raises(NotLeader):
+        await applier.apply_in_calls(entries[2:], budget=4)
+    for _ in range(3):  # let the call behind it finish, and be collected
+        await anyio.sleep(0)
+    gc.collect()
+    assert "never retrieved" not in caplog.text
+    assert await cell.decisions("d") == []
