@@ -68,8 +68,10 @@ async def dispatch(
     session: str,
     index: int,
     settings: DecisionSettings,
+    now_ms: int | None = None,
 ) -> str | None:
-    """One job through the old path; returns the chosen node, or None."""
+    """One job through the old path; returns the chosen node, or None. Freshness is
+    judged at ``now_ms`` (default: the wall clock)."""
     job_id = f"{session}:{index}"
     binding, lock = f"{keys.prefix}req:{job_id}", f"{keys.prefix}lock:{job_id}"
     if await client.get(binding) is not None:
@@ -88,7 +90,8 @@ async def dispatch(
         if preferred and text(preferred) in pools:
             pools.remove(text(preferred))
             pools.insert(0, text(preferred))
-        now_ms = int(time.time() * 1000)
+        if now_ms is None:
+            now_ms = int(time.time() * 1000)
         for pool in pools:
             members = cast(list[bytes], await client.zrange(keys.pool(pool), 0, -1))
             async with client.pipeline(transaction=False) as pipe:
