@@ -79,7 +79,7 @@ def worker(
     all_cells: Annotated[bool, typer.Option("--all-cells", help="every cell with a log")] = False,
     namespace: Namespace = DEFAULT_NAMESPACE,
     name: Annotated[str, typer.Option(help="consumer name (default: host-pid)")] = "",
-    batch: Annotated[int, typer.Option(min=1, max=1000, help="entries per apply call")] = (
+    batch: Annotated[int, typer.Option(min=1, max=1000, help="finalizes' worth per call")] = (
         DEFAULT_BATCH
     ),
     lease_ms: Annotated[int, typer.Option(min=100, help="role lease time to live")] = 2000,
