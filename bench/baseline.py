@@ -24,6 +24,7 @@ import time
 from typing import Any, cast
 
 from bench import fleet
+from bench.alone import percentile
 from eventsched.applier import APPLIER_GROUP, Applier
 from eventsched.config import DecisionSettings
 from eventsched.keys import CellKeys
@@ -137,11 +138,6 @@ async def measure(
     return took
 
 
-def _pct(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
 async def compare(url: str, jobs: int) -> dict[str, float]:
     """At 10,000 nodes, one job at a time: the client-observed time of one apply call
     holding one finalize (the decision, reservation, record and hand-off in one script),
@@ -167,9 +163,9 @@ async def compare(url: str, jobs: int) -> dict[str, float]:
         await client.flushdb()
         await client.aclose()
     return {
-        "dispatch_call_p50_ms": round(_pct(ours, 0.5) * 1000, 3),
-        "dispatch_call_p99_ms": round(_pct(ours, 0.99) * 1000, 3),
-        "baseline_p50_ms": round(_pct(old, 0.5) * 1000, 2),
-        "baseline_p99_ms": round(_pct(old, 0.99) * 1000, 2),
-        "speedup_vs_baseline_10k": round(_pct(old, 0.5) / _pct(ours, 0.5)),
+        "dispatch_call_p50_ms": round(percentile(ours, 0.5) * 1000, 3),
+        "dispatch_call_p99_ms": round(percentile(ours, 0.99) * 1000, 3),
+        "baseline_p50_ms": round(percentile(old, 0.5) * 1000, 2),
+        "baseline_p99_ms": round(percentile(old, 0.99) * 1000, 2),
+        "speedup_vs_baseline_10k": round(percentile(old, 0.5) / percentile(ours, 0.5)),
     }

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 from typing import cast
 
@@ -26,6 +25,7 @@ if __package__ in (None, ""):  # run as a script: the checkout's root on the pat
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import fleet
+from bench.alone import private_server
 from eventsched.config import DecisionSettings
 from eventsched.events import Event
 from eventsched.keys import CellKeys
@@ -33,7 +33,6 @@ from eventsched.store import RedisClient, Store
 from eventsched.streams import text
 from eventsched.worker import DEFAULT_BATCH, Worker
 from tests.harness import finalize, ok
-from tests.servers import private_redis
 
 __all__ = ["measure"]
 
@@ -103,7 +102,7 @@ async def measure(url: str, size: int, rounds: int = 5) -> dict[str, float]:
 
 
 async def main(sizes: list[int]) -> None:
-    with tempfile.TemporaryDirectory() as directory, private_redis(Path(directory)) as url:
+    with private_server() as url:
         results = {size: await measure(url, size) for size in sizes}
     names = list(results[sizes[0]])
     print(f"{'figure (Redis time)':<22}" + "".join(f"{size:>12,}" for size in sizes) + "   ratio")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ if __package__ in (None, ""):  # run as a script: the checkout's root on the pat
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import fleet
+from bench.alone import percentile, private_server
 from bench.procs import spawn
 from eventsched.keys import CellKeys
 from eventsched.session import Session, SessionClient
@@ -49,8 +49,7 @@ class Step:
     def pct(self, fraction: float) -> float:
         if len(self.latencies_ms) < self.sent:
             return float("inf")  # outcomes missing: no figure can stand for them
-        ordered = sorted(self.latencies_ms)
-        return round(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))], 2)
+        return round(percentile(self.latencies_ms, fraction), 2)
 
 
 async def _wait_for(
@@ -138,9 +137,7 @@ def figures(steps: list[Step]) -> dict[str, float]:
 
 
 async def main(rates: list[int], seconds: float) -> None:
-    from tests.servers import private_redis
-
-    with tempfile.TemporaryDirectory() as directory, private_redis(Path(directory)) as url:
+    with private_server() as url:
         steps = await measure(url, rates, seconds)
     print(f"{'offered/s':>10}{'sent/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'not ok':>8}")
     for step in steps:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -28,6 +27,7 @@ import anyio
 if __package__ in (None, ""):  # run as a script: the checkout's root on the path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.alone import percentile, print_figures
 from bench.procs import RELAY_IN, RELAY_OUT, spawn
 from eventsched.events import Event, encode_event
 from eventsched.keys import INBOX_GROUP, CellKeys
@@ -39,11 +39,6 @@ from tests.harness import finalize, node, ok, session
 __all__ = ["measure"]
 
 NODE = "n0"
-
-
-def _pct(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))], 3)
 
 
 async def _timed(
@@ -154,27 +149,20 @@ async def measure(url: str, jobs: int) -> dict[str, float]:
         await client.flushdb()
         await client.aclose()
         await node_client.aclose()
+    ours_p50, plain_p50, relay_p50 = (percentile(v, 0.5) for v in (ours, plain, relay))
     return {
-        "finalize_to_inbox_p50_ms": _pct(ours, 0.5),
-        "finalize_to_inbox_p99_ms": _pct(ours, 0.99),
-        "plain_queue_p50_ms": _pct(plain, 0.5),
-        "plain_queue_p99_ms": _pct(plain, 0.99),
-        "vs_plain_queue_p50_ratio": round(_pct(ours, 0.5) / _pct(plain, 0.5), 2),
-        "python_relay_p50_ms": _pct(relay, 0.5),
-        "python_relay_vs_plain_p50_ratio": round(_pct(relay, 0.5) / _pct(plain, 0.5), 2),
+        "finalize_to_inbox_p50_ms": round(ours_p50, 3),
+        "finalize_to_inbox_p99_ms": round(percentile(ours, 0.99), 3),
+        "plain_queue_p50_ms": round(plain_p50, 3),
+        "plain_queue_p99_ms": round(percentile(plain, 0.99), 3),
+        "vs_plain_queue_p50_ratio": round(ours_p50 / plain_p50, 2),
+        "python_relay_p50_ms": round(relay_p50, 3),
+        "python_relay_vs_plain_p50_ratio": round(relay_p50 / plain_p50, 2),
     }
-
-
-async def main(jobs: int) -> None:
-    from tests.servers import private_redis
-
-    with tempfile.TemporaryDirectory() as directory, private_redis(Path(directory)) as url:
-        figures = await measure(url, jobs)
-    for name, value in figures.items():
-        print(f"{name:<28}{value:>10}")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=500)
-    anyio.run(main, parser.parse_args().jobs)
+    jobs = parser.parse_args().jobs
+    anyio.run(print_figures, lambda url: measure(url, jobs))

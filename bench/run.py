@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,12 +22,12 @@ if __package__ in (None, ""):  # run as a script: the checkout's root on the pat
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import baseline, e2e, fleet, plain_queue, throughput
+from bench.alone import private_server
 from bench.dispatch_scale import measure as dispatch_scale
 from bench.replay_speed import synthetic
 from eventsched.keys import CellKeys
 from eventsched.replay import replay
 from eventsched.store import MEMORY_URL, Store
-from tests.servers import private_redis
 
 # What docs/PERFORMANCE.md promises, as (figure, "<=" or ">=", target).
 TARGETS = (
@@ -131,7 +130,7 @@ def report(figures: dict[str, float]) -> None:
 
 
 async def main(quick: bool, as_json: bool) -> None:
-    with tempfile.TemporaryDirectory() as directory, private_redis(Path(directory)) as url:
+    with private_server() as url:
         figures = await collect(url, quick)
     report(figures)
     if as_json:

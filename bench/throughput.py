@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import bisect
 import sys
-import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -26,6 +25,7 @@ if __package__ in (None, ""):  # run as a script: the checkout's root on the pat
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import fleet
+from bench.alone import print_figures
 from bench.procs import spawn
 from eventsched.events import Event
 from eventsched.keys import CellKeys
@@ -102,16 +102,8 @@ async def measure(url: str, events: int) -> dict[str, float]:
     }
 
 
-async def main(events: int) -> None:
-    from tests.servers import private_redis
-
-    with tempfile.TemporaryDirectory() as directory, private_redis(Path(directory)) as url:
-        figures = await measure(url, events)
-    for name, value in figures.items():
-        print(f"{name:<30}{value:>10}")
-
-
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=40_000)
-    anyio.run(main, parser.parse_args().events)
+    events = parser.parse_args().events
+    anyio.run(print_figures, lambda url: measure(url, events))

@@ -1,0 +1,34 @@
+"""What the benchmark scripts share: a percentile, and running one benchmark alone on a
+private redis-server (a free port, a temp dir, stopped by its pid) so that INFO and
+MEMORY figures count only the benchmark."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.servers import private_redis
+
+__all__ = ["percentile", "print_figures", "private_server"]
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+@contextmanager
+def private_server() -> Iterator[str]:
+    """The URL of a redis-server started for this run."""
+    with tempfile.TemporaryDirectory() as directory, private_redis(Path(directory)) as url:
+        yield url
+
+
+async def print_figures(measure: Callable[[str], Awaitable[dict[str, float]]]) -> None:
+    """Run ``measure`` on a private server and print its figures, a line each."""
+    with private_server() as url:
+        figures = await measure(url)
+    for name, value in figures.items():
+        print(f"{name:<32}{value:>12}")
