@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-import anyio
 import anyio.lowlevel
 from pydantic import ValidationError
 

@@ -2,7 +2,7 @@
 -- says "-- @include common". No KEYS or ARGV of its own.
 
 -- The non-empty parts of `text` between occurrences of the one character `sep`.
--- (A plain find loop: a gmatch pattern built per call cost a microsecond a decision.)
+-- (A plain find loop: a gmatch pattern built per call cost microseconds a decision.)
 local function split(text, sep)
   local out = {}
   if not text then return out end
