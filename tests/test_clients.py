@@ -86,7 +86,11 @@ async def test_outputs_arrive_in_order_while_jobs_finish_out_of_order(store_url:
         # Later utterances finish first: 0 takes 60 ms, 1 takes 40 ms, 2 takes 20 ms...
         handler = echo(lambda job: 60 - 20 * (job.utterance_index % 3))
         node = Node(cell.client(), keys, "n1", EN_ZH, 8, handler, heartbeat_s=0.2)
+        reader = cell.client()
         async with node, SessionClient(cell.client(), keys, block_ms=50) as gateway:
+            # The node's registration and the finalizes are appended by different
+            # clients: wait until it is applied, or a finalize may come first.
+            await wait_for(lambda: _state_is(reader, keys, "up"))
             session = await gateway.open("s1", "en", "zh")
             for index in range(6):
                 await session.finalize(index, "pause", f"audio/{index}", 800)
@@ -97,7 +101,6 @@ async def test_outputs_arrive_in_order_while_jobs_finish_out_of_order(store_url:
         assert [o.asr_text for o in outcomes] == [f"heard {i}" for i in range(6)]
         assert node.completed == 6
         # Leaving the block drained the node: it deregistered once its jobs were done.
-        reader = cell.client()
         await wait_for(lambda: _state_is(reader, keys, "gone"))
 
 
@@ -108,7 +111,9 @@ async def test_a_closed_session_still_gets_the_outcomes_of_running_utterances(
     async with running_cell(store_url) as cell:
         keys = cell.keys
         node = Node(cell.client(), keys, "n1", EN_ZH, 4, echo(lambda job: 50), heartbeat_s=0.2)
+        reader = cell.client()
         async with node, SessionClient(cell.client(), keys, block_ms=50) as gateway:
+            await wait_for(lambda: _state_is(reader, keys, "up"))
             session = await gateway.open("s1", "en", "zh")
             for index in range(3):
                 await session.finalize(index, "pause", f"audio/{index}", 800)
@@ -135,7 +140,9 @@ async def test_a_handler_exception_becomes_an_error_result(
     async with running_cell(store_url) as cell:
         keys = cell.keys
         node = Node(cell.client(), keys, "n1", EN_ZH, 2, failing, heartbeat_s=0.2)
+        reader = cell.client()
         async with node, SessionClient(cell.client(), keys, block_ms=50) as gateway:
+            await wait_for(lambda: _state_is(reader, keys, "up"))
             session = await gateway.open("s1", "en", "zh")
             await session.finalize(0, "pause", "audio/0", 800)
             [outcome] = await collect(session, 1)
@@ -157,6 +164,7 @@ async def test_drain_finishes_the_running_job_and_takes_no_new_one(store_url: st
         node = Node(client, keys, "n1", EN_ZH, 2, slow, heartbeat_s=0.2)
         async with anyio.create_task_group() as group, SessionClient(client, keys) as gateway:
             group.start_soon(node.run)
+            await wait_for(lambda: _state_is(client, keys, "up"))
             session = await gateway.open("s1", "en", "zh")
             await session.finalize(0, "pause", "audio/0", 800)
             await wait_for(lambda: _running(node))
@@ -182,6 +190,7 @@ async def test_a_restarted_node_gets_its_unacknowledged_job_again(store_url: str
         async with SessionClient(client, keys) as gateway:
             async with anyio.create_task_group() as crash:
                 crash.start_soon(first.run)
+                await wait_for(lambda: _state_is(client, keys, "up"))
                 session = await gateway.open("s1", "en", "zh")
                 await session.finalize(0, "pause", "audio/0", 800)
                 await wait_for(lambda: _running(first))
@@ -197,8 +206,8 @@ async def _running(node: Node) -> bool:
     return bool(node.running)
 
 
-async def _state_is(client: object, keys: CellKeys, state: str) -> bool:
-    record = await read_node(client, keys, "n1")  # type: ignore[arg-type]
+async def _state_is(client: object, keys: CellKeys, state: str, node_id: str = "n1") -> bool:
+    record = await read_node(client, keys, node_id)  # type: ignore[arg-type]
     return record is not None and record.state == state
 
 
@@ -262,6 +271,9 @@ async def test_the_minimal_node_of_the_protocol_works_beside_sdk_nodes(store_url
                 group.start_soon(
                     anyio.to_thread.run_sync, minimal_node, sync, keys.prefix, "n-min", 2
                 )
+                reader = cell.client()
+                await wait_for(lambda: _state_is(reader, keys, "up", "n-sdk"))
+                await wait_for(lambda: _state_is(reader, keys, "up", "n-min"))
                 session = await gateway.open("s1", "en", "zh")
                 for index in range(6):
                     await session.finalize(index, "pause", f"audio/{index}", 500)
