@@ -281,6 +281,10 @@ class _ScriptProjection:
                     prepared = self.prepare(entries, position, budget, after)
                     position += prepared.count
                     after = entries[position - 1][0]
+                    if not in_flight and position == len(entries):
+                        # The one call left, none ahead of it: nothing to overlap.
+                        self._returned(prepared, await self.run(prepared), calls)
+                        break
                     sent = asyncio.ensure_future(self.run(prepared))
                     sent.add_done_callback(retrieved)
                     in_flight.append((prepared, sent))
@@ -294,13 +298,16 @@ class _ScriptProjection:
                     # either order; this one went first, was refused, and goes again
                     # now that the one ahead has applied.
                     reply = await self.run(prepared)
-                self.result(reply)
-                prepared.applied_wall_ms = int(time.time() * 1000)
-                calls.append(prepared)
+                self._returned(prepared, reply, calls)
         finally:
             for _, behind in in_flight:  # after a failure: refused by Redis in any case
                 behind.cancel()
         return calls
+
+    def _returned(self, prepared: Prepared, reply: list[Any], calls: list[Prepared]) -> None:
+        self.result(reply)
+        prepared.applied_wall_ms = int(time.time() * 1000)
+        calls.append(prepared)
 
 
 def retrieved(task: asyncio.Future[Any]) -> None:

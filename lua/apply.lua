@@ -84,7 +84,10 @@ local function decide(...)
   redis.call('XADD', K_DEC, id, ...)
 end
 
+local dead_lettered = 0
+
 local function dead_letter(reason, extra)
+  dead_lettered = dead_lettered + 1
   local args = {K_DLQ, '*', 'reason', reason, 'log_id', now_id}
   for i = 1, #extra, 2 do
     args[#args + 1] = 'f:' .. extra[i]
@@ -408,8 +411,6 @@ end
 
 ---------------------------------------------------------------- the batch
 
-local dead_start = redis.call('XLEN', K_DLQ)
-
 local function read_entry(pos)
   local id, kind, nfields = ARGV[pos], ARGV[pos + 1], tonumber(ARGV[pos + 2])
   local fields = {}
@@ -425,4 +426,4 @@ end
 
 local done, skipped = run_batch(K_META, 'applied', K_LOG, GROUP, 15, read_entry, apply_entry)
 if not done then return {-2} end
-return {done, skipped, redis.call('XLEN', K_DLQ) - dead_start}
+return {done, skipped, dead_lettered}

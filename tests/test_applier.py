@@ -54,7 +54,7 @@ async def test_entries_at_or_below_the_marker_are_not_applied_twice(cell: Cell) 
     await cell.apply()
     entries = await xrange_raw(cell.client, cell.keys.log)
     result = await Applier(cell.client, cell.keys, holder="test-worker").apply(entries)
-    assert (result.applied, result.skipped) == (0, 3)
+    assert (result.applied, result.skipped, result.dead_lettered) == (0, 3, 0)
     assert len(await cell.decisions()) == 1
     assert (await cell.hash(cell.keys.node("n1")))["run"] == "1"
     marker = (await cell.hash(cell.keys.meta))["applied"]
@@ -145,3 +145,17 @@ async def test_calls_in_flight_behind_a_refused_one_fail_quietly(
     gc.collect()
     assert "never retrieved" not in caplog.text
     assert await cell.decisions("d") == []
+
+
+async def test_a_call_counts_what_it_dead_lettered(cell: Cell) -> None:
+    await cell.append(node("n1"))
+    await cell.append_fields({"junk": "x"})
+    await cell.append(session("s1"), finalize("s2", 0), finalize("s1", 0))
+    entries = await xrange_raw(cell.client, cell.keys.log)
+    await ensure_group(cell.client, cell.keys.log, APPLIER_GROUP)
+    await cell.client.xreadgroup(APPLIER_GROUP, "test-worker", {cell.keys.log: ">"})
+    await cell.client.set(cell.keys.dispatch_lease, "test-worker")
+    result = await Applier(cell.client, cell.keys, holder="test-worker").apply(entries)
+    # the junk entry (in Python) and the finalize of an unknown session (in the script)
+    assert (result.applied, result.dead_lettered) == (5, 2)
+    assert len(await cell.dlq()) == 2
