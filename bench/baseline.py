@@ -30,7 +30,7 @@ from eventsched.config import DecisionSettings
 from eventsched.keys import CellKeys
 from eventsched.lease import Lease
 from eventsched.log import append
-from eventsched.store import RedisClient, Store
+from eventsched.store import RedisClient, Store, unlink_matching
 from eventsched.streams import text, xrange_raw
 from tests.harness import finalize
 
@@ -160,7 +160,7 @@ async def compare(url: str, jobs: int) -> dict[str, float]:
             ours.append(time.perf_counter() - started)
         old = await measure(client, keys, sessions[jobs:], 0, fleet.SETTINGS)
     finally:
-        await client.flushdb()
+        await unlink_matching(client, f"{keys.namespace}:*")
         await client.aclose()
     return {
         "dispatch_call_p50_ms": round(percentile(ours, 0.5) * 1000, 3),

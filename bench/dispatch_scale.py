@@ -29,7 +29,7 @@ from bench.alone import private_server
 from eventsched.config import DecisionSettings
 from eventsched.events import Event
 from eventsched.keys import CellKeys
-from eventsched.store import RedisClient, Store
+from eventsched.store import RedisClient, Store, unlink_matching
 from eventsched.streams import text
 from eventsched.worker import DEFAULT_BATCH, Worker
 from tests.harness import finalize, ok
@@ -96,7 +96,7 @@ async def measure(url: str, size: int, rounds: int = 5) -> dict[str, float]:
         figures["result_us"] = result_usec / max(placed, 1)
         figures["rejected"] = decisions - placed
     finally:
-        await client.flushdb()
+        await unlink_matching(client, f"{keys.namespace}:*")
         await client.aclose()
     return figures
 

@@ -29,7 +29,7 @@ from bench.alone import percentile, private_server
 from bench.procs import spawn
 from eventsched.keys import CellKeys
 from eventsched.session import Session, SessionClient
-from eventsched.store import RedisClient, Store
+from eventsched.store import RedisClient, Store, unlink_matching
 
 __all__ = ["Step", "measure"]
 
@@ -121,7 +121,7 @@ async def measure(url: str, rates: list[int], seconds: float) -> list[Step]:
                 for step in steps:
                     await _run_step(sessions, step, seconds)
     finally:
-        await client.flushdb()
+        await unlink_matching(client, f"{namespace}:*")
         await client.aclose()
     return steps
 

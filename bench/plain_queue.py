@@ -32,7 +32,7 @@ from bench.procs import RELAY_IN, RELAY_OUT, spawn
 from eventsched.events import Event, encode_event
 from eventsched.keys import INBOX_GROUP, CellKeys
 from eventsched.log import append, append_many
-from eventsched.store import RedisClient, Store
+from eventsched.store import RedisClient, Store, unlink_matching
 from eventsched.streams import text, xread_raw, xreadgroup_raw
 from tests.harness import finalize, node, ok, session
 
@@ -146,7 +146,8 @@ async def measure(url: str, jobs: int) -> dict[str, float]:
         plain = await _plain(client, node_client, jobs)
         relay = await _relay(url, client, node_client, jobs)
     finally:
-        await client.flushdb()
+        for namespace in ("benchqueue", "benchrelay"):
+            await unlink_matching(client, f"{namespace}:*")
         await client.aclose()
         await node_client.aclose()
     ours_p50, plain_p50, relay_p50 = (percentile(v, 0.5) for v in (ours, plain, relay))

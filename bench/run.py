@@ -1,9 +1,11 @@
-"""Every benchmark in one run, against a private redis-server (so INFO and MEMORY
-figures count only this run), printing a table and, with --json, one JSON object as the
-last line. docs/PERFORMANCE.md explains each figure and its target.
+"""Every benchmark in one run, printing a table and, with --json, one JSON object as the
+last line. By default against a private redis-server started here (so INFO and MEMORY
+figures count only this run); ``--redis-url`` runs against a given, quiet one, leaving
+nothing behind (every key is under a ``bench*`` namespace and removed). docs/PERFORMANCE.md
+explains each figure and its target.
 
-    python bench/run.py --quick --json      # about 3 minutes on 2 cores
-    make bench                              # the full run
+    python bench/run.py --quick --json      # about 70 s on 2 cores
+    make bench                              # the full run, about 5 minutes
 
 Figures are this machine's, noisy; compare ratios within one run.
 """
@@ -14,6 +16,7 @@ import argparse
 import json
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import anyio
@@ -27,7 +30,7 @@ from bench.dispatch_scale import measure as dispatch_scale
 from bench.replay_speed import synthetic
 from eventsched.keys import CellKeys
 from eventsched.replay import replay
-from eventsched.store import MEMORY_URL, Store
+from eventsched.store import MEMORY_URL, Store, unlink_matching
 
 # What docs/PERFORMANCE.md promises, as (figure, "<=" or ">=", target).
 TARGETS = (
@@ -79,7 +82,7 @@ async def memory(url: str, nodes: int) -> dict[str, float]:
             "log_entry_bytes": round((grown_log + sessions_log) / (3 * nodes)),
         }
     finally:
-        await client.flushdb()
+        await unlink_matching(client, f"{keys.namespace}:*")
         await client.aclose()
 
 
@@ -129,8 +132,8 @@ def report(figures: dict[str, float]) -> None:
         print(line)
 
 
-async def main(quick: bool, as_json: bool) -> None:
-    with private_server() as url:
+async def main(quick: bool, as_json: bool, redis_url: str | None) -> None:
+    with private_server() if redis_url is None else nullcontext(redis_url) as url:
         figures = await collect(url, quick)
     report(figures)
     if as_json:
@@ -141,5 +144,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples, shorter steps")
     parser.add_argument("--json", action="store_true", help="one JSON object as the last line")
+    parser.add_argument(
+        "--redis-url",
+        help="a quiet Redis to run against (default: a private redis-server started here)",
+    )
     arguments = parser.parse_args()
-    anyio.run(main, arguments.quick, arguments.json)
+    anyio.run(main, arguments.quick, arguments.json, arguments.redis_url)

@@ -30,7 +30,7 @@ from bench.procs import spawn
 from eventsched.events import Event
 from eventsched.keys import CellKeys
 from eventsched.log import append_many
-from eventsched.store import RedisClient, Store
+from eventsched.store import RedisClient, Store, unlink_matching
 from eventsched.streams import parse_id, text
 from tests.harness import finalize
 
@@ -92,7 +92,7 @@ async def measure(url: str, events: int) -> dict[str, float]:
         beats: list[Event] = list(fleet.beats(events, NODES))
         folds = await _rate(url, client, {cells[0]: await _append(client, cells[0], beats)})
     finally:
-        await client.flushdb()
+        await unlink_matching(client, "benchtp:*")
         await client.aclose()
     return {
         "apply_dispatch_per_s": round(one),
