@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +24,7 @@ if __package__ in (None, ""):  # run as a script: the checkout's root on the pat
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import fleet
-from bench.alone import percentile, private_server
+from bench.alone import percentile, private_server, until
 from bench.procs import spawn
 from eventsched.keys import CellKeys
 from eventsched.session import Session, SessionClient
@@ -50,16 +49,6 @@ class Step:
         if len(self.latencies_ms) < self.sent:
             return float("inf")  # outcomes missing: no figure can stand for them
         return round(percentile(self.latencies_ms, fraction), 2)
-
-
-async def _wait_for(
-    condition: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 30.0
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"gave up waiting for {what}")
-        await anyio.sleep(0.05)
 
 
 async def _run_step(sessions: list[Session], step: Step, seconds: float) -> None:
@@ -112,7 +101,7 @@ async def measure(url: str, rates: list[int], seconds: float) -> list[Step]:
             async def fleet_up() -> bool:
                 return int(await client.zcard(keys.alive)) == NODES
 
-            await _wait_for(fleet_up, "the echo nodes to register")
+            await until(fleet_up, "the echo nodes to register")
             async with SessionClient(client, keys, block_ms=50) as gateway:
                 sessions = [
                     await gateway.open(s.session_id, s.src_lang, s.tgt_lang)

@@ -27,7 +27,7 @@ import anyio
 if __package__ in (None, ""):  # run as a script: the checkout's root on the path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.alone import percentile, print_figures
+from bench.alone import percentile, print_figures, until
 from bench.procs import RELAY_IN, RELAY_OUT, spawn
 from eventsched.events import Event, encode_event
 from eventsched.keys import INBOX_GROUP, CellKeys
@@ -80,11 +80,11 @@ async def _eventsched(
     await append_many(client, keys, events)
     inbox = keys.inbox(NODE)
     with spawn("worker", url, namespace, keys.cell):
-        deadline = time.monotonic() + 30
-        while await client.hget(keys.session(f"s{jobs - 1}"), "src") is None:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the worker did not apply the fleet")
-            await anyio.sleep(0.05)
+
+        async def fleet_applied() -> bool:
+            return await client.hget(keys.session(f"s{jobs - 1}"), "src") is not None
+
+        await until(fleet_applied, "the worker to apply the fleet")
 
         async def send(index: int) -> None:
             await append(client, keys, finalize(f"s{index}", 0))
@@ -124,18 +124,13 @@ async def _relay(url: str, client: RedisClient, node_client: RedisClient, jobs: 
             cursor = text(entries[-1][0])
         return bool(reply)
 
+    async def relay_reading() -> bool:
+        clients = cast(list[dict[str, Any]], await client.client_list())
+        return any(c.get("cmd") == "xread" and c.get("flags") == "b" for c in clients)
+
     with spawn("relay", url):
-        deadline = time.monotonic() + 30
-        while not await _reader_blocked(client):  # the relay is up and reading
-            if time.monotonic() > deadline:
-                raise RuntimeError("the relay did not start")
-            await anyio.sleep(0.05)
+        await until(relay_reading, "the relay to block in its read")
         return await _timed(jobs, send, take)
-
-
-async def _reader_blocked(client: RedisClient) -> bool:
-    clients = cast(list[dict[str, Any]], await client.client_list())
-    return any(c.get("cmd") == "xread" and c.get("flags") == "b" for c in clients)
 
 
 async def measure(url: str, jobs: int) -> dict[str, float]:
