@@ -30,6 +30,7 @@ __all__ = [
     "POOLS",
     "SETTINGS",
     "append_chunked",
+    "apply",
     "beats",
     "build",
     "node_id",
@@ -130,9 +131,19 @@ def sessions(count: int, seed: int = 3) -> list[SessionOpened]:
     return opened
 
 
-async def append_chunked(client: RedisClient, keys: CellKeys, events: Sequence[Event]) -> None:
+async def append_chunked(client: RedisClient, keys: CellKeys, events: Sequence[Event]) -> list[str]:
+    """Append in pipelines of 5,000; returns the log IDs."""
+    ids: list[str] = []
     for start in range(0, len(events), 5000):
-        await append_many(client, keys, events[start : start + 5000])
+        ids += await append_many(client, keys, events[start : start + 5000])
+    return ids
+
+
+async def apply(client: RedisClient, keys: CellKeys, settings: DecisionSettings = SETTINGS) -> None:
+    """Apply everything appended (dispatch projection only)."""
+    await Worker(
+        client, [keys], settings, name="bench", batch_size=256, projections=("dispatch",)
+    ).drain()
 
 
 async def build(
@@ -149,6 +160,4 @@ async def build(
     events += nodes(node_count, max_concurrency=max_concurrency)
     events += sessions(session_count)
     await append_chunked(client, keys, events)
-    await Worker(
-        client, [keys], settings, name="bench", batch_size=256, projections=("dispatch",)
-    ).drain()
+    await apply(client, keys, settings)

@@ -68,12 +68,12 @@ async def memory(url: str, nodes: int) -> dict[str, float]:
         base, base_log = await used(), await log_bytes()
         await fleet.append_chunked(client, keys, fleet.nodes(nodes))
         await fleet.append_chunked(client, keys, fleet.beats(nodes, nodes))
-        await fleet.build(client, keys, 0, 0)
+        await fleet.apply(client, keys)
         grown, grown_log = await used() - base, await log_bytes() - base_log
         inbox = int(await client.memory_usage(keys.inbox(fleet.node_id(0))) or 0)
         base, base_log = await used(), await log_bytes()
         await fleet.append_chunked(client, keys, fleet.sessions(nodes))
-        await fleet.build(client, keys, 0, 0)
+        await fleet.apply(client, keys)
         sessions, sessions_log = await used() - base, await log_bytes() - base_log
         return {
             "node_bytes": round((grown - grown_log) / nodes - inbox),

@@ -29,7 +29,6 @@ from bench.alone import print_figures
 from bench.procs import spawn
 from eventsched.events import Event
 from eventsched.keys import CellKeys
-from eventsched.log import append_many
 from eventsched.store import RedisClient, Store, unlink_matching
 from eventsched.streams import parse_id, text
 from tests.harness import finalize
@@ -43,10 +42,7 @@ SESSIONS = 2_000
 async def _append(
     client: RedisClient, keys: CellKeys, events: list[Event]
 ) -> list[tuple[int, int]]:
-    ids: list[tuple[int, int]] = []
-    for start in range(0, len(events), 5000):
-        ids += [parse_id(i) for i in await append_many(client, keys, events[start : start + 5000])]
-    return ids
+    return [parse_id(i) for i in await fleet.append_chunked(client, keys, events)]
 
 
 async def _rate(
