@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -43,6 +44,14 @@ class Cell:
         made = self.store.client()
         self.clients.append(made)
         return made
+
+    async def registered(self, *node_ids: str) -> None:
+        """Wait until the worker has applied these nodes' registrations. A node and the
+        gateway append from different clients, so a finalize could otherwise reach the
+        log first and be rejected."""
+        reader = self.client()
+        for node_id in node_ids:
+            await wait_for(partial(_state_is, reader, self.keys, "up", node_id))
 
 
 @asynccontextmanager
@@ -86,11 +95,8 @@ async def test_outputs_arrive_in_order_while_jobs_finish_out_of_order(store_url:
         # Later utterances finish first: 0 takes 60 ms, 1 takes 40 ms, 2 takes 20 ms...
         handler = echo(lambda job: 60 - 20 * (job.utterance_index % 3))
         node = Node(cell.client(), keys, "n1", EN_ZH, 8, handler, heartbeat_s=0.2)
-        reader = cell.client()
         async with node, SessionClient(cell.client(), keys, block_ms=50) as gateway:
-            # The node's registration and the finalizes are appended by different
-            # clients: wait until it is applied, or a finalize may come first.
-            await wait_for(lambda: _state_is(reader, keys, "up"))
+            await cell.registered("n1")
             session = await gateway.open("s1", "en", "zh")
             for index in range(6):
                 await session.finalize(index, "pause", f"audio/{index}", 800)
@@ -101,6 +107,7 @@ async def test_outputs_arrive_in_order_while_jobs_finish_out_of_order(store_url:
         assert [o.asr_text for o in outcomes] == [f"heard {i}" for i in range(6)]
         assert node.completed == 6
         # Leaving the block drained the node: it deregistered once its jobs were done.
+        reader = cell.client()
         await wait_for(lambda: _state_is(reader, keys, "gone"))
 
 
@@ -111,9 +118,8 @@ async def test_a_closed_session_still_gets_the_outcomes_of_running_utterances(
     async with running_cell(store_url) as cell:
         keys = cell.keys
         node = Node(cell.client(), keys, "n1", EN_ZH, 4, echo(lambda job: 50), heartbeat_s=0.2)
-        reader = cell.client()
         async with node, SessionClient(cell.client(), keys, block_ms=50) as gateway:
-            await wait_for(lambda: _state_is(reader, keys, "up"))
+            await cell.registered("n1")
             session = await gateway.open("s1", "en", "zh")
             for index in range(3):
                 await session.finalize(index, "pause", f"audio/{index}", 800)
@@ -140,9 +146,8 @@ async def test_a_handler_exception_becomes_an_error_result(
     async with running_cell(store_url) as cell:
         keys = cell.keys
         node = Node(cell.client(), keys, "n1", EN_ZH, 2, failing, heartbeat_s=0.2)
-        reader = cell.client()
         async with node, SessionClient(cell.client(), keys, block_ms=50) as gateway:
-            await wait_for(lambda: _state_is(reader, keys, "up"))
+            await cell.registered("n1")
             session = await gateway.open("s1", "en", "zh")
             await session.finalize(0, "pause", "audio/0", 800)
             [outcome] = await collect(session, 1)
@@ -164,7 +169,7 @@ async def test_drain_finishes_the_running_job_and_takes_no_new_one(store_url: st
         node = Node(client, keys, "n1", EN_ZH, 2, slow, heartbeat_s=0.2)
         async with anyio.create_task_group() as group, SessionClient(client, keys) as gateway:
             group.start_soon(node.run)
-            await wait_for(lambda: _state_is(client, keys, "up"))
+            await cell.registered("n1")
             session = await gateway.open("s1", "en", "zh")
             await session.finalize(0, "pause", "audio/0", 800)
             await wait_for(lambda: _running(node))
@@ -190,7 +195,7 @@ async def test_a_restarted_node_gets_its_unacknowledged_job_again(store_url: str
         async with SessionClient(client, keys) as gateway:
             async with anyio.create_task_group() as crash:
                 crash.start_soon(first.run)
-                await wait_for(lambda: _state_is(client, keys, "up"))
+                await cell.registered("n1")
                 session = await gateway.open("s1", "en", "zh")
                 await session.finalize(0, "pause", "audio/0", 800)
                 await wait_for(lambda: _running(first))
@@ -271,9 +276,7 @@ async def test_the_minimal_node_of_the_protocol_works_beside_sdk_nodes(store_url
                 group.start_soon(
                     anyio.to_thread.run_sync, minimal_node, sync, keys.prefix, "n-min", 2
                 )
-                reader = cell.client()
-                await wait_for(lambda: _state_is(reader, keys, "up", "n-sdk"))
-                await wait_for(lambda: _state_is(reader, keys, "up", "n-min"))
+                await cell.registered("n-sdk", "n-min")
                 session = await gateway.open("s1", "en", "zh")
                 for index in range(6):
                     await session.finalize(index, "pause", f"audio/{index}", 500)
