@@ -25,13 +25,13 @@ from typing import Any, cast
 
 from bench import fleet
 from bench.alone import percentile
-from eventsched.applier import APPLIER_GROUP, Applier
-from eventsched.config import DecisionSettings
-from eventsched.keys import CellKeys
-from eventsched.lease import Lease
-from eventsched.log import append
-from eventsched.store import RedisClient, Store, unlink_matching
-from eventsched.streams import text, xrange_raw
+from eventsched.dispatch.applier import APPLIER_GROUP, Applier
+from eventsched.dispatch.lease import Lease
+from eventsched.model.keys import CellKeys
+from eventsched.model.settings import DecisionSettings
+from eventsched.store.append import append
+from eventsched.store.client import RedisClient, Store, unlink_matching
+from eventsched.store.streams import text, xrange_raw
 from tests.harness import finalize
 
 __all__ = ["compare", "dispatch", "measure"]

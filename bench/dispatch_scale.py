@@ -26,12 +26,12 @@ if __package__ in (None, ""):  # run as a script: the checkout's root on the pat
 
 from bench import fleet
 from bench.alone import private_server
-from eventsched.config import DecisionSettings
-from eventsched.events import Event
-from eventsched.keys import CellKeys
-from eventsched.store import RedisClient, Store, unlink_matching
-from eventsched.streams import text
-from eventsched.worker import DEFAULT_BATCH, Worker
+from eventsched.dispatch.worker import DEFAULT_BATCH, Worker
+from eventsched.model.events import Event
+from eventsched.model.keys import CellKeys
+from eventsched.model.settings import DecisionSettings
+from eventsched.store.client import RedisClient, Store, unlink_matching
+from eventsched.store.streams import text
 from tests.harness import finalize, ok
 
 __all__ = ["measure"]

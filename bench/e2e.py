@@ -26,9 +26,9 @@ if __package__ in (None, ""):  # run as a script: the checkout's root on the pat
 from bench import fleet
 from bench.alone import percentile, private_server, until
 from bench.procs import spawn
-from eventsched.keys import CellKeys
-from eventsched.session import Session, SessionClient
-from eventsched.store import RedisClient, Store, unlink_matching
+from eventsched.clients.session import Session, SessionClient
+from eventsched.model.keys import CellKeys
+from eventsched.store.client import RedisClient, Store, unlink_matching
 
 __all__ = ["Step", "measure"]
 

@@ -9,9 +9,9 @@ import random
 from collections.abc import Sequence
 from typing import TypeVar
 
-from eventsched.applier import APPLIER_GROUP
-from eventsched.config import DecisionSettings
-from eventsched.events import (
+from eventsched.dispatch.applier import APPLIER_GROUP
+from eventsched.dispatch.worker import Worker, ensure_group
+from eventsched.model.events import (
     Event,
     NodeHeartbeat,
     NodeRegistered,
@@ -20,10 +20,10 @@ from eventsched.events import (
     Services,
     SessionOpened,
 )
-from eventsched.keys import CellKeys
-from eventsched.log import append_many
-from eventsched.store import RedisClient
-from eventsched.worker import Worker, ensure_group
+from eventsched.model.keys import CellKeys
+from eventsched.model.settings import DecisionSettings
+from eventsched.store.append import append_many
+from eventsched.store.client import RedisClient
 
 __all__ = [
     "PAIRS",

@@ -29,11 +29,11 @@ if __package__ in (None, ""):  # run as a script: the checkout's root on the pat
 
 from bench.alone import percentile, print_figures, until
 from bench.procs import RELAY_IN, RELAY_OUT, spawn
-from eventsched.events import Event, encode_event
-from eventsched.keys import INBOX_GROUP, CellKeys
-from eventsched.log import append, append_many
-from eventsched.store import RedisClient, Store, unlink_matching
-from eventsched.streams import text, xread_raw, xreadgroup_raw
+from eventsched.model.events import Event, encode_event
+from eventsched.model.keys import INBOX_GROUP, CellKeys
+from eventsched.store.append import append, append_many
+from eventsched.store.client import RedisClient, Store, unlink_matching
+from eventsched.store.streams import text, xread_raw, xreadgroup_raw
 from tests.harness import finalize, node, ok, session
 
 __all__ = ["measure"]

@@ -20,11 +20,11 @@ from pathlib import Path
 import anyio
 
 from bench import fleet
-from eventsched.keys import PROJECTIONS, CellKeys
-from eventsched.node import Job, JobOutput, Node
-from eventsched.store import Store
-from eventsched.streams import text, xread_raw
-from eventsched.worker import Worker
+from eventsched.clients.node import Job, JobOutput, Node
+from eventsched.dispatch.worker import Worker
+from eventsched.model.keys import PROJECTIONS, CellKeys
+from eventsched.store.client import Store
+from eventsched.store.streams import text, xread_raw
 
 __all__ = ["RELAY_IN", "RELAY_OUT", "spawn"]
 

@@ -17,9 +17,9 @@ import anyio
 if __package__ in (None, ""):  # run as a script: the checkout's root on the path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from eventsched.events import Event, encode_event
-from eventsched.replay import Fixture, replay
-from eventsched.store import MEMORY_URL
+from eventsched.model.events import Event, encode_event
+from eventsched.ops.replay import Fixture, replay
+from eventsched.store.client import MEMORY_URL
 from tests.harness import START_MS, beat, finalize, node, ok, session
 
 

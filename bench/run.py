@@ -28,9 +28,9 @@ from bench import baseline, e2e, fleet, plain_queue, throughput
 from bench.alone import private_server
 from bench.dispatch_scale import measure as dispatch_scale
 from bench.replay_speed import synthetic
-from eventsched.keys import CellKeys
-from eventsched.replay import replay
-from eventsched.store import MEMORY_URL, Store, unlink_matching
+from eventsched.model.keys import CellKeys
+from eventsched.ops.replay import replay
+from eventsched.store.client import MEMORY_URL, Store, unlink_matching
 
 # What docs/PERFORMANCE.md promises, as (figure, "<=" or ">=", target).
 TARGETS = (

@@ -27,10 +27,10 @@ if __package__ in (None, ""):  # run as a script: the checkout's root on the pat
 from bench import fleet
 from bench.alone import print_figures
 from bench.procs import spawn
-from eventsched.events import Event
-from eventsched.keys import CellKeys
-from eventsched.store import RedisClient, Store, unlink_matching
-from eventsched.streams import parse_id, text
+from eventsched.model.events import Event
+from eventsched.model.keys import CellKeys
+from eventsched.store.client import RedisClient, Store, unlink_matching
+from eventsched.store.streams import parse_id, text
 from tests.harness import finalize
 
 __all__ = ["measure"]

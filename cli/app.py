@@ -9,7 +9,7 @@ import typer
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from . import inspect, ops, replay, run
+from . import inspection, ops, replay, run
 
 __all__ = ["app", "main"]
 
@@ -23,7 +23,7 @@ app = typer.Typer(
 run.register(app)
 ops.register(app)
 replay.register(app)
-inspect.register(app)
+inspection.register(app)
 
 
 _EXPECTED = (ValueError, ValidationError, RedisError, OSError)

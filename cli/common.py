@@ -8,8 +8,8 @@ from typing import Annotated, TypeVar
 import anyio
 import typer
 
-from eventsched.keys import CellKeys
-from eventsched.store import RedisClient, Store
+from eventsched.model.keys import CellKeys
+from eventsched.store.client import RedisClient, Store
 
 __all__ = ["DEFAULT_URL", "AsJson", "Cell", "Namespace", "NotFound", "RedisUrl", "run_on_cell"]
 

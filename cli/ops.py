@@ -9,12 +9,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from eventsched import dlq as dead_letters
-from eventsched.keys import DEFAULT_CELL, DEFAULT_NAMESPACE, CellKeys
-from eventsched.rebuild import rebuild_groups
-from eventsched.store import RedisClient
-from eventsched.verify import VerifyReport, verify_cell
-from eventsched.worker import stored_settings
+from eventsched.dispatch.worker import stored_settings
+from eventsched.model.keys import DEFAULT_CELL, DEFAULT_NAMESPACE, CellKeys
+from eventsched.ops import dead_letters
+from eventsched.ops.rebuild import rebuild_groups
+from eventsched.ops.verify import VerifyReport, verify_cell
+from eventsched.store.client import RedisClient
 
 from .common import DEFAULT_URL, AsJson, Cell, Namespace, RedisUrl, run_on_cell
 

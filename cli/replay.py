@@ -9,8 +9,9 @@ from typing import Annotated
 import anyio
 import typer
 
-from eventsched.keys import DEFAULT_CELL, DEFAULT_NAMESPACE, CellKeys
-from eventsched.replay import (
+from eventsched.dispatch.worker import DEFAULT_BATCH
+from eventsched.model.keys import DEFAULT_CELL, DEFAULT_NAMESPACE, CellKeys
+from eventsched.ops.replay import (
     Fixture,
     ReplayResult,
     check,
@@ -19,8 +20,7 @@ from eventsched.replay import (
     record,
     replay,
 )
-from eventsched.store import MEMORY_URL, Store
-from eventsched.worker import DEFAULT_BATCH
+from eventsched.store.client import MEMORY_URL, Store
 
 __all__ = ["register"]
 

@@ -16,14 +16,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from eventsched.config import DecisionSettings
-from eventsched.demo import run_demo
-from eventsched.keys import DEFAULT_CELL, DEFAULT_NAMESPACE, CellKeys
-from eventsched.loadgen import LoadSpec, run_load
-from eventsched.loadgen import Progress as LoadProgress
-from eventsched.metrics import RunReport
-from eventsched.store import MEMORY_URL, Store
-from eventsched.worker import DEFAULT_BATCH, Worker, find_cells
+from eventsched.dispatch.worker import DEFAULT_BATCH, Worker, find_cells
+from eventsched.model.keys import DEFAULT_CELL, DEFAULT_NAMESPACE, CellKeys
+from eventsched.model.settings import DecisionSettings
+from eventsched.ops.audit import RunReport
+from eventsched.sim.demo import run_demo
+from eventsched.sim.loadgen import LoadSpec, run_load
+from eventsched.sim.loadgen import Progress as LoadProgress
+from eventsched.store.client import MEMORY_URL, Store
 
 __all__ = ["register"]
 

@@ -12,10 +12,7 @@ import signal
 
 import anyio
 
-from eventsched.events import Services, StageTimings
-from eventsched.keys import CellKeys
-from eventsched.node import Job, JobOutput, Node
-from eventsched.store import Store
+from eventsched import CellKeys, Job, JobOutput, Node, Services, StageTimings, connect
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -32,7 +29,7 @@ async def main(args: argparse.Namespace) -> None:
             timings=StageTimings(asr_ms=third, nmt_ms=third, tts_ms=third),
         )
 
-    client = Store(args.redis_url).client()
+    client = connect(args.redis_url)
     node = Node(
         client,
         CellKeys(args.cell),

@@ -12,13 +12,11 @@ import uuid
 
 import anyio
 
-from eventsched.keys import CellKeys
-from eventsched.session import SessionClient
-from eventsched.store import Store
+from eventsched import CellKeys, SessionClient, connect
 
 
 async def main(args: argparse.Namespace) -> None:
-    client = Store(args.redis_url).client()
+    client = connect(args.redis_url)
     indexes: list[int] = []
     async with SessionClient(client, CellKeys(args.cell)) as gateway:
         session = await gateway.open(f"demo-{uuid.uuid4().hex[:8]}", args.src, args.tgt)

@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from eventsched.keys import CellKeys
-from eventsched.store import MEMORY_URL, RedisClient, Store, unlink_matching
+from eventsched.model.keys import CellKeys
+from eventsched.store.client import MEMORY_URL, RedisClient, Store, unlink_matching
 from tests.harness import Cell
 
 REAL_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")

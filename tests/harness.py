@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, cast
 
-from eventsched.config import DecisionSettings
-from eventsched.events import (
+from eventsched.dispatch.worker import Worker
+from eventsched.model.events import (
     ENTRY_FIELD,
     Event,
     JobResult,
@@ -17,11 +17,11 @@ from eventsched.events import (
     UtteranceFinalized,
     encode_event,
 )
-from eventsched.keys import CellKeys
-from eventsched.log import append_many
-from eventsched.store import RedisClient
-from eventsched.streams import read_hash, read_stream, text
-from eventsched.worker import Worker
+from eventsched.model.keys import CellKeys
+from eventsched.model.settings import DecisionSettings
+from eventsched.store.append import append_many
+from eventsched.store.client import RedisClient
+from eventsched.store.streams import read_hash, read_stream, text
 
 __all__ = ["START_MS", "Cell", "beat", "error", "finalize", "node", "ok", "session"]
 

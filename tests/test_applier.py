@@ -8,10 +8,10 @@ import json
 import anyio
 import pytest
 
-from eventsched.applier import APPLIER_GROUP, Applier, NotLeader, OutOfOrder
-from eventsched.events import ENTRY_FIELD, Pool, PoolsConfigured
-from eventsched.streams import xrange_raw
-from eventsched.worker import Worker, ensure_group
+from eventsched.dispatch.applier import APPLIER_GROUP, Applier, NotLeader, OutOfOrder
+from eventsched.dispatch.worker import Worker, ensure_group
+from eventsched.model.events import ENTRY_FIELD, Pool, PoolsConfigured
+from eventsched.store.streams import xrange_raw
 from tests.harness import Cell, beat, finalize, node, session
 
 pytestmark = pytest.mark.anyio

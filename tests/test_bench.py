@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from bench import baseline
-from eventsched.keys import CellKeys
+from eventsched.model.keys import CellKeys
 from tests.conftest import remove_namespace
 from tests.harness import Cell, beat, error, finalize, node, session
 

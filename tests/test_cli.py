@@ -10,12 +10,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from eventsched.cli.app import app
 from typer.testing import CliRunner
 
-from cli.app import app
-from eventsched.keys import CellKeys
-from eventsched.replay import load_fixture, play
-from eventsched.store import Store, is_memory_url
+from eventsched.model.keys import CellKeys
+from eventsched.ops.replay import load_fixture, play
+from eventsched.store.client import Store, is_memory_url
 from tests.conftest import new_namespace, remove_namespace
 
 ROOT = Path(__file__).parent.parent
@@ -120,7 +120,7 @@ def test_node_drain_and_pools_apply_append_events(
 def test_a_bad_pool_file_is_refused_with_its_line(
     tmp_path: Path, content: str, message: str
 ) -> None:
-    from eventsched.inspect import PoolFileError, load_pools_file
+    from eventsched.ops.inspection import PoolFileError, load_pools_file
 
     with pytest.raises(PoolFileError, match=message.replace("[", r"\[").replace("]", r"\]")):
         load_pools_file(str(tmp_path / "pools.toml"), content)

@@ -11,14 +11,14 @@ from pathlib import Path
 import anyio
 import pytest
 
-from eventsched.config import DecisionSettings
-from eventsched.events import Services
-from eventsched.keys import CellKeys
-from eventsched.node import HANDLER_ERROR, Job, JobFailed, JobOutput, Node
+from eventsched.clients.node import HANDLER_ERROR, Job, JobFailed, JobOutput, Node
+from eventsched.clients.session import FinalizePolicy, Session, SessionClient
+from eventsched.dispatch.worker import Worker
+from eventsched.model.events import Services
+from eventsched.model.keys import CellKeys
+from eventsched.model.settings import DecisionSettings
 from eventsched.projections import Outcome, read_node
-from eventsched.session import FinalizePolicy, Session, SessionClient
-from eventsched.store import RedisClient, Store
-from eventsched.worker import Worker
+from eventsched.store.client import RedisClient, Store
 from tests.conftest import new_namespace, remove_namespace
 
 EN_ZH = Services(asr=["en", "zh"], nmt=["en", "zh"], tts=["en", "zh"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from eventsched.events import NodeDeregistered, NodeDraining, Pool, PoolsConfigured
+from eventsched.model.events import NodeDeregistered, NodeDraining, Pool, PoolsConfigured
 from tests.harness import Cell, beat, error, finalize, node, ok, session
 
 pytestmark = pytest.mark.anyio
@@ -358,7 +358,7 @@ async def test_a_deregistered_node_hands_its_jobs_to_other_nodes(cell: Cell) -> 
 async def test_finalizes_for_unknown_or_closed_sessions_are_dead_lettered(
     cell: Cell, opened: bool, closed: bool, index: int, reason: str
 ) -> None:
-    from eventsched.events import SessionClosed
+    from eventsched.model.events import SessionClosed
 
     await cell.step(node("n1"))
     if opened:

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from eventsched.config import DecisionSettings
-from eventsched.demo import run_demo
-from eventsched.keys import CellKeys
-from eventsched.loadgen import LoadSpec
-from eventsched.store import Store
+from eventsched.model.keys import CellKeys
+from eventsched.model.settings import DecisionSettings
+from eventsched.sim.demo import run_demo
+from eventsched.sim.loadgen import LoadSpec
+from eventsched.store.client import Store
 from tests.conftest import REAL_AVAILABLE, new_namespace, remove_namespace
 from tests.servers import RedisProcess
 
@@ -57,7 +57,7 @@ async def test_a_demo_run_loses_nothing_and_keeps_order(store_url: str) -> None:
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", "from cli.app import main; main()", *args],
+        [sys.executable, "-c", "from eventsched.cli.app import main; main()", *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -103,7 +103,7 @@ def test_the_examples_run_as_separate_processes(tmp_path: Path) -> None:
         [
             sys.executable,
             "-c",
-            "from cli.app import main; main()",
+            "from eventsched.cli.app import main; main()",
             "worker",
             "--redis-url",
             server.url,

@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from eventsched.events import (
+from eventsched.model.events import (
     Event,
     JobResult,
     NodeDeregistered,

@@ -18,7 +18,7 @@ from typing import TypeVar, cast
 import pytest
 import redis
 
-from eventsched.keys import CellKeys
+from eventsched.model.keys import CellKeys
 from tests.conftest import REAL_AVAILABLE
 from tests.servers import RedisProcess
 
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.skipif(
 
 T = TypeVar("T")
 
-CLI = [sys.executable, "-c", "from cli.app import main; main()"]
+CLI = [sys.executable, "-c", "from eventsched.cli.app import main; main()"]
 KEYS = CellKeys()
 
 

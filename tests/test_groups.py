@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eventsched.keys import CellKeys
-from eventsched.store import Store
+from eventsched.model.keys import CellKeys
+from eventsched.store.client import Store
 from tests.conftest import new_namespace, remove_namespace
 from tests.harness import Cell, error, finalize, node, ok, session
 

@@ -7,21 +7,21 @@ import time
 import pytest
 from redis.exceptions import DataError
 
-from eventsched import dlq
-from eventsched.applier import APPLIER_GROUP
-from eventsched.events import ENTRY_FIELD, Tick
-from eventsched.rebuild import rebuild_groups
-from eventsched.replay import check, record, replay
-from eventsched.retention import (
+from eventsched.dispatch.applier import APPLIER_GROUP
+from eventsched.dispatch.retention import (
     acked_bound,
     checkpoint_markers,
     deleted_below,
     retain,
     trim_acknowledged,
 )
-from eventsched.store import RedisClient, unlink_matching
-from eventsched.streams import id_after, xrange_raw
-from eventsched.verify import verify_cell
+from eventsched.model.events import ENTRY_FIELD, Tick
+from eventsched.ops import dead_letters as dlq
+from eventsched.ops.rebuild import rebuild_groups
+from eventsched.ops.replay import check, record, replay
+from eventsched.ops.verify import verify_cell
+from eventsched.store.client import RedisClient, unlink_matching
+from eventsched.store.streams import id_after, xrange_raw
 from tests.conftest import new_namespace
 from tests.harness import START_MS, Cell, error, finalize, node, ok, session
 

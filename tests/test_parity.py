@@ -6,10 +6,16 @@ from typing import Any
 
 import pytest
 
-from eventsched.events import NodeDeregistered, NodeDraining, Pool, PoolsConfigured, SessionClosed
-from eventsched.keys import CellKeys
-from eventsched.store import MEMORY_URL, RedisClient, Store
-from eventsched.streams import text, xrange_raw
+from eventsched.model.events import (
+    NodeDeregistered,
+    NodeDraining,
+    Pool,
+    PoolsConfigured,
+    SessionClosed,
+)
+from eventsched.model.keys import CellKeys
+from eventsched.store.client import MEMORY_URL, RedisClient, Store
+from eventsched.store.streams import text, xrange_raw
 from tests.conftest import REAL_AVAILABLE, REAL_URL, new_namespace, remove_namespace
 from tests.harness import Cell, beat, error, finalize, node, ok, session
 

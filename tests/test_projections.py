@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from eventsched.events import NodeDraining
+from eventsched.model.events import NodeDraining
 from eventsched.projections import read_node, read_outcomes, read_session, read_snapshot
 from tests.harness import Cell, error, finalize, node, ok, session
 

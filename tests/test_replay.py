@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from eventsched.demo import run_demo
-from eventsched.keys import CellKeys
-from eventsched.loadgen import LoadSpec
-from eventsched.replay import FixtureError, check, golden_path, load_fixture, record, replay
-from eventsched.store import Store
+from eventsched.model.keys import CellKeys
+from eventsched.ops.replay import FixtureError, check, golden_path, load_fixture, record, replay
+from eventsched.sim.demo import run_demo
+from eventsched.sim.loadgen import LoadSpec
+from eventsched.store.client import Store
 from tests.conftest import new_namespace, remove_namespace
 
 pytestmark = pytest.mark.anyio

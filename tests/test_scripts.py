@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from eventsched.applier import Applier
-from eventsched.keys import SCRIPT_KEYS, SUFFIXES, CellKeys
-from eventsched.scripts import declared_keys, lua_source
-from eventsched.store import Store, is_memory_url
+from eventsched.dispatch.applier import Applier
+from eventsched.model.keys import SCRIPT_KEYS, SUFFIXES, CellKeys
+from eventsched.store.client import Store, is_memory_url
+from eventsched.store.scripts import declared_keys, lua_source
 from tests.harness import Cell, finalize, node, session
 from tests.servers import private_redis
 
@@ -66,6 +66,6 @@ async def test_dispatch_works_after_script_flush(flushable_cell: Cell) -> None:
 
 
 def test_the_inbox_group_named_in_lua_matches_keys_py() -> None:
-    from eventsched.keys import INBOX_GROUP
+    from eventsched.model.keys import INBOX_GROUP
 
     assert f"local INBOX_GROUP = '{INBOX_GROUP}'" in lua_source("apply")

@@ -8,12 +8,12 @@ import time
 
 import anyio
 import pytest
+from eventsched.cli.app import app
 from typer.testing import CliRunner
 
-from cli.app import app
-from eventsched.events import Tick
-from eventsched.stats import StatsBuilder, read_stats
-from eventsched.worker import Worker
+from eventsched.dispatch.worker import Worker
+from eventsched.model.events import Tick
+from eventsched.projections.stats import StatsBuilder, read_stats
 from tests.harness import Cell, error, finalize, node, ok, session
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from eventsched.events import NodeDraining, Tick
-from eventsched.streams import text
+from eventsched.model.events import NodeDraining, Tick
+from eventsched.store.streams import text
 from tests.harness import Cell, beat, error, finalize, node, ok, session
 
 pytestmark = pytest.mark.anyio
@@ -134,7 +134,7 @@ async def test_a_registered_node_has_an_inbox_consumer_group(cell: Cell) -> None
 def test_lifecycle_lines_name_the_job_and_keep_storms_quiet() -> None:
     import logging
 
-    from eventsched.lifecycle import describe
+    from eventsched.dispatch.job_log import describe
 
     level, line = describe(
         {"k": "d", "job": "s1:0", "att": "2", "node": "n3", "sid": "s1", "idx": "0", "at": "5-0"}

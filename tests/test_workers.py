@@ -10,12 +10,12 @@ from pathlib import Path
 import anyio
 import pytest
 
-from eventsched.applier import APPLIER_GROUP, Applier, NotLeader
-from eventsched.events import ENTRY_FIELD, encode_event
-from eventsched.keys import CellKeys
-from eventsched.store import Store, is_memory_url
-from eventsched.streams import text, xreadgroup_raw
-from eventsched.worker import Worker, ensure_group
+from eventsched.dispatch.applier import APPLIER_GROUP, Applier, NotLeader
+from eventsched.dispatch.worker import Worker, ensure_group
+from eventsched.model.events import ENTRY_FIELD, encode_event
+from eventsched.model.keys import CellKeys
+from eventsched.store.client import Store, is_memory_url
+from eventsched.store.streams import text, xreadgroup_raw
 from tests.harness import Cell, finalize, node, ok, session
 from tests.servers import private_redis
 
@@ -155,7 +155,7 @@ async def _has_decisions(cell: Cell) -> bool:
 
 
 def test_tick_encoding_is_the_canonical_event() -> None:
-    from eventsched.events import Tick
+    from eventsched.model.events import Tick
 
     assert encode_event(Tick()) == '{"type":"tick","v":1}'
 

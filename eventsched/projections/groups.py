@@ -14,9 +14,9 @@ from typing import Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..keys import CellKeys
-from ..store import RedisClient
-from ..streams import read_hash, read_stream, text
+from eventsched.model.keys import CellKeys
+from eventsched.store.client import RedisClient
+from eventsched.store.streams import read_hash, read_stream, text
 
 __all__ = [
     "GroupView",

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, cast
 
-from ..keys import CellKeys
-from ..store import RedisClient
-from ..streams import read_hash, text
+from eventsched.model.keys import CellKeys
+from eventsched.store.client import RedisClient
+from eventsched.store.streams import read_hash, text
 
 __all__ = ["NodeView", "PoolView", "Snapshot", "read_node", "read_snapshot"]
 

@@ -2,7 +2,7 @@
 scripts and settings, compare it with the live projections, and check the invariants
 from the streams.
 
-The live state is read at one consistent point of the log (``state.read_state``).
+The live state is read at one consistent point of the log (``cell_state.read_state``).
 """
 
 from __future__ import annotations
@@ -11,15 +11,15 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from .applier import APPLIER_GROUP, GROUPS_GROUP
-from .events import ENTRY_FIELD, NodeRegistered, SessionOpened, decode_event
-from .keys import CellKeys
-from .metrics import measure
-from .retention import deleted_below
-from .state import read_state, restore_state
-from .store import RedisClient, Store
-from .streams import id_after, read_stream, text, xrange_raw
-from .worker import Worker, ensure_group, stored_settings
+from eventsched.dispatch.applier import APPLIER_GROUP, GROUPS_GROUP
+from eventsched.dispatch.retention import deleted_below
+from eventsched.dispatch.worker import Worker, ensure_group, stored_settings
+from eventsched.model.events import ENTRY_FIELD, NodeRegistered, SessionOpened, decode_event
+from eventsched.model.keys import CellKeys
+from eventsched.ops.audit import measure
+from eventsched.projections.cell_state import read_state, restore_state
+from eventsched.store.client import RedisClient, Store
+from eventsched.store.streams import id_after, read_stream, text, xrange_raw
 
 __all__ = ["VerifyReport", "rebuild_in_memory", "start_groups", "verify_cell"]
 

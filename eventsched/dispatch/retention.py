@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 from typing import Any, cast
 
-from .events import canonical_json
-from .keys import CellKeys
-from .state import dump_state, restore_items
-from .store import RedisClient
-from .streams import next_id, parse_id, text
+from eventsched.model.events import canonical_json
+from eventsched.model.keys import CellKeys
+from eventsched.projections.cell_state import dump_state, restore_items
+from eventsched.store.client import RedisClient
+from eventsched.store.streams import next_id, parse_id, text
 
 __all__ = [
     "acked_bound",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from redis.commands.core import AsyncScript
 
-from .store import RedisClient
+from eventsched.store.client import RedisClient
 
 __all__ = ["declared_keys", "lua_source", "register"]
 
@@ -20,7 +20,7 @@ def _lua_dir() -> Traversable:
     packaged = resources.files("eventsched") / "lua"
     if packaged.is_dir():  # installed from a wheel: the scripts are package data
         return packaged
-    return Path(__file__).resolve().parent.parent / "lua"  # a source checkout
+    return Path(__file__).resolve().parents[2] / "lua"  # a source checkout
 
 
 _INCLUDE = re.compile(r"^-- @include (\w+)$", flags=re.MULTILINE)

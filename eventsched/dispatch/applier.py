@@ -17,8 +17,8 @@ from typing import Any, cast
 import anyio.lowlevel
 from pydantic import ValidationError
 
-from .config import DecisionSettings
-from .events import (
+from eventsched.dispatch.job_log import log_delivered
+from eventsched.model.events import (
     ENTRY_FIELD,
     Event,
     JobResult,
@@ -34,11 +34,11 @@ from .events import (
     canonical_json,
     decode_event,
 )
-from .keys import CellKeys
-from .lifecycle import log_delivered
-from .scripts import register
-from .store import RedisClient
-from .streams import text
+from eventsched.model.keys import CellKeys
+from eventsched.model.settings import DecisionSettings
+from eventsched.store.client import RedisClient
+from eventsched.store.scripts import register
+from eventsched.store.streams import text
 
 __all__ = [
     "APPLIER_GROUP",

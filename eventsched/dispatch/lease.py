@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import time
 
-from .scripts import register
-from .store import RedisClient
+from eventsched.store.client import RedisClient
+from eventsched.store.scripts import register
 
 __all__ = ["Lease"]
 

@@ -14,14 +14,14 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from eventsched import inspect
-from eventsched.events import NodeDraining
-from eventsched.keys import DEFAULT_CELL, DEFAULT_NAMESPACE, CellKeys
-from eventsched.log import append
-from eventsched.stats import read_stats
-from eventsched.store import RedisClient, Store
-from eventsched.streams import read_stream, text, xread_raw
-from eventsched.worker import find_cells
+from eventsched.dispatch.worker import find_cells
+from eventsched.model.events import NodeDraining
+from eventsched.model.keys import DEFAULT_CELL, DEFAULT_NAMESPACE, CellKeys
+from eventsched.ops import inspection
+from eventsched.projections.stats import read_stats
+from eventsched.store.append import append
+from eventsched.store.client import RedisClient, Store
+from eventsched.store.streams import read_stream, text, xread_raw
 
 from .common import DEFAULT_URL, AsJson, Cell, Namespace, NotFound, RedisUrl, run_on_cell
 
@@ -99,7 +99,7 @@ def streams(
     as_json: AsJson = False,
 ) -> None:
     """Every stream of the cell: length, first and last IDs, groups, pending, lag."""
-    rows = _rows(redis_url, cell, namespace, all_cells, inspect.list_streams)
+    rows = _rows(redis_url, cell, namespace, all_cells, inspection.list_streams)
     if as_json:
         _emit(rows, True, "", [])
         return
@@ -125,7 +125,7 @@ def nodes(
 ) -> None:
     """Nodes: state, running/max, load, heartbeat age (event time), pools, pairs."""
     rows = _rows(
-        redis_url, cell, namespace, all_cells, lambda c, k: inspect.list_nodes(c, k, limit)
+        redis_url, cell, namespace, all_cells, lambda c, k: inspection.list_nodes(c, k, limit)
     )
     columns = [
         "node_id",
@@ -150,7 +150,9 @@ def node_show(
     as_json: AsJson = False,
 ) -> None:
     """One node with its running jobs."""
-    found = run_on_cell(redis_url, cell, namespace, lambda c, k: inspect.node_detail(c, k, node_id))
+    found = run_on_cell(
+        redis_url, cell, namespace, lambda c, k: inspection.node_detail(c, k, node_id)
+    )
     _show(found, f"node {node_id}", as_json)
 
 
@@ -164,7 +166,7 @@ def node_drain(
     """Append a drain event: the node gets no new jobs and finishes its running ones."""
 
     async def work(client: RedisClient, keys: CellKeys) -> str:
-        if await inspect.node_detail(client, keys, node_id) is None:
+        if await inspection.node_detail(client, keys, node_id) is None:
             raise NotFound(f"no node {node_id}")
         return await append(client, keys, NodeDraining(node_id=node_id))
 
@@ -184,7 +186,7 @@ def pools(
     """Pools with languages, members, free slots and utilization."""
     if context.invoked_subcommand is not None:
         return
-    found = run_on_cell(redis_url, cell, namespace, inspect.list_pools)
+    found = run_on_cell(redis_url, cell, namespace, inspection.list_pools)
     if as_json:
         _emit(found, True, "", [])
         return
@@ -207,7 +209,7 @@ def pools_apply(
     """Validate a TOML pool configuration and append it; a bad file appends nothing."""
     if not path.is_file():
         raise NotFound(f"no such file: {path}")
-    configured = inspect.load_pools_file(str(path), path.read_text(encoding="utf-8"))
+    configured = inspection.load_pools_file(str(path), path.read_text(encoding="utf-8"))
 
     async def work(client: RedisClient, keys: CellKeys) -> str:
         return await append(client, keys, configured)
@@ -226,7 +228,7 @@ def sessions(
 ) -> None:
     """Sessions: pair, bound pool, finalized, delivered, in flight."""
     rows = _rows(
-        redis_url, cell, namespace, all_cells, lambda c, k: inspect.list_sessions(c, k, limit)
+        redis_url, cell, namespace, all_cells, lambda c, k: inspection.list_sessions(c, k, limit)
     )
     columns = [
         "session_id",
@@ -251,7 +253,7 @@ def session_show(
 ) -> None:
     """One session: its pool and pair, pending results, group, recent outputs."""
     found = run_on_cell(
-        redis_url, cell, namespace, lambda c, k: inspect.session_detail(c, k, session_id)
+        redis_url, cell, namespace, lambda c, k: inspection.session_detail(c, k, session_id)
     )
     _show(found, f"session {session_id}", as_json)
 
@@ -269,7 +271,7 @@ def jobs(
     if state not in (None, "running", "done", "failed"):
         raise typer.BadParameter("state must be running, done or failed", param_hint="--state")
     rows = _rows(
-        redis_url, cell, namespace, all_cells, lambda c, k: inspect.list_jobs(c, k, state, limit)
+        redis_url, cell, namespace, all_cells, lambda c, k: inspection.list_jobs(c, k, state, limit)
     )
     _emit(rows, as_json, "jobs", ["job_id", "state", "attempt", "node_id", "pool", "deadline_ms"])
 
@@ -283,7 +285,9 @@ def job_show(
     as_json: AsJson = False,
 ) -> None:
     """One job and its lineage: every attempt, node and reason."""
-    found = run_on_cell(redis_url, cell, namespace, lambda c, k: inspect.job_detail(c, k, job_id))
+    found = run_on_cell(
+        redis_url, cell, namespace, lambda c, k: inspection.job_detail(c, k, job_id)
+    )
     _show(found, f"job {job_id}", as_json)
 
 
@@ -308,13 +312,13 @@ def tail(
         cursor = text(newest[0][0]) if newest else "0-0"
         oldest_shown = text(newest[-1][0]) if newest else "0-0"
         async for entry_id, fields in read_stream(client, keys.log, oldest_shown):
-            show(inspect.describe_event(entry_id, fields))
+            show(inspection.describe_event(entry_id, fields))
         while follow:
             for _, entries in await xread_raw(client, {keys.log: cursor}, 1000):
                 for raw_id, raw in entries:
                     cursor = text(raw_id)
                     fields = {text(k): text(v) for k, v in raw.items()}
-                    show(inspect.describe_event(cursor, fields))
+                    show(inspection.describe_event(cursor, fields))
 
     run_on_cell(redis_url, cell, namespace, work)
 

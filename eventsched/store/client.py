@@ -10,7 +10,7 @@ import hiredis
 import redis
 import redis.asyncio as aioredis
 
-__all__ = ["MEMORY_URL", "RedisClient", "Store", "is_memory_url", "unlink_matching"]
+__all__ = ["MEMORY_URL", "RedisClient", "Store", "connect", "is_memory_url", "unlink_matching"]
 
 MEMORY_URL = "memory://"
 
@@ -85,6 +85,11 @@ class Store:
         if self.url.startswith("redis://"):  # rediss:// and unix:// keep their own classes
             return aioredis.Redis.from_url(self.url, connection_class=_HiredisPackedConnection)
         return aioredis.Redis.from_url(self.url)
+
+
+def connect(url: str = MEMORY_URL) -> RedisClient:
+    """An asyncio client of the store at ``url`` (see ``Store``)."""
+    return Store(url).client()
 
 
 async def unlink_matching(client: RedisClient, pattern: str, page: int = 500) -> int:

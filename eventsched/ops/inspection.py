@@ -12,12 +12,12 @@ from typing import Any, cast
 
 from pydantic import ValidationError
 
-from .events import ENTRY_FIELD, PoolsConfigured, decode_event
-from .keys import SUFFIXES, CellKeys
-from .projections.groups import SessionView, read_outcomes, read_session
-from .projections.snapshot import NodeView, read_node, read_snapshot
-from .store import RedisClient
-from .streams import parse_id, read_hash, read_stream, text
+from eventsched.model.events import ENTRY_FIELD, PoolsConfigured, decode_event
+from eventsched.model.keys import SUFFIXES, CellKeys
+from eventsched.projections.groups import SessionView, read_outcomes, read_session
+from eventsched.projections.snapshot import NodeView, read_node, read_snapshot
+from eventsched.store.client import RedisClient
+from eventsched.store.streams import parse_id, read_hash, read_stream, text
 
 __all__ = [
     "PoolFileError",

@@ -29,7 +29,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .events import (
+from eventsched.clients.retry import patiently
+from eventsched.model.events import (
     ENTRY_FIELD,
     Event,
     JobResult,
@@ -41,11 +42,10 @@ from .events import (
     StageTimings,
     encode_event,
 )
-from .keys import INBOX_GROUP, CellKeys
-from .log import append
-from .retry import patiently
-from .store import RedisClient
-from .streams import text, xreadgroup_raw
+from eventsched.model.keys import INBOX_GROUP, CellKeys
+from eventsched.store.append import append
+from eventsched.store.client import RedisClient
+from eventsched.store.streams import text, xreadgroup_raw
 
 __all__ = ["HANDLER_ERROR", "Job", "JobFailed", "JobOutput", "Node", "machine_load"]
 

@@ -4,12 +4,12 @@ deleted and folded again from the first decision by the same script (groups.lua)
 
 from __future__ import annotations
 
-from .applier import GROUPS_GROUP
-from .config import DecisionSettings
-from .keys import SUFFIXES, CellKeys
-from .retention import deleted_below
-from .store import RedisClient, unlink_matching
-from .worker import Worker, ensure_group
+from eventsched.dispatch.applier import GROUPS_GROUP
+from eventsched.dispatch.retention import deleted_below
+from eventsched.dispatch.worker import Worker, ensure_group
+from eventsched.model.keys import SUFFIXES, CellKeys
+from eventsched.model.settings import DecisionSettings
+from eventsched.store.client import RedisClient, unlink_matching
 
 __all__ = ["GROUP_STATE_SUFFIXES", "rebuild_groups"]
 

@@ -22,13 +22,13 @@ from typing import Literal
 
 import anyio
 
-from .events import SessionClosed, SessionOpened, UtteranceFinalized
-from .keys import CellKeys
-from .log import append
-from .projections.groups import Outcome, outcome_of
-from .retry import patiently
-from .store import RedisClient
-from .streams import text, xread_raw
+from eventsched.clients.retry import patiently
+from eventsched.model.events import SessionClosed, SessionOpened, UtteranceFinalized
+from eventsched.model.keys import CellKeys
+from eventsched.projections.groups import Outcome, outcome_of
+from eventsched.store.append import append
+from eventsched.store.client import RedisClient
+from eventsched.store.streams import text, xread_raw
 
 __all__ = ["Finalize", "FinalizePolicy", "Session", "SessionClient"]
 

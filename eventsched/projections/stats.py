@@ -16,9 +16,9 @@ import time
 from collections import Counter
 from typing import Any, cast
 
-from .keys import CellKeys
-from .store import RedisClient
-from .streams import parse_id, text
+from eventsched.model.keys import CellKeys
+from eventsched.store.client import RedisClient
+from eventsched.store.streams import parse_id, text
 
 __all__ = ["WINDOW_MS", "StatsBuilder", "read_stats"]
 

@@ -8,7 +8,7 @@ open, finalize their utterances at a speaking pace, and close once every utteran
 ended. A share of the nodes dies silently mid-run (no beats, jobs in hand dropped) and
 comes back later, registering again as a restarted node would. Every Redis call rides
 out a restart or a lost connection. The report is then read back from the streams
-(``metrics.measure``).
+(``ops.audit.measure``).
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from .events import NodeRegistered, Services, SessionOpened, StageTimings
-from .keys import CellKeys
-from .metrics import RunReport, measure
-from .node import Job, JobFailed, JobOutput, Node
-from .retry import patiently
-from .session import SessionClient
-from .store import RedisClient
+from eventsched.clients.node import Job, JobFailed, JobOutput, Node
+from eventsched.clients.retry import patiently
+from eventsched.clients.session import SessionClient
+from eventsched.model.events import NodeRegistered, Services, SessionOpened, StageTimings
+from eventsched.model.keys import CellKeys
+from eventsched.ops.audit import RunReport, measure
+from eventsched.store.client import RedisClient
 
 __all__ = ["LoadSpec", "Progress", "run_load"]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from typing import cast
 
-from .store import RedisClient
+from eventsched.store.client import RedisClient
 
 __all__ = [
     "RawEntry",

@@ -21,7 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .applier import (
+from eventsched.dispatch.applier import (
     FULL_COST,
     Applier,
     Entry,
@@ -30,16 +30,16 @@ from .applier import (
     Projection,
     retrieved,
 )
-from .config import DecisionSettings
-from .events import ENTRY_FIELD, Tick, encode_event
-from .keys import PROJECTIONS, CellKeys
-from .lease import Lease
-from .lifecycle import follow_decisions
-from .retention import retain
-from .scripts import register
-from .stats import StatsBuilder
-from .store import RedisClient
-from .streams import StreamReply, parse_id, text, xreadgroup_raw
+from eventsched.dispatch.job_log import follow_decisions
+from eventsched.dispatch.lease import Lease
+from eventsched.dispatch.retention import retain
+from eventsched.model.events import ENTRY_FIELD, Tick, encode_event
+from eventsched.model.keys import PROJECTIONS, CellKeys
+from eventsched.model.settings import DecisionSettings
+from eventsched.projections.stats import StatsBuilder
+from eventsched.store.client import RedisClient
+from eventsched.store.scripts import register
+from eventsched.store.streams import StreamReply, parse_id, text, xreadgroup_raw
 
 __all__ = ["DEFAULT_BATCH", "Worker", "ensure_group", "find_cells", "stored_settings"]
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import anyio
 
-from .keys import CellKeys
-from .store import RedisClient
-from .streams import text
+from eventsched.model.keys import CellKeys
+from eventsched.store.client import RedisClient
+from eventsched.store.streams import text
 
 __all__ = ["dump_state", "read_state", "render_state", "restore_items", "restore_state"]
 

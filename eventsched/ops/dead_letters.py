@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .keys import CellKeys
-from .store import RedisClient
-from .streams import read_stream, xrange_raw
+from eventsched.model.keys import CellKeys
+from eventsched.store.client import RedisClient
+from eventsched.store.streams import read_stream, xrange_raw
 
 __all__ = ["DeadLetter", "find", "list_dead", "requeue"]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .events import ENTRY_FIELD, Event, encode_event
-from .keys import CellKeys
-from .store import RedisClient
+from eventsched.model.events import ENTRY_FIELD, Event, encode_event
+from eventsched.model.keys import CellKeys
+from eventsched.store.client import RedisClient
 
 __all__ = ["append", "append_many"]
 

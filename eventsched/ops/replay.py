@@ -16,15 +16,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .config import DecisionSettings
-from .events import ENTRY_FIELD, canonical_json
-from .keys import DEFAULT_CELL, SUFFIXES, CellKeys
-from .retention import checkpoint_markers, deleted_below, load_checkpoint
-from .state import read_state, render_state, restore_items, restore_state
-from .store import MEMORY_URL, RedisClient, Store, unlink_matching
-from .streams import id_after, next_id, text, xrange_raw
-from .verify import rebuild_in_memory, start_groups
-from .worker import DEFAULT_BATCH, Worker, stored_settings
+from eventsched.dispatch.retention import checkpoint_markers, deleted_below, load_checkpoint
+from eventsched.dispatch.worker import DEFAULT_BATCH, Worker, stored_settings
+from eventsched.model.events import ENTRY_FIELD, canonical_json
+from eventsched.model.keys import DEFAULT_CELL, SUFFIXES, CellKeys
+from eventsched.model.settings import DecisionSettings
+from eventsched.ops.verify import rebuild_in_memory, start_groups
+from eventsched.projections.cell_state import read_state, render_state, restore_items, restore_state
+from eventsched.store.client import MEMORY_URL, RedisClient, Store, unlink_matching
+from eventsched.store.streams import id_after, next_id, text, xrange_raw
 
 __all__ = [
     "FORMAT",

@@ -1,4 +1,5 @@
-"""What a run did, read back from the streams alone.
+"""What a run did, read back from the streams alone: the load generator's report, and
+the invariants ``verify`` checks.
 
 Nothing here trusts a counter kept by the code under test: every figure is recomputed
 from the log (what was asked), the decisions stream (what the applier decided), the
@@ -15,10 +16,10 @@ from dataclasses import asdict, dataclass
 
 from pydantic import ValidationError
 
-from .events import ENTRY_FIELD, NodeRegistered, UtteranceFinalized, decode_event
-from .keys import CellKeys
-from .store import RedisClient
-from .streams import parse_id, read_stream
+from eventsched.model.events import ENTRY_FIELD, NodeRegistered, UtteranceFinalized, decode_event
+from eventsched.model.keys import CellKeys
+from eventsched.store.client import RedisClient
+from eventsched.store.streams import parse_id, read_stream
 
 __all__ = ["RunReport", "measure"]
 

@@ -13,9 +13,9 @@ from typing import Any, cast
 
 import anyio
 
-from .keys import CellKeys
-from .store import RedisClient
-from .streams import text, xread_raw
+from eventsched.model.keys import CellKeys
+from eventsched.store.client import RedisClient
+from eventsched.store.streams import text, xread_raw
 
 __all__ = ["describe", "follow_decisions", "log_delivered"]
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import anyio
 
-from .config import DecisionSettings
-from .keys import CellKeys
-from .loadgen import LoadSpec, Progress, run_load
-from .metrics import RunReport
-from .store import MEMORY_URL, Store
-from .worker import Worker
+from eventsched.dispatch.worker import Worker
+from eventsched.model.keys import CellKeys
+from eventsched.model.settings import DecisionSettings
+from eventsched.ops.audit import RunReport
+from eventsched.sim.loadgen import LoadSpec, Progress, run_load
+from eventsched.store.client import MEMORY_URL, Store
 
 __all__ = ["run_demo"]
 
