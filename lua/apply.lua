@@ -15,6 +15,7 @@
 -- KEYS[3] decisions       stream: d dispatch, x reject, r release, f failed, o ok,
 --                         l node lost, m model-not-available window opened
 -- KEYS[4] dlq             stream: dead letters, reason + log_id + f:<field> copies
+--                         (bounded: + cut when short), at most DLQ_MAX_LEN
 -- KEYS[5] pools           hash: pool name -> "order|lang,lang"
 -- KEYS[6] lang_index      hash: "src>tgt" -> pool,pool (fallback order)
 -- KEYS[7] nodes           sorted set: every node id, score 0
@@ -39,7 +40,7 @@
 --   fin   session index cut audio_ref duration_ms
 --   res   job attempt node ok error asr nmt tts tts_ms timings_json
 --   close session
---   bad   reason, then original field name/value pairs
+--   bad   reason nfields nbytes, then the first field name/value pairs (bounded)
 -- Returns {applied, skipped_as_already_applied, dead_lettered}, {-1} when the lease is
 -- not held, or {-2} when the marker falls short of ARGV[15].
 
@@ -85,13 +86,31 @@ local function decide(...)
 end
 
 local dead_lettered = 0
+-- model/limits.py holds the same numbers (tested): what a dead letter keeps of an
+-- entry, and how many dead letters the stream keeps.
+local DLQ_COPY_FIELDS, DLQ_COPY_BYTES, DLQ_MAX_LEN = 4, 4096, 10000
 
-local function dead_letter(reason, extra)
+-- A dead letter: the reason, the log ID, and a bounded copy of the entry's field pairs
+-- (`pairs`, flat; the entry had `nfields` fields of `nbytes` bytes in all, and `cut`
+-- says so when the copy is short of that). The oldest dead letters go when the stream
+-- is full, counted in meta's dlq_trimmed.
+local function dead_letter(reason, nfields, nbytes, pairs)
   dead_lettered = dead_lettered + 1
-  local args = {K_DLQ, '*', 'reason', reason, 'log_id', now_id}
-  for i = 1, #extra, 2 do
-    args[#args + 1] = 'f:' .. extra[i]
-    args[#args + 1] = extra[i + 1]
+  local args = {K_DLQ, 'MAXLEN', DLQ_MAX_LEN, '*', 'reason', reason, 'log_id', now_id}
+  local kept = 0
+  for i = 1, math.min(#pairs, 2 * DLQ_COPY_FIELDS), 2 do
+    local name = string.sub(pairs[i], 1, DLQ_COPY_BYTES)
+    local value = string.sub(pairs[i + 1], 1, DLQ_COPY_BYTES)
+    kept = kept + #name + #value
+    args[#args + 1] = 'f:' .. name
+    args[#args + 1] = value
+  end
+  if kept < nbytes then
+    args[#args + 1] = 'cut'
+    args[#args + 1] = string.format('%d fields, %d bytes', nfields, nbytes)
+  end
+  if redis.call('XLEN', K_DLQ) >= DLQ_MAX_LEN then
+    redis.call('HINCRBY', K_META, 'dlq_trimmed', 1)
   end
   redis.call('XADD', unpack(args))
 end
@@ -99,7 +118,10 @@ end
 -- The log entry's own fields, for dead letters found here rather than in Python.
 local function dead_letter_entry(reason)
   local found = redis.call('XRANGE', K_LOG, now_id, now_id)
-  dead_letter(reason, found[1] and found[1][2] or {})
+  local pairs = found[1] and found[1][2] or {}
+  local nbytes = 0
+  for _, part in ipairs(pairs) do nbytes = nbytes + #part end
+  dead_letter(reason, #pairs / 2, nbytes, pairs)
 end
 
 -- @include pools
@@ -405,8 +427,8 @@ end
 
 function handlers.bad(f)
   local original = {}
-  for i = 2, #f do original[#original + 1] = f[i] end
-  dead_letter(f[1], original)
+  for i = 4, #f do original[#original + 1] = f[i] end
+  dead_letter(f[1], tonumber(f[2]), tonumber(f[3]), original)
 end
 
 ---------------------------------------------------------------- the batch

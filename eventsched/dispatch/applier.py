@@ -35,6 +35,14 @@ from eventsched.model.events import (
     decode_event,
 )
 from eventsched.model.keys import CellKeys
+from eventsched.model.limits import (
+    DLQ_COPY_BYTES,
+    DLQ_COPY_FIELDS,
+    MAX_JSON_DEPTH,
+    RepeatedFields,
+    entry_check,
+    json_depth,
+)
 from eventsched.model.settings import DecisionSettings
 from eventsched.store.client import RedisClient
 from eventsched.store.scripts import register
@@ -140,21 +148,31 @@ def _invalid_reason(exc: ValidationError) -> str:
     return f"invalid_event: {where}: {first['type']}"[:MAX_REASON]
 
 
-def entry_args(fields: dict[bytes, bytes]) -> tuple[str, list[Arg]]:
-    """Type code and fields for one log entry; ``bad`` with a reason when it is invalid."""
-    raw = fields.get(ENTRY_FIELD.encode())
-    if not fields:
-        # Redis hands back a pending entry without fields once it has been trimmed.
-        reason = "entry_deleted: trimmed before it was applied"
-    elif raw is None or len(fields) != 1:
-        reason = f"malformed_entry: expected the single field {ENTRY_FIELD!r}"
-    else:
+def entry_args(entry_id: bytes, fields: dict[bytes, bytes]) -> tuple[str, list[Arg]]:
+    """Type code and fields for one log entry; ``bad`` with a reason when it is invalid
+    (model.limits: the checks made before any script sees an entry)."""
+    reason = entry_check(entry_id, fields, ENTRY_FIELD.encode())
+    if reason is None:
+        raw = fields[ENTRY_FIELD.encode()]
         try:
             return event_args(decode_event(raw))
         except ValidationError as exc:
             reason = _invalid_reason(exc)
-    original: list[Arg] = [part for item in fields.items() for part in item]
-    return "bad", [reason, *original]
+            if reason.endswith("json_invalid") and json_depth(raw) > MAX_JSON_DEPTH:
+                reason = f"too_deep: JSON nested beyond {MAX_JSON_DEPTH} levels"
+    return "bad", [reason, *_bounded_copy(fields)]
+
+
+def _bounded_copy(fields: dict[bytes, bytes]) -> list[Arg]:
+    """What a dead letter keeps of an entry: how many fields and bytes it had, then its
+    X
+        dead_letter notes what was cut)."""
+    pairs = fields.pairs if isinstance(fields, RepeatedFields) else list(fields.items())
+    size = sum(len(k) + len(v) for k, v in pairs)
+    kept: list[Arg] = []
+    for name, value in pairs[:DLQ_COPY_FIELDS]:
+        kept += [name[:DLQ_COPY_BYTES], value[:DLQ_COPY_BYTES]]
+    return [len(pairs), size, *kept]
 
 
 class NotLeader(Exception):
@@ -331,7 +349,7 @@ class Applier(_ScriptProjection):
         return list(settings.as_argv())
 
     def entry_args(self, entry_id: bytes, fields: dict[bytes, bytes]) -> tuple[str, list[Arg]]:
-        kind, values = entry_args(fields)
+        kind, values = entry_args(entry_id, fields)
         return kind, [entry_id, kind, len(values), *values]
 
     def result(self, reply: list[Any]) -> BatchResult:

@@ -110,7 +110,12 @@ class _Role:
         cursor = "0-0"
         while True:
             reply = await self._claim(
-                keys=[projection.stream, projection.keys.dlq, projection.lease_key],
+                keys=[
+                    projection.stream,
+                    projection.keys.dlq,
+                    projection.lease_key,
+                    projection.keys.meta,
+                ],
                 args=[projection.group, self.worker.name, cursor, _CLAIM_PAGE],
             )
             if reply[0] == -1:

@@ -73,7 +73,7 @@ APPLY_KEYS = (
     "dispatch_lease",
 )
 GROUPS_KEYS = ("decisions", "meta", "groups_lease")
-CLAIM_KEYS = ("stream", "dlq", "lease")
+CLAIM_KEYS = ("stream", "dlq", "lease", "meta")
 LEASE_KEYS = ("lease",)
 SCRIPT_KEYS = {
     "apply": APPLY_KEYS,

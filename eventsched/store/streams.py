@@ -4,8 +4,9 @@ None everywhere); eventsched's clients return bytes, and these helpers say so on
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from typing import cast
+from typing import Any, cast
 
+from eventsched.model.limits import RepeatedFields
 from eventsched.store.client import RedisClient
 
 __all__ = [
@@ -44,7 +45,9 @@ def id_after(a: str, b: str) -> bool:
 
 
 def text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    """Bytes from Redis as text; bytes that are not UTF-8 are shown escaped (``\\xff``),
+    so nothing a producer wrote can stop a reader."""
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
 
 
 async def xrange_raw(
@@ -60,6 +63,26 @@ async def xread_raw(
     return cast(StreamReply, reply or [])
 
 
+def _fields(flat: list[bytes] | None) -> dict[bytes, bytes]:
+    if flat is None:  # a pending entry trimmed from the stream
+        return {}
+    pairs = list(zip(flat[::2], flat[1::2], strict=True))
+    fields = dict(pairs)
+    return fields if len(fields) == len(pairs) else RepeatedFields(pairs)
+
+
+def _parse_read(response: Any, **options: Any) -> StreamReply:
+    """XREADGROUP's reply as redis-py gives it, but an entry whose field names repeat
+    keeps every pair (redis-py's dict keeps the last value only), so it can be
+    dead-lettered as it is rather than applied as the last copy says."""
+    if response is None:
+        return []
+    found = response.items() if isinstance(response, dict) else response
+    return [
+        (name, [(entry_id, _fields(flat)) for entry_id, flat in entries]) for name, entries in found
+    ]
+
+
 async def xreadgroup_raw(
     client: RedisClient,
     group: str,
@@ -68,6 +91,7 @@ async def xreadgroup_raw(
     count: int,
     block_ms: int | None,
 ) -> StreamReply:
+    client.set_response_callback("XREADGROUP", _parse_read)  # idempotent, per client
     reply = await client.xreadgroup(
         group,
         consumer,
