@@ -42,7 +42,8 @@
 --   close session
 --   bad   reason nfields nbytes, then the first field name/value pairs (bounded)
 -- Returns {applied, skipped_as_already_applied, dead_lettered}, {-1} when the lease is
--- not held, or {-2} when the marker falls short of ARGV[15].
+-- not held, {-2} when the marker falls short of ARGV[15], or {-3, id, error} when the
+-- entry `id` raised (the entries before it applied; see run_batch).
 
 -- @include common
 
@@ -446,6 +447,8 @@ local function apply_entry(id, entry)
   handlers[entry.kind](entry.fields)
 end
 
-local done, skipped = run_batch(K_META, 'applied', K_LOG, GROUP, 15, read_entry, apply_entry)
+local done, skipped, failed_id, failure =
+  run_batch(K_META, 'applied', K_LOG, GROUP, 15, read_entry, apply_entry)
 if not done then return {-2} end
+if failed_id then return {-3, failed_id, failure} end
 return {done, skipped, dead_lettered}

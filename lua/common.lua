@@ -45,25 +45,35 @@ end
 -- (returns nil) rather than applied past a gap. ARGV[pos + 1] is the entry count;
 -- read_entry(pos) returns id, entry and the next position in ARGV; apply_entry(id,
 -- entry) applies one.
+-- An entry whose apply raises (a case no check foresaw) stops the batch there: the
+-- entries before it keep their effects, the marker and the acknowledgements; its own
+-- writes up to the error stay too (Redis does not roll a script back). The third and
+-- fourth results are then its ID and the error, so the worker can dead-letter it.
 local function run_batch(meta, marker_field, stream, group, pos, read_entry, apply_entry)
   local applied = redis.call('HGET', meta, marker_field) or '0-0'
   if ARGV[pos] ~= '' and id_after(ARGV[pos], applied) then return nil end
   local count = tonumber(ARGV[pos + 1])
   pos = pos + 2
   local ids, done, skipped = {}, 0, 0
+  local failed_id, failure
   for _ = 1, count do
     local id, entry
     id, entry, pos = read_entry(pos)
-    ids[#ids + 1] = id
     if id_after(id, applied) then
-      apply_entry(id, entry)
+      local ok, err = pcall(apply_entry, id, entry)
+      if not ok then
+        failed_id = id
+        failure = type(err) == 'table' and tostring(err.err) or tostring(err)
+        break
+      end
       applied = id
       done = done + 1
     else
       skipped = skipped + 1
     end
+    ids[#ids + 1] = id
   end
   redis.call('HSET', meta, marker_field, applied)
   if #ids > 0 then redis.call('XACK', stream, group, unpack(ids)) end
-  return done, skipped
+  return done, skipped, failed_id, failure
 end

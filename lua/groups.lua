@@ -21,7 +21,8 @@
 -- ARGV[6] entry count, then per entry: id, field count n, then n name/value strings
 --   decision kinds used: d (att 1 = finalized), x (rejected), f (failed), o (ok)
 -- Returns {applied, skipped_as_already_applied, {session, index, ...} delivered}, {-1}
--- when the lease is not held, or {-2} when the marker falls short of ARGV[5].
+-- when the lease is not held, {-2} when the marker falls short of ARGV[5], or
+-- {-3, id, error} when the decision `id` raised (see run_batch).
 
 -- @include common
 
@@ -147,7 +148,8 @@ local function apply_entry(_, entry)
   end
 end
 
-local done, skipped = run_batch(K_META, 'groups_applied', K_DEC, GROUP, 5, read_entry,
-  apply_entry)
+local done, skipped, failed_id, failure = run_batch(K_META, 'groups_applied', K_DEC, GROUP,
+  5, read_entry, apply_entry)
 if not done then return {-2} end
+if failed_id then return {-3, failed_id, failure} end
 return {done, skipped, delivered}

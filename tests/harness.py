@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
+
+import anyio
 
 from eventsched.dispatch.worker import Worker
 from eventsched.model.events import (
@@ -23,9 +25,26 @@ from eventsched.store.append import append_many
 from eventsched.store.client import RedisClient
 from eventsched.store.streams import read_hash, read_stream, text
 
-__all__ = ["START_MS", "Cell", "beat", "error", "finalize", "node", "ok", "session"]
+__all__ = [
+    "START_MS",
+    "Cell",
+    "beat",
+    "error",
+    "finalize",
+    "node",
+    "ok",
+    "session",
+    "wait_for",
+]
 
 START_MS = 1_700_000_000_000
+
+
+async def wait_for(condition: Callable[[], Awaitable[bool]], timeout_s: float = 20) -> None:
+    """Wait on a condition (never a bare sleep), failing the test after the timeout."""
+    with anyio.fail_after(timeout_s):
+        while not await condition():
+            await anyio.sleep(0.01)
 
 
 def node(

@@ -20,15 +20,10 @@ from eventsched.model.settings import DecisionSettings
 from eventsched.projections import Outcome, read_node
 from eventsched.store.client import RedisClient, Store
 from tests.conftest import new_namespace, remove_namespace
+from tests.harness import wait_for
 
 EN_ZH = Services(asr=["en", "zh"], nmt=["en", "zh"], tts=["en", "zh"])
 QUICK = DecisionSettings(heartbeat_fresh_ms=2_000, node_lost_ms=3_000)
-
-
-async def wait_for(condition: Callable[[], Awaitable[bool]], timeout_s: float = 20) -> None:
-    with anyio.fail_after(timeout_s):
-        while not await condition():
-            await anyio.sleep(0.01)
 
 
 class Cell:

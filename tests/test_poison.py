@@ -6,10 +6,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import anyio
 import pytest
 from redis.commands.core import AsyncScript
 
 from eventsched.dispatch import applier
+from eventsched.dispatch.worker import Worker
 from eventsched.model.events import ENTRY_FIELD, encode_event
 from eventsched.model.limits import (
     DLQ_COPY_BYTES,
@@ -20,8 +22,8 @@ from eventsched.model.limits import (
 )
 from eventsched.store.client import RedisClient
 from eventsched.store.scripts import lua_source
-from eventsched.store.streams import text
-from tests.harness import Cell, finalize, node, session
+from eventsched.store.streams import text, xrange_raw
+from tests.harness import Cell, finalize, node, session, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -150,3 +152,55 @@ async def test_the_dead_letter_stream_is_capped_and_counts_what_it_dropped(
     await cell.apply()
     assert [letter["f:bad"] for letter in await cell.dlq()] == ["2", "3", "4"]
     assert (await cell.hash(cell.keys.meta))["dlq_trimmed"] == "2"
+
+
+def _script_failing_on(session_id: str) -> Any:
+    """apply.lua with a fault no check foresees: opening ``session_id`` raises after
+    the session hash is half written."""
+
+    def register(client: RedisClient, name: str) -> AsyncScript:
+        source = lua_source(name)
+        if name == "apply":
+            hook = "function handlers.open(f)\n"
+            assert hook in source
+            source = source.replace(
+                hook, f"{hook}  if f[1] == '{session_id}' then error('injected') end\n"
+            )
+        return client.register_script(source)
+
+    return register
+
+
+async def test_an_entry_the_script_fails_on_is_dead_lettered_and_the_rest_apply(
+    cell: Cell, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(applier, "register", _script_failing_on("poison"))
+    await cell.append(node("n1", max_concurrency=8), session("s1"), finalize("s1", 0))
+    await cell.append(session("poison"), finalize("s1", 1), session("s2"), finalize("s2", 0))
+    await cell.apply()
+    # Each job once: the entries before the failing one were not applied again.
+    assert [d["job"] for d in await cell.decisions("d")] == ["s1:0", "s1:1", "s2:0"]
+    [letter] = await cell.dlq()
+    assert letter["reason"].startswith("apply_error: ") and "injected" in letter["reason"]
+    assert letter["f:e"] == encode_event(session("poison"))
+    last_id, _ = (await xrange_raw(cell.client, cell.keys.log))[-1]
+    assert (await cell.hash(cell.keys.meta))["applied"] == text(last_id)
+
+
+async def test_a_running_worker_keeps_dispatching_past_a_failing_entry(
+    cell: Cell, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(applier, "register", _script_failing_on("poison"))
+    worker = Worker(cell.client, [cell.keys], name="w1", block_ms=20, tick_ms=50)
+    stop = anyio.Event()
+
+    async def dispatched() -> bool:
+        return len(await cell.decisions("d")) == 2
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(worker.run, stop)
+        await cell.append_live(node("n1", max_concurrency=8), session("s1"), finalize("s1", 0))
+        await cell.append_live(session("poison"), finalize("s1", 1))
+        await wait_for(dispatched)
+        stop.set()
+    assert [letter["reason"][:12] for letter in await cell.dlq()] == ["apply_error:"]

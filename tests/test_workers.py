@@ -16,17 +16,10 @@ from eventsched.model.events import ENTRY_FIELD, encode_event
 from eventsched.model.keys import CellKeys
 from eventsched.store.client import Store, is_memory_url
 from eventsched.store.streams import text, xreadgroup_raw
-from tests.harness import Cell, finalize, node, ok, session
+from tests.harness import Cell, finalize, node, ok, session, wait_for
 from tests.servers import private_redis
 
 pytestmark = pytest.mark.anyio
-
-
-async def wait_for(condition: Callable[[], Awaitable[bool]], timeout_s: float = 20) -> None:
-    """Wait on a condition (never a bare sleep), failing the test after the timeout."""
-    with anyio.fail_after(timeout_s):
-        while not await condition():
-            await anyio.sleep(0.01)
 
 
 async def test_only_the_lease_holder_applies(cell: Cell) -> None:

@@ -56,6 +56,7 @@ __all__ = [
     "Applier",
     "BatchResult",
     "Entry",
+    "EntryFailed",
     "GroupsApplier",
     "NotLeader",
     "OutOfOrder",
@@ -183,6 +184,16 @@ class OutOfOrder(Exception):
     """A batch sent ahead was refused: the batch before it did not apply."""
 
 
+class EntryFailed(Exception):
+    """The script raised on one entry: the entries before it applied, it and those
+    after it did not (common.lua's run_batch)."""
+
+    def __init__(self, entry_id: bytes, error: str) -> None:
+        super().__init__(f"{entry_id.decode()}: {error}")
+        self.entry_id = entry_id
+        self.error = error
+
+
 # What an entry costs the script, in quarters of a finalize decision (Redis time,
 # bench/dispatch_scale.py: a finalize about 45 us, a result 27, a heartbeat 11). Calls
 # are cut by cost, so one holds Redis about as long whatever it carries.
@@ -276,6 +287,8 @@ class _ScriptProjection:
             raise NotLeader(self.lease_key)
         if int(reply[0]) == -2:
             raise OutOfOrder(self.stream)
+        if int(reply[0]) == -3:
+            raise EntryFailed(reply[1], text(reply[2]))
         return cast(list[Any], reply)
 
     async def apply(self, entries: Sequence[Entry]) -> BatchResult:
@@ -355,6 +368,14 @@ class Applier(_ScriptProjection):
     def result(self, reply: list[Any]) -> BatchResult:
         applied, skipped, dead = (int(x) for x in reply)
         return BatchResult(applied, skipped, dead)
+
+    async def dead_letter(self, entry: Entry, reason: str) -> None:
+        """Dead-letter one entry as it stands, past the marker and acknowledged, in
+        place of applying it: for an entry the script fails on."""
+        entry_id, fields = entry
+        values = [reason[:MAX_REASON], *_bounded_copy(fields)]
+        args = [*self._head, b"", 1, entry_id, "bad", len(values), *values]
+        self.result(await self.run(Prepared(args, 1, [])))
 
 
 class GroupsApplier(_ScriptProjection):

@@ -25,8 +25,10 @@ from eventsched.dispatch.applier import (
     FULL_COST,
     Applier,
     Entry,
+    EntryFailed,
     GroupsApplier,
     NotLeader,
+    Prepared,
     Projection,
     retrieved,
 )
@@ -182,12 +184,37 @@ class _Role:
                 # A full read: more is waiting. Read it while this batch is applied.
                 self._ahead = asyncio.ensure_future(self._read(block=False))
                 self._ahead.add_done_callback(retrieved)
-            calls = await projection.apply_in_calls(entries, self.worker.batch_size * FULL_COST)
+            calls = await self._apply(entries)
             if isinstance(projection, Applier):
                 stats = self.worker.stats[projection.keys.cell]
                 for call in calls:
                     stats.dispatched_after(call.finalize_ms, call.applied_wall_ms)
         return read
+
+    async def _apply(self, entries: Sequence[Entry]) -> list[Prepared]:
+        """Apply entries in calls. When the script raises on one (a case no check
+        foresaw), the ones before it have applied: that one is dead-lettered
+        (``apply_error`` and the error) and the rest go on, so no entry stops the cell."""
+        projection = self.projection
+        budget = self.worker.batch_size * FULL_COST
+        calls: list[Prepared] = []
+        while entries:
+            try:
+                calls += await projection.apply_in_calls(entries, budget)
+                return calls
+            except EntryFailed as failed:
+                if not isinstance(projection, Applier):
+                    raise  # decisions come from apply.lua alone: a bug, not bad input
+                position = [entry_id for entry_id, _ in entries].index(failed.entry_id)
+                await projection.dead_letter(entries[position], f"apply_error: {failed.error}")
+                log.error(
+                    "%s: entry %s dead-lettered: %s",
+                    self.label,
+                    text(failed.entry_id),
+                    failed.error,
+                )
+                entries = entries[position + 1 :]
+        return calls
 
 
 class Worker:
@@ -280,7 +307,7 @@ class Worker:
             await stop.wait()
 
     async def _run_role(self, role: _Role, stop: anyio.Event) -> None:
-        backoff = 0.0  # > 0 while Redis is unreachable: one log line per outage
+        backoff = 0.0  # > 0 while Redis is unreachable or refuses: one log line per outage
         while not stop.is_set():
             try:
                 if not await role.lease.keep():
@@ -304,14 +331,21 @@ class Worker:
                 backoff = min(max(backoff * 2, _BACKOFF_MIN_S), _BACKOFF_MAX_S)
                 role.lose()
                 await self._pause(stop, backoff)
-            except ResponseError:
+            except (ResponseError, EntryFailed) as exc:
                 # The group or the stream is gone (FLUSHALL, a restart without
                 # persistence, a stream deleted under a blocked read). Error texts differ
                 # between servers, so ask Redis what is missing rather than parse them.
-                if not await role.group_missing():
-                    raise
-                log.warning("%s: stream or group gone (flushed?); recreating", role.label)
+                if isinstance(exc, ResponseError) and await role.group_missing():
+                    log.warning("%s: stream or group gone (flushed?); recreating", role.label)
+                    role.lose()
+                    continue
+                # Redis refuses the work (out of memory, read-only, no permission), or
+                # the groups script failed: nothing to skip, so wait and try again.
+                if not backoff:
+                    log.error("%s: refused (%s); retrying", role.label, exc)
+                backoff = min(max(backoff * 2, _BACKOFF_MIN_S), _BACKOFF_MAX_S)
                 role.lose()
+                await self._pause(stop, backoff)
 
     async def _trim(self, keys: CellKeys) -> None:
         """Now and then (by the dispatch role's holder): checkpoint the projections and
