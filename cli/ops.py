@@ -112,7 +112,8 @@ def dlq_requeue(
     cell: Cell = DEFAULT_CELL,
     namespace: Namespace = DEFAULT_NAMESPACE,
 ) -> None:
-    """Append a dead letter's original fields to the log again and remove it."""
+    """Append a dead letter's original fields to the log again, byte for byte; the letter
+    stays in the stream (a rebuild makes it again), noted as requeued."""
 
     async def work(client: RedisClient, keys: CellKeys) -> str:
         return await dead_letters.requeue(client, keys, dlq_id)

@@ -92,16 +92,16 @@ local dead_lettered = 0
 local DLQ_COPY_FIELDS, DLQ_COPY_BYTES, DLQ_MAX_LEN = 4, 4096, 10000
 
 -- A dead letter: the reason, the log ID, and a bounded copy of the entry's field pairs
--- (`pairs`, flat; the entry had `nfields` fields of `nbytes` bytes in all, and `cut`
+-- (`flat`: name, value, name, value...; the entry had `nfields` fields of `nbytes` bytes in all, and `cut`
 -- says so when the copy is short of that). The oldest dead letters go when the stream
 -- is full, counted in meta's dlq_trimmed.
-local function dead_letter(reason, nfields, nbytes, pairs)
+local function dead_letter(reason, nfields, nbytes, flat)
   dead_lettered = dead_lettered + 1
   local args = {K_DLQ, 'MAXLEN', DLQ_MAX_LEN, '*', 'reason', reason, 'log_id', now_id}
   local kept = 0
-  for i = 1, math.min(#pairs, 2 * DLQ_COPY_FIELDS), 2 do
-    local name = string.sub(pairs[i], 1, DLQ_COPY_BYTES)
-    local value = string.sub(pairs[i + 1], 1, DLQ_COPY_BYTES)
+  for i = 1, math.min(#flat, 2 * DLQ_COPY_FIELDS), 2 do
+    local name = string.sub(flat[i], 1, DLQ_COPY_BYTES)
+    local value = string.sub(flat[i + 1], 1, DLQ_COPY_BYTES)
     kept = kept + #name + #value
     args[#args + 1] = 'f:' .. name
     args[#args + 1] = value
@@ -119,10 +119,10 @@ end
 -- The log entry's own fields, for dead letters found here rather than in Python.
 local function dead_letter_entry(reason)
   local found = redis.call('XRANGE', K_LOG, now_id, now_id)
-  local pairs = found[1] and found[1][2] or {}
+  local flat = found[1] and found[1][2] or {}
   local nbytes = 0
-  for _, part in ipairs(pairs) do nbytes = nbytes + #part end
-  dead_letter(reason, #pairs / 2, nbytes, pairs)
+  for _, part in ipairs(flat) do nbytes = nbytes + #part end
+  dead_letter(reason, #flat / 2, nbytes, flat)
 end
 
 -- @include pools

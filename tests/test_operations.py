@@ -96,8 +96,10 @@ async def test_dead_letters_can_be_listed_shown_and_requeued(cell: Cell) -> None
     await cell.apply()
     assert await dlq.list_dead(cell.client, cell.keys) == []
     assert [d["job"] for d in await cell.decisions("d")] == ["s1:0"]
-    with pytest.raises(ValueError, match="no dead letter"):
+    with pytest.raises(ValueError, match="requeued already"):
         await dlq.requeue(cell.client, cell.keys, letter.dlq_id)
+    with pytest.raises(ValueError, match="no dead letter"):
+        await dlq.requeue(cell.client, cell.keys, "1-1")
 
 
 async def test_trimming_keeps_what_any_group_has_not_acknowledged(cell: Cell) -> None:

@@ -39,8 +39,8 @@ from eventsched.model.limits import (
     DLQ_COPY_BYTES,
     DLQ_COPY_FIELDS,
     MAX_JSON_DEPTH,
-    RepeatedFields,
     entry_check,
+    field_pairs,
     json_depth,
 )
 from eventsched.model.settings import DecisionSettings
@@ -168,7 +168,7 @@ def _bounded_copy(fields: dict[bytes, bytes]) -> list[Arg]:
     """What a dead letter keeps of an entry: how many fields and bytes it had, then its
     X
         dead_letter notes what was cut)."""
-    pairs = fields.pairs if isinstance(fields, RepeatedFields) else list(fields.items())
+    pairs = field_pairs(fields)
     size = sum(len(k) + len(v) for k, v in pairs)
     kept: list[Arg] = []
     for name, value in pairs[:DLQ_COPY_FIELDS]:

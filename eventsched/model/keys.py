@@ -29,6 +29,7 @@ __all__ = [
     "INBOX_GROUP",
     "LEASE_KEYS",
     "PROJECTIONS",
+    "REQUEUE_KEYS",
     "SCRIPT_KEYS",
     "SUFFIXES",
     "CellKeys",
@@ -75,11 +76,13 @@ APPLY_KEYS = (
 GROUPS_KEYS = ("decisions", "meta", "groups_lease")
 CLAIM_KEYS = ("stream", "dlq", "lease", "meta")
 LEASE_KEYS = ("lease",)
+REQUEUE_KEYS = ("dlq", "log", "requeued")
 SCRIPT_KEYS = {
     "apply": APPLY_KEYS,
     "groups": GROUPS_KEYS,
     "claim": CLAIM_KEYS,
     "lease": LEASE_KEYS,
+    "requeue": REQUEUE_KEYS,
 }
 
 
@@ -143,6 +146,12 @@ class CellKeys:
     def stats(self) -> str:
         """Hash: the statistics snapshot of the last window (JSON)."""
         return self.prefix + "stats"
+
+    @property
+    def requeued(self) -> str:
+        """Hash: dead-letter ID -> the log ID it was requeued as (operator bookkeeping:
+        the dead letter stays, as a rebuild of the log makes it again)."""
+        return self.prefix + "requeued"
 
     @property
     def trims(self) -> str:

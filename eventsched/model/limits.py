@@ -22,6 +22,7 @@ __all__ = [
     "MAX_JSON_DEPTH",
     "RepeatedFields",
     "entry_check",
+    "field_pairs",
     "json_depth",
 ]
 
@@ -51,6 +52,11 @@ class RepeatedFields(dict[bytes, bytes]):
     def __init__(self, pairs: list[tuple[bytes, bytes]]) -> None:
         super().__init__(pairs)
         self.pairs = pairs
+
+
+def field_pairs(fields: dict[bytes, bytes]) -> list[tuple[bytes, bytes]]:
+    """An entry's field pairs as Redis holds them, repeats included."""
+    return fields.pairs if isinstance(fields, RepeatedFields) else list(fields.items())
 
 
 def _id_in_range(entry_id: bytes) -> bool:

@@ -50,7 +50,7 @@ def _names_any(raw_event: str, names: set[str]) -> bool:
     """Whether a dead-lettered event's JSON names one of these sessions or nodes."""
     try:
         fields = json.loads(raw_event)
-    except ValueError:
+    except (ValueError, RecursionError):  # whatever a producer wrote
         return False
     if not isinstance(fields, dict):
         return False

@@ -1,5 +1,10 @@
 """The dead-letter stream of a cell: what could not be applied, with its reason, the ID
-it had in the log and copies of its original fields (``f:<name>``)."""
+it had in the log and copies of its original fields (``f:<name>``, bounded: ``cut`` says
+how large the entry was when the copy is short of it).
+
+Dead letters are made by applying the log, so a requeued one stays in the stream, as a
+rebuild would make it again; the ``requeued`` hash notes where it went, and listing
+leaves it out."""
 
 from __future__ import annotations
 
@@ -7,7 +12,8 @@ from dataclasses import dataclass
 
 from eventsched.model.keys import CellKeys
 from eventsched.store.client import RedisClient
-from eventsched.store.streams import read_stream, xrange_raw
+from eventsched.store.scripts import register
+from eventsched.store.streams import read_stream, text
 
 __all__ = ["DeadLetter", "find", "list_dead", "requeue"]
 
@@ -20,6 +26,7 @@ class DeadLetter:
     reason: str
     log_id: str
     fields: dict[str, str]  # the original entry's fields, when they were still there
+    cut: str = ""  # "N fields, M bytes" when the fields are a cut copy of the entry
 
 
 def _dead_letter(dlq_id: str, raw: dict[str, str]) -> DeadLetter:
@@ -27,6 +34,7 @@ def _dead_letter(dlq_id: str, raw: dict[str, str]) -> DeadLetter:
         dlq_id=dlq_id,
         reason=raw.get("reason", ""),
         log_id=raw.get("log_id", ""),
+        cut=raw.get("cut", ""),
         fields={
             k.removeprefix(FIELD_PREFIX): v for k, v in raw.items() if k.startswith(FIELD_PREFIX)
         },
@@ -34,9 +42,12 @@ def _dead_letter(dlq_id: str, raw: dict[str, str]) -> DeadLetter:
 
 
 async def list_dead(client: RedisClient, keys: CellKeys, limit: int = 100) -> list[DeadLetter]:
+    """The oldest dead letters not requeued yet."""
+    requeued = {text(k) for k in await client.hkeys(keys.requeued)}
     found: list[DeadLetter] = []
     async for dlq_id, raw in read_stream(client, keys.dlq):
-        found.append(_dead_letter(dlq_id, raw))
+        if dlq_id not in requeued:
+            found.append(_dead_letter(dlq_id, raw))
         if len(found) >= limit:
             break
     return found
@@ -49,17 +60,17 @@ async def find(client: RedisClient, keys: CellKeys, dlq_id: str) -> DeadLetter |
 
 
 async def requeue(client: RedisClient, keys: CellKeys, dlq_id: str) -> str:
-    """Append a dead letter's original fields to the log again (as a new entry, at the
-    current time) and remove it from the dead-letter stream, in one transaction.
-    Returns the new log ID. Fix what made it invalid first, or it comes right back."""
-    entries = await xrange_raw(client, keys.dlq, dlq_id, count=1)
-    if not entries or entries[0][0].decode() != dlq_id:
-        raise ValueError(f"no dead letter {dlq_id} in {keys.dlq}")
-    letter = _dead_letter(dlq_id, {k.decode(): v.decode() for k, v in entries[0][1].items()})
-    if not letter.fields:
-        raise ValueError(f"dead letter {dlq_id} kept no fields to requeue ({letter.reason})")
-    async with client.pipeline(transaction=True) as pipe:
-        pipe.xadd(keys.log, letter.fields)  # type: ignore[arg-type]
-        pipe.xdel(keys.dlq, dlq_id)
-        new_id, _ = await pipe.execute()
-    return new_id.decode() if isinstance(new_id, bytes) else str(new_id)
+    """Append a dead letter's original fields to the log again, byte for byte (as a new
+    entry, at the current time), and note it requeued, in one script. Returns the new
+    log ID. Fix what made it invalid first, or it comes right back."""
+    reply = await register(client, "requeue")(keys=keys.script_keys("requeue"), args=[dlq_id])
+    if int(reply[0]) == 1:
+        return text(reply[1])
+    why, detail = text(reply[1]), text(reply[2])
+    raise ValueError(
+        {
+            "missing": f"no dead letter {dlq_id} in {keys.dlq}",
+            "requeued": f"dead letter {dlq_id} was requeued already, as {detail}",
+            "cut": f"dead letter {dlq_id} kept only part of its entry ({detail})",
+        }.get(why, f"dead letter {dlq_id} kept no fields to requeue")
+    )

@@ -7,6 +7,7 @@ The fixture format is in docs/REPLAY.md.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import uuid
@@ -20,6 +21,7 @@ from eventsched.dispatch.retention import checkpoint_markers, deleted_below, loa
 from eventsched.dispatch.worker import DEFAULT_BATCH, Worker, stored_settings
 from eventsched.model.events import ENTRY_FIELD, canonical_json
 from eventsched.model.keys import DEFAULT_CELL, SUFFIXES, CellKeys
+from eventsched.model.limits import field_pairs
 from eventsched.model.settings import DecisionSettings
 from eventsched.ops.verify import rebuild_in_memory, start_groups
 from eventsched.projections.cell_state import read_state, render_state, restore_items, restore_state
@@ -28,6 +30,7 @@ from eventsched.store.streams import id_after, next_id, text, xrange_raw
 
 __all__ = [
     "FORMAT",
+    "Fields",
     "Fixture",
     "FixtureError",
     "ReplayResult",
@@ -44,6 +47,11 @@ GOLDEN_SUFFIX = ".golden"
 _PAGE = 1000
 
 
+# A log entry's fields: text, or (for an entry that repeats a name or holds bytes that
+# are not UTF-8) the pairs exactly as Redis held them.
+Fields = dict[str, str] | list[tuple[bytes, bytes]]
+
+
 class FixtureError(ValueError):
     """A fixture that cannot be read; the message names the file and line."""
 
@@ -54,7 +62,7 @@ class Fixture:
     cell: str = DEFAULT_CELL
     settings: DecisionSettings = field(default_factory=DecisionSettings)
     comments: list[str] = field(default_factory=list)
-    entries: list[tuple[str, dict[str, str]]] = field(default_factory=list)  # (log ID, fields)
+    entries: list[tuple[str, Fields]] = field(default_factory=list)  # (log ID, fields)
     snapshot: list[dict[str, Any]] = field(default_factory=list)  # state to start from
     with_state: bool = True  # False: the golden holds the output streams only
 
@@ -74,25 +82,59 @@ class Fixture:
         return "\n".join(lines) + "\n"
 
 
-def _entry_body(fields: dict[str, str]) -> dict[str, Any]:
+def _entry_body(fields: Fields) -> dict[str, Any]:
     """A log entry as a fixture line: the event as JSON when that is lossless, else the
-    raw fields (invalid entries are kept exactly as they were)."""
+    raw fields (invalid entries are kept exactly as they were: ``raw_pairs`` when a name
+    repeats or bytes are not UTF-8, each such part as ``{"hex": ...}``)."""
+    if isinstance(fields, list):
+        return {"raw_pairs": [[_hex_unless_text(k), _hex_unless_text(v)] for k, v in fields]}
     raw = fields.get(ENTRY_FIELD)
     if raw is not None and len(fields) == 1:
         try:
             event = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # kept raw, as it was
             event = None
         if isinstance(event, dict) and canonical_json(event) == raw:
             return {"event": event}
     return {"raw": fields}
 
 
-def _parse_line(number: int, line: str, previous_ms: int, seq: int) -> tuple[str, dict[str, str]]:
+def _hex_unless_text(part: bytes) -> str | dict[str, str]:
+    try:
+        return part.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"hex": part.hex()}
+
+
+def _part(number: int, value: Any) -> bytes:
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, dict) and isinstance(value.get("hex"), str):
+        try:
+            return bytes.fromhex(value["hex"])
+        except ValueError:
+            pass
+    raise FixtureError(f'line {number}: a raw_pairs part is text or {{"hex": ...}}')
+
+
+def recorded_fields(raw: dict[bytes, bytes]) -> Fields:
+    """An entry read from Redis as fixture fields: text when that is exact (one UTF-8
+    field; a fixture line's keys are sorted, so several fields keep their order only as
+    pairs)."""
+    pairs = field_pairs(raw)
+    if len(pairs) == 1:
+        with contextlib.suppress(UnicodeDecodeError):
+            return {pairs[0][0].decode("utf-8"): pairs[0][1].decode("utf-8")}
+    return pairs
+
+
+def _parse_line(number: int, line: str, previous_ms: int, seq: int) -> tuple[str, Fields]:
     try:
         item = json.loads(line)
     except json.JSONDecodeError as exc:
         raise FixtureError(f"line {number}: not JSON ({exc.msg})") from None
+    except RecursionError:
+        raise FixtureError(f"line {number}: JSON nested too deep") from None
     if not isinstance(item, dict):
         raise FixtureError(f"line {number}: expected an object")
     if "id" in item:
@@ -109,14 +151,25 @@ def _parse_line(number: int, line: str, previous_ms: int, seq: int) -> tuple[str
         return entry_id, {ENTRY_FIELD: canonical_json(item["event"])}
     if isinstance(item.get("raw"), dict) and item["raw"]:
         return entry_id, {str(k): str(v) for k, v in item["raw"].items()}
-    raise FixtureError(f"line {number}: needs 'event' (an object) or 'raw' (its fields)")
+    pairs = item.get("raw_pairs")
+    if (
+        isinstance(pairs, list)
+        and pairs
+        and all(isinstance(p, list) and len(p) == 2 for p in pairs)
+    ):
+        return entry_id, [(_part(number, k), _part(number, v)) for k, v in pairs]
+    raise FixtureError(
+        f"line {number}: needs 'event' (an object), 'raw' (its fields) or 'raw_pairs'"
+    )
 
 
 def load_fixture(path: Path) -> Fixture:
     fixture = Fixture(name=path.stem)
     header_seen = False
     previous_ms, previous_id, seq = -1, (0, 0), 0
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    # Lines end at "\n" only: JSON text may hold U+2028, U+2029 or U+0085 raw, which
+    # str.splitlines would also break at.
+    for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
         stripped = line.strip()
         if not stripped:
             continue
@@ -165,7 +218,7 @@ class ReplayResult:
 
     @property
     def output_lines(self) -> int:
-        return sum(1 for line in self.output.splitlines() if not line.startswith("## "))
+        return sum(1 for line in self.output.split("\n")[:-1] if not line.startswith("## "))
 
 
 async def play(
@@ -177,7 +230,9 @@ async def play(
     for start in range(0, len(fixture.entries), _PAGE):
         async with client.pipeline(transaction=False) as pipe:
             for entry_id, fields in fixture.entries[start : start + _PAGE]:
-                pipe.xadd(keys.log, fields, id=entry_id)  # type: ignore[arg-type]
+                pairs = fields if isinstance(fields, list) else list(fields.items())
+                flat = [part for pair in pairs for part in pair]
+                pipe.execute_command("XADD", keys.log, entry_id, *flat)
             await pipe.execute()
     await start_groups(client, keys)
     worker = Worker(client, [keys], fixture.settings, name="replay", batch_size=batch)
@@ -213,8 +268,8 @@ def check(result: ReplayResult, golden: str | None, context_lines: int = 2) -> s
         return None
     diff = list(
         difflib.unified_diff(
-            golden.splitlines(),
-            result.output.splitlines(),
+            golden.split("\n"),
+            result.output.split("\n"),
             "golden",
             "replayed",
             n=context_lines,
@@ -289,7 +344,7 @@ async def record(
             entry = text(entry_id)
             if id_after(entry, end):
                 break
-            fixture.entries.append((entry, {text(k): text(v) for k, v in raw.items()}))
+            fixture.entries.append((entry, recorded_fields(raw)))
         else:
             if len(page) == _PAGE:
                 cursor = "(" + text(page[-1][0])

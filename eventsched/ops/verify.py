@@ -16,6 +16,7 @@ from eventsched.dispatch.retention import deleted_below
 from eventsched.dispatch.worker import Worker, ensure_group, stored_settings
 from eventsched.model.events import ENTRY_FIELD, NodeRegistered, SessionOpened, decode_event
 from eventsched.model.keys import CellKeys
+from eventsched.model.limits import field_pairs
 from eventsched.ops.audit import measure
 from eventsched.projections.cell_state import read_state, restore_state
 from eventsched.store.client import RedisClient, Store
@@ -68,8 +69,9 @@ async def rebuild_in_memory(
             page = [(i, f) for i, f in page if not id_after(text(i), up_to)]
             if page:
                 async with scratch.pipeline(transaction=False) as pipe:
-                    for entry_id, fields in page:
-                        pipe.xadd(keys.log, fields, id=entry_id)  # type: ignore[arg-type]
+                    for entry_id, fields in page:  # as they are, repeated names too
+                        flat = [part for pair in field_pairs(fields) for part in pair]
+                        pipe.execute_command("XADD", keys.log, entry_id, *flat)
                     await pipe.execute()
                 copied += len(page)
             if len(page) < _COPY_PAGE:

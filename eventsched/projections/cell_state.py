@@ -33,8 +33,11 @@ def _short(name: str, keys: CellKeys) -> str:
 
 def _ignored(short: str) -> bool:
     """Not projection state: the log itself, stored checkpoints and trim points, the
-    statistics snapshot (wall-clock figures), and who holds which role right now."""
-    return short in ("log", "checkpoints", "trims", "stats") or short.startswith("lease:")
+    statistics snapshot (wall-clock figures), which dead letters an operator requeued,
+    and who holds which role right now."""
+    return short in ("log", "checkpoints", "trims", "stats", "requeued") or short.startswith(
+        "lease:"
+    )
 
 
 async def dump_state(client: RedisClient, keys: CellKeys) -> dict[str, Any] | None:

@@ -53,6 +53,8 @@ def text(value: bytes | str) -> str:
 async def xrange_raw(
     client: RedisClient, stream: str, start: str = "-", count: int | None = None
 ) -> list[RawEntry]:
+    """Entries as Redis holds them (repeated field names kept, see _parse_read)."""
+    client.set_response_callback("XRANGE", _parse_range)  # idempotent, per client
     return cast(list[RawEntry], await client.xrange(stream, min=start, count=count))
 
 
@@ -69,6 +71,10 @@ def _fields(flat: list[bytes] | None) -> dict[bytes, bytes]:
     pairs = list(zip(flat[::2], flat[1::2], strict=True))
     fields = dict(pairs)
     return fields if len(fields) == len(pairs) else RepeatedFields(pairs)
+
+
+def _parse_range(response: Any, **options: Any) -> list[RawEntry]:
+    return [(entry_id, _fields(flat)) for entry_id, flat in response or []]
 
 
 def _parse_read(response: Any, **options: Any) -> StreamReply:
