@@ -211,6 +211,7 @@ function handlers.reg(f)
   local nk = P .. S_NODE .. node_id
   local old = redis.call('HMGET', nk, 'run', 'cpu', 'gpu', 'mem')
   leave_pools(node_id)
+  redis.call('HDEL', nk, 'drained') -- registering again starts afresh
   redis.call('HSET', nk, 'mc', f[2], 'run', old[1] or 0, 'hb', now_ms, 'st', 'up',
     'cpu', old[2] or 0, 'gpu', old[3] or 0, 'mem', old[4] or 0, 'langs', langs,
     'pairs', ',' .. f[4] .. ',', 'gpu_desc', f[5], 'inpool', '0')
@@ -222,7 +223,8 @@ function handlers.reg(f)
   join_pools(node_id, langs)
 end
 
--- A beat refreshes liveness; a lost node that beats again is offered work again.
+-- A beat refreshes liveness; a lost node that beats again is offered work again
+-- (unless it was draining when it went silent).
 function handlers.hb(f)
   local nk = P .. S_NODE .. f[1]
   local state = redis.call('HGET', nk, 'st')
@@ -231,7 +233,9 @@ function handlers.hb(f)
     return
   end
   if state == 'lost' then
-    state = 'up'
+    -- back as it was before it went silent: a node that was draining still drains
+    state = redis.call('HGET', nk, 'drained') == '1' and 'drain' or 'up'
+    redis.call('HDEL', nk, 'drained')
     redis.call('HSET', nk, 'hb', now_ms, 'cpu', f[2], 'gpu', f[3], 'mem', f[4], 'nrun', f[5],
       'st', state)
   else
@@ -265,15 +269,21 @@ end
 -- Time passed: nodes silent for node_lost_ms are lost (their jobs move now), and jobs
 -- past their deadline are retried elsewhere or fail as timed_out.
 function handlers.tick()
-  local silent = redis.call('ZRANGEBYSCORE', K_ALIVE, '-inf', '(' .. (now_ms - LOST_MS),
+  -- Numbers go into text with %d: Lua's own conversion keeps 14 digits, and event
+  -- times have 13 now and 15 from the year 5138 (redis.call's arguments are exact).
+  local silent = redis.call('ZRANGEBYSCORE', K_ALIVE, '-inf',
+    string.format('(%d', now_ms - LOST_MS),
     'LIMIT', 0, TICK_NODES)
   for _, node_id in ipairs(silent) do
     redis.call('ZREM', K_ALIVE, node_id)
+    if redis.call('HGET', P .. S_NODE .. node_id, 'st') == 'drain' then
+      redis.call('HSET', P .. S_NODE .. node_id, 'drained', '1')
+    end
     set_state(node_id, 'lost')
     decide('k', 'l', 'node', node_id, 'at', now_id)
     move_jobs(node_id, 'NODE_LOST', 'node_lost')
   end
-  local late = redis.call('ZRANGEBYSCORE', K_DEADLINES, '-inf', '(' .. now_ms,
+  local late = redis.call('ZRANGEBYSCORE', K_DEADLINES, '-inf', string.format('(%d', now_ms),
     'LIMIT', 0, TICK_JOBS)
   for _, job_id in ipairs(late) do
     local j = redis.call('HMGET', P .. S_JOB .. job_id, 'att', 'node')
@@ -398,11 +408,21 @@ function handlers.res(f)
     dead_letter_entry('unknown_job')
     return
   end
-  if tonumber(j[1]) ~= attempt or j[3] ~= 'run' then return end -- old attempt or duplicate
+  if redis.call('EXISTS', P .. S_NODE .. node_id) == 0 then
+    dead_letter_entry('unknown_node')
+    return
+  end
+  local current = tonumber(j[1])
+  if attempt < current then return end -- an old attempt's late answer: nothing changes
   if j[2] ~= node_id then
     dead_letter_entry('wrong_node')
     return
   end
+  if attempt > current then
+    dead_letter_entry('unknown_attempt') -- never issued
+    return
+  end
+  if j[3] ~= 'run' then return end -- a duplicate
   end_attempt(job_id, attempt, node_id, ok, err)
   if not ok then
     if err == 'MODEL_NOT_AVAILABLE' and UNAVAILABLE_MS > 0 then

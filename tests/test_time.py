@@ -143,3 +143,31 @@ def test_lifecycle_lines_name_the_job_and_keep_storms_quiet() -> None:
     assert line == "step=retried job=s1:0 session=s1 utterance=0 attempt=2 node=n3 log_id=5-0"
     assert describe({"k": "m", "node": "n1", "pair": "en>zh", "until": "9"})[0] == logging.INFO
     assert describe({"k": "o", "job": "s1:0"})[0] == logging.DEBUG
+
+
+# Event times of 15 digits and more: Lua's own number-to-text has 14 significant digits.
+FAR_MS = [123_456_789_012_345, 2**48 - 10_000_000]
+
+
+@pytest.mark.parametrize("start_ms", FAR_MS)
+async def test_deadlines_are_exact_at_far_event_times(cell: Cell, start_ms: int) -> None:
+    cell.now_ms = start_ms
+    cell.configure(job_timeout_ms=1000, heartbeat_fresh_ms=60_000, node_lost_ms=60_000)
+    await cell.step(node("n1"), node("n2"), session("s1"))
+    await cell.step(finalize("s1", 0))
+    assert int((await cell.hash(cell.keys.job("s1:0")))["dl"]) == cell.now_ms + 1000
+    for late_by, dispatches in ((-3, 1), (0, 1), (1, 2)):
+        cell.now_ms = start_ms + 1000 + late_by
+        await cell.step(Tick())
+        assert len(await cell.decisions("d")) == dispatches, late_by
+
+
+@pytest.mark.parametrize("start_ms", FAR_MS)
+async def test_liveness_is_exact_at_far_event_times(cell: Cell, start_ms: int) -> None:
+    cell.now_ms = start_ms
+    cell.configure(node_lost_ms=5000, heartbeat_fresh_ms=3000)
+    await cell.step(node("n1"))
+    for silent_ms, state in ((4999, "up"), (5000, "up"), (5001, "lost")):
+        cell.now_ms = start_ms + silent_ms
+        await cell.step(Tick())
+        assert (await cell.hash(cell.keys.node("n1")))["st"] == state, silent_ms

@@ -1,0 +1,93 @@
+"""Rules at the edges of a job's and a node's life: results for attempts never issued,
+the order of a result's checks, a drain that outlives silence, and why a job failed."""
+
+from __future__ import annotations
+
+import pytest
+
+from eventsched.model.events import NodeDeregistered, NodeDraining, Tick
+from tests.harness import Cell, beat, error, finalize, node, ok, session
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_draining_node_lost_and_back_still_drains(cell: Cell) -> None:
+    cell.configure(node_lost_ms=1000, heartbeat_fresh_ms=60_000)
+    await cell.step(node("n1"), session("s1"), NodeDraining(node_id="n1"))
+    cell.advance(1001)
+    await cell.step(Tick())
+    assert (await cell.hash(cell.keys.node("n1")))["st"] == "lost"
+    await cell.step(beat("n1"))
+    assert (await cell.hash(cell.keys.node("n1")))["st"] == "drain"
+    await cell.step(finalize("s1", 0))
+    assert [d["reason"] for d in await cell.decisions("x")] == ["no_capacity"]
+    # Registering again is a fresh start: it takes work.
+    await cell.step(node("n1"), finalize("s1", 1))
+    assert [d["idx"] for d in await cell.decisions("d")] == ["1"]
+
+
+@pytest.mark.parametrize(
+    ("attempt", "node_id", "reason"),
+    [
+        (2, "n1", "unknown_attempt"),  # never issued, from the job's node
+        (99, "n1", "unknown_attempt"),
+        (2, "n2", "wrong_node"),  # a future attempt from another node: who, first
+        (1, "n2", "wrong_node"),
+        (1, "ghost", "unknown_node"),  # never registered, whatever the attempt
+        (7, "ghost", "unknown_node"),
+    ],
+)
+async def test_a_result_that_cannot_be_the_jobs_leaves_a_dead_letter(
+    cell: Cell, attempt: int, node_id: str, reason: str
+) -> None:
+    await cell.step(node("n1"), node("n2"), session("s1"), finalize("s1", 0))
+    assert (await cell.dispatched_to())["s1:0"] == "n1"
+    await cell.step(ok("s1:0", attempt, node_id))
+    assert [letter["reason"] for letter in await cell.dlq()] == [reason]
+    assert (await cell.hash(cell.keys.job("s1:0")))["st"] == "run"  # nothing changed
+    await cell.step(ok("s1:0", 1, "n1"))
+    assert [o["st"] for o in await cell.outputs("s1")] == ["ok"]
+
+
+async def test_late_and_duplicate_results_change_nothing_and_leave_no_letter(cell: Cell) -> None:
+    cell.configure(max_attempts=3)
+    await cell.step(node("n1"), node("n2"), session("s1"), finalize("s1", 0))
+    await cell.step(error("s1:0", 1, "n1"))  # retried on n2 as attempt 2
+    await cell.step(ok("s1:0", 1, "n1"))  # the old attempt's late answer
+    await cell.step(ok("s1:0", 2, "n2"), ok("s1:0", 2, "n2"))  # and a duplicate
+    assert await cell.dlq() == []
+    assert [o["st"] for o in await cell.outputs("s1")] == ["ok"]
+
+
+# One rule: `reason` says why no further attempt was made (`no_capacity` or `no_pool`
+# when no node could take the next one; `retries_exhausted`, `timed_out`, `node_lost`,
+# `node_left` when max_attempts were used up), `err` what ended the last attempt.
+@pytest.mark.parametrize(
+    ("cause", "max_attempts", "reason", "err"),
+    [
+        ("left", 3, "no_capacity", "NODE_LEFT"),
+        ("left", 1, "node_left", "NODE_LEFT"),
+        ("late", 3, "no_capacity", "TIMED_OUT"),
+        ("late", 1, "timed_out", "TIMED_OUT"),
+        ("lost", 3, "no_capacity", "NODE_LOST"),
+        ("lost", 1, "node_lost", "NODE_LOST"),
+        ("error", 3, "no_capacity", "MODEL_NOT_AVAILABLE"),
+        ("error", 1, "retries_exhausted", "MODEL_NOT_AVAILABLE"),
+    ],
+)
+async def test_a_failure_says_why_it_went_no_further_and_what_ended_it(
+    cell: Cell, cause: str, max_attempts: int, reason: str, err: str
+) -> None:
+    cell.configure(
+        max_attempts=max_attempts, job_timeout_ms=1000, node_lost_ms=2000, heartbeat_fresh_ms=60_000
+    )
+    await cell.step(node("n1"), session("s1"), finalize("s1", 0))
+    if cause == "left":
+        await cell.step(NodeDeregistered(node_id="n1"))
+    elif cause == "error":
+        await cell.step(error("s1:0", 1, "n1"))
+    else:
+        cell.advance(1001 if cause == "late" else 2001)
+        await cell.step(Tick())
+    [failed] = await cell.outputs("s1")
+    assert (failed["st"], failed["reason"], failed["err"]) == ("failed", reason, err)
