@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from eventsched.model.events import NodeDeregistered, NodeDraining, Tick
+from eventsched.ops.verify import verify_cell
 from tests.harness import Cell, beat, error, finalize, node, ok, session
 
 pytestmark = pytest.mark.anyio
@@ -91,3 +92,17 @@ async def test_a_failure_says_why_it_went_no_further_and_what_ended_it(
         await cell.step(Tick())
     [failed] = await cell.outputs("s1")
     assert (failed["st"], failed["reason"], failed["err"]) == ("failed", reason, err)
+
+
+async def test_capacity_is_checked_against_the_limit_in_force_at_each_dispatch(
+    cell: Cell,
+) -> None:
+    """A node re-registering with a lower limit does not make the dispatches made under
+    the higher one an overcommit (verify compared them with the last limit)."""
+    await cell.step(node("n1", max_concurrency=2), session("s1"), session("s2"))
+    await cell.step(finalize("s1", 0), finalize("s2", 0))  # 2 running of 2
+    await cell.step(node("n1", max_concurrency=1))
+    await cell.step(ok("s1:0", 1, "n1"), ok("s2:0", 1, "n1"), finalize("s1", 1))
+    report = await verify_cell(cell.client, cell.keys)
+    assert report.ok, report.problems
+    assert report.figures["max_overcommit"] == 0

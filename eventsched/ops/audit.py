@@ -75,7 +75,9 @@ async def measure(
     sessions, nodes = set(session_ids), set(node_ids)
 
     finalize_ms: dict[tuple[str, int], int] = {}
-    capacity: dict[str, int] = {}
+    # Each registration's limit holds from its log position on: a dispatch is checked
+    # against the limit in force when it was decided, not the node's last one.
+    registrations: list[tuple[tuple[int, int], str, int]] = []
     async for entry_id, fields in read_stream(client, keys.log):
         try:
             event = decode_event(fields.get(ENTRY_FIELD, ""))
@@ -84,7 +86,7 @@ async def measure(
         if isinstance(event, UtteranceFinalized) and event.session_id in sessions:
             finalize_ms.setdefault((event.session_id, event.utterance_index), parse_id(entry_id)[0])
         elif isinstance(event, NodeRegistered) and event.node_id in nodes:
-            capacity[event.node_id] = event.max_concurrency
+            registrations.append((parse_id(entry_id), event.node_id, event.max_concurrency))
 
     dispatched = retried = completed = 0
     live_attempts: dict[str, int] = defaultdict(int)
@@ -92,7 +94,14 @@ async def measure(
     duplicate_jobs: set[str] = set()
     max_overcommit = 0
     nodes_lost = 0
+    capacity: dict[str, int] = {}
+    in_force = 0  # registrations[:in_force] are at or before the decision at hand
     async for _, fields in read_stream(client, keys.decisions):
+        at = parse_id(fields.get("at", "0-0"))
+        while in_force < len(registrations) and registrations[in_force][0] <= at:
+            _, node_id, limit = registrations[in_force]
+            capacity[node_id] = limit
+            in_force += 1
         if fields["k"] == "l":
             nodes_lost += fields["node"] in nodes
             continue
