@@ -8,6 +8,8 @@ from typing import Any
 
 import anyio
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from redis.commands.core import AsyncScript
 
 from eventsched.dispatch import applier
@@ -204,3 +206,35 @@ async def test_a_running_worker_keeps_dispatching_past_a_failing_entry(
         await wait_for(dispatched)
         stop.set()
     assert [letter["reason"][:12] for letter in await cell.dlq()] == ["apply_error:"]
+
+
+_PART = st.one_of(
+    st.binary(max_size=64),
+    st.sampled_from([b"e", ENTRY_FIELD.encode(), b"", b"\xff", b"[" * 50, b'{"type":"tick"}']),
+    st.builds(lambda body: body.encode(), st.text(max_size=64)),
+)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    database=None,
+)
+@given(pairs=st.lists(st.tuples(_PART, _PART), min_size=1, max_size=6))
+async def test_any_fields_leave_the_worker_applying_what_follows(
+    cell: Cell, pairs: list[tuple[bytes, bytes]]
+) -> None:
+    """One worker for every example: whatever fields an entry has, the valid finalize
+    appended after it is applied (decided, or dead-lettered for a reason of its own)."""
+    if not await cell.client.exists(cell.keys.session("s1")):
+        await _ready(cell)
+    cell.advance(1)
+    await _raw_xadd(cell, f"{cell.now_ms}-*", *[part for pair in pairs for part in pair])
+    top = int((await cell.hash(cell.keys.session("s1")))["top"])
+    valid_id = (await cell.append(finalize("s1", top + 1)))[0]
+    await cell.apply()
+    assert (await cell.hash(cell.keys.meta))["applied"] == valid_id
+    about = [d for d in await cell.decisions() if d.get("at") == valid_id]
+    dead = [letter for letter in await cell.dlq() if letter["log_id"] == valid_id]
+    assert about or dead

@@ -1,0 +1,306 @@
+"""A small pure-Python model of one cell's rules, written from README's rules and not
+from the Lua: dispatch (idempotency, rate limit, least loaded with a free slot, fresh
+heartbeat, excluded node, MODEL_NOT_AVAILABLE windows), results and retries, liveness,
+drain, capacity changes, and ordered delivery with conversation groups. It knows one
+language pair and the one derived pool its nodes make (pools and the language index are
+covered by the replay fixtures). tests/test_model.py compares it with the real applier.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from eventsched.model.settings import DecisionSettings
+
+__all__ = ["CellModel"]
+
+PAIR = "en>zh"
+FULL = 1000
+
+
+@dataclass
+class _Node:
+    mc: int
+    hb: int
+    run: int = 0
+    st: str = "up"
+    load: tuple[int, int, int] = (0, 0, 0)  # cpu, gpu, mem
+    drained: bool = False  # was draining when it went silent
+    unavailable_until: int = 0
+    jobs: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _Session:
+    tokens: int  # milli-tokens
+    refilled_at: int
+    top: int = -1
+    closed: bool = False
+    rejected: set[int] = field(default_factory=set)
+    in_flight: set[int] = field(default_factory=set)
+    held: dict[int, dict[str, str]] = field(default_factory=dict)
+    group: tuple[int, int, bool] | None = None  # id, utterances, ended
+
+
+@dataclass
+class _Job:
+    sid: str
+    idx: int
+    cut: str
+    att: int = 0
+    node: str = ""
+    st: str = "run"
+    deadline: int = 0
+
+
+class CellModel:
+    def __init__(self, settings: DecisionSettings) -> None:
+        self.s = settings
+        self.now = 0
+        self.nodes: dict[str, _Node] = {}
+        self.alive: dict[str, int] = {}  # node -> last beat, for nodes not lost or gone
+        self.sessions: dict[str, _Session] = {}
+        self.jobs: dict[str, _Job] = {}
+        self.decisions: list[dict[str, str]] = []
+        self.outputs: dict[str, list[dict[str, str]]] = {}
+        self.dead: list[str] = []
+
+    # ------------------------------------------------------------ nodes
+
+    def register(self, node_id: str, mc: int) -> None:
+        old = self.nodes.get(node_id)
+        node = _Node(mc=mc, hb=self.now)
+        if old is not None:
+            node.run, node.load, node.jobs = old.run, old.load, old.jobs
+            node.unavailable_until = old.unavailable_until
+        self.nodes[node_id] = node
+        self.alive[node_id] = self.now
+
+    def heartbeat(self, node_id: str, load: tuple[int, int, int]) -> None:
+        node = self.nodes.get(node_id)
+        if node is None:
+            self.dead.append("unknown_node")
+            return
+        if node.st == "lost":
+            node.st = "drain" if node.drained else "up"
+            node.drained = False
+        node.hb, node.load = self.now, load
+        if node.st != "gone":
+            self.alive[node_id] = self.now
+
+    def _set_state(self, node_id: str, state: str) -> bool:
+        if node_id not in self.nodes:
+            self.dead.append("unknown_node")
+            return False
+        self.nodes[node_id].st = state
+        return True
+
+    def drain(self, node_id: str) -> None:
+        self._set_state(node_id, "drain")
+
+    def deregister(self, node_id: str) -> None:
+        if self._set_state(node_id, "gone"):
+            self.alive.pop(node_id, None)
+            self._move_jobs(node_id, "NODE_LEFT", "node_left")
+
+    def tick(self) -> None:
+        silent = sorted(
+            (beat, node_id)
+            for node_id, beat in self.alive.items()
+            if beat < self.now - self.s.node_lost_ms
+        )
+        for _, node_id in silent[:16]:
+            del self.alive[node_id]
+            if self.nodes[node_id].st == "drain":
+                self.nodes[node_id].drained = True
+            self._set_state(node_id, "lost")
+            self._decide(k="l", node=node_id)
+            self._move_jobs(node_id, "NODE_LOST", "node_lost")
+        late = sorted(
+            (job.deadline, job_id)
+            for job_id, job in self.jobs.items()
+            if job.st == "run" and job.deadline < self.now
+        )
+        for _, job_id in late[:64]:
+            job = self.jobs[job_id]
+            attempt, node_id = job.att, job.node
+            self._end_attempt(job_id, attempt, node_id, False, "TIMED_OUT")
+            self._retry_or_fail(job_id, attempt, node_id, "TIMED_OUT", "timed_out")
+
+    # ------------------------------------------------------------ sessions
+
+    def open(self, session_id: str) -> None:
+        if session_id not in self.sessions:
+            self.sessions[session_id] = _Session(self.s.rate_burst * 1000, self.now)
+            self.outputs[session_id] = []
+
+    def close(self, session_id: str) -> None:
+        if session_id not in self.sessions:
+            self.dead.append("unknown_session")
+            return
+        self.sessions[session_id].closed = True
+
+    def finalize(self, session_id: str, index: int, cut: str) -> None:
+        session = self.sessions.get(session_id)
+        if session is None:
+            self.dead.append("unknown_session")
+            return
+        job_id = f"{session_id}:{index}"
+        if index <= session.top:
+            if job_id not in self.jobs and index not in session.rejected:
+                self.dead.append("index_behind")
+            return
+        if session.closed:
+            self.dead.append("session_closed")
+            return
+        elapsed = self.now - session.refilled_at
+        tokens = min(self.s.rate_burst * 1000, session.tokens + elapsed * self.s.rate_per_s)
+        session.top = index
+        if tokens < 1000:
+            self._reject(session_id, index, cut, "rate_limited")
+            return
+        session.tokens, session.refilled_at = tokens - 1000, self.now
+        job = _Job(session_id, index, cut)
+        why = self._start_attempt(job_id, job, 1, "")
+        if why is None:
+            self.jobs[job_id] = job
+            session.in_flight.add(index)
+        else:
+            self._reject(session_id, index, cut, why)
+
+    def result(self, job_id: str, attempt: int, node_id: str, ok: bool, err: str) -> None:
+        job = self.jobs.get(job_id)
+        if job is None:
+            self.dead.append("unknown_job")
+            return
+        if node_id not in self.nodes:
+            self.dead.append("unknown_node")
+            return
+        if attempt < job.att:
+            return
+        if node_id != job.node:
+            self.dead.append("wrong_node")
+            return
+        if attempt > job.att:
+            self.dead.append("unknown_attempt")
+            return
+        if job.st != "run":
+            return
+        self._end_attempt(job_id, attempt, node_id, ok, err)
+        if not ok:
+            if err == "MODEL_NOT_AVAILABLE" and self.s.unavailable_window_ms > 0:
+                node = self.nodes[node_id]
+                if node.unavailable_until <= self.now:
+                    until = str(self.now + self.s.unavailable_window_ms)
+                    self._decide(k="m", node=node_id, pair=PAIR, until=until)
+                node.unavailable_until = self.now + self.s.unavailable_window_ms
+            self._retry_or_fail(job_id, attempt, node_id, err, "retries_exhausted")
+            return
+        job.st = "done"
+        self._decide(
+            k="o", job=job_id, att=str(attempt), node=node_id, sid=job.sid, idx=str(job.idx)
+        )
+        self._settle(
+            job.sid, job.idx, {"st": "ok", "reason": "", "err": "", "node": node_id}, job.cut
+        )
+
+    # ------------------------------------------------------------ the rules
+
+    def _decide(self, **fields: str) -> None:
+        self.decisions.append(fields)
+
+    def _eligible(self, node_id: str, exclude: str) -> bool:
+        node = self.nodes[node_id]
+        overloaded = any(
+            value > limit for value, limit in zip(node.load, self._limits(), strict=True)
+        )
+        return (
+            node.st == "up"
+            and not overloaded
+            and node.run < node.mc
+            and self.now - node.hb <= self.s.heartbeat_fresh_ms
+            and node_id != exclude
+            and self.now >= node.unavailable_until
+        )
+
+    def _limits(self) -> tuple[int, int, int]:
+        return (self.s.cpu_max_pct, self.s.gpu_max_pct, self.s.mem_max_pct)
+
+    def _start_attempt(self, job_id: str, job: _Job, attempt: int, exclude: str) -> str | None:
+        """None when placed, else why not."""
+        if not self.nodes:
+            return "no_pool"  # the derived pool exists once a node has registered
+        ranked = sorted(
+            (node.run * FULL // node.mc, node_id) for node_id, node in self.nodes.items()
+        )
+        chosen = next((n for _, n in ranked if self._eligible(n, exclude)), None)
+        if chosen is None:
+            return "no_capacity"
+        node = self.nodes[chosen]
+        node.run += 1
+        node.jobs.add(job_id)
+        job.att, job.node, job.st = attempt, chosen, "run"
+        job.deadline = self.now + self.s.job_timeout_ms
+        self._decide(
+            k="d", job=job_id, att=str(attempt), node=chosen, sid=job.sid, idx=str(job.idx)
+        )
+        return None
+
+    def _end_attempt(self, job_id: str, attempt: int, node_id: str, ok: bool, err: str) -> None:
+        node = self.nodes[node_id]
+        node.run = max(0, node.run - 1)
+        node.jobs.discard(job_id)
+        self._decide(
+            k="r", job=job_id, att=str(attempt), node=node_id, ok="1" if ok else "0", err=err
+        )
+
+    def _retry_or_fail(
+        self, job_id: str, attempt: int, node_id: str, err: str, exhausted: str
+    ) -> None:
+        job = self.jobs[job_id]
+        reason = exhausted
+        if attempt < self.s.max_attempts:
+            why = self._start_attempt(job_id, job, attempt + 1, node_id)
+            if why is None:
+                return
+            reason = why
+        job.st = "failed"
+        self._decide(
+            k="f", job=job_id, att=str(attempt), node=node_id, sid=job.sid, idx=str(job.idx),
+            reason=reason, err=err,
+        )  # fmt: skip
+        outcome = {"st": "failed", "reason": reason, "err": err, "node": node_id}
+        self._settle(job.sid, job.idx, outcome, job.cut)
+
+    def _move_jobs(self, node_id: str, err: str, exhausted: str) -> None:
+        for job_id in sorted(self.nodes[node_id].jobs):
+            attempt = self.jobs[job_id].att
+            self._end_attempt(job_id, attempt, node_id, False, err)
+            self._retry_or_fail(job_id, attempt, node_id, err, exhausted)
+
+    def _reject(self, session_id: str, index: int, cut: str, reason: str) -> None:
+        session = self.sessions[session_id]
+        session.rejected.add(index)
+        self._decide(k="x", sid=session_id, idx=str(index), reason=reason)
+        session.in_flight.add(index)
+        self._settle(
+            session_id, index, {"st": "rejected", "reason": reason, "err": "", "node": ""}, cut
+        )
+
+    def _settle(self, session_id: str, index: int, outcome: dict[str, str], cut: str) -> None:
+        """Deliver in utterance order: held until every earlier finalized one ended."""
+        session = self.sessions[session_id]
+        session.held[index] = {**outcome, "cut": cut}
+        while session.in_flight and min(session.in_flight) in session.held:
+            first = min(session.in_flight)
+            session.in_flight.remove(first)
+            self._deliver(session_id, first, session.held.pop(first))
+
+    def _deliver(self, session_id: str, index: int, outcome: dict[str, str]) -> None:
+        session = self.sessions[session_id]
+        gid, count, ended = session.group or (0, 0, True)
+        if ended or count >= self.s.group_max_utterances:
+            gid, count = gid + 1, 0
+        session.group = (gid, count + 1, outcome["cut"] != "max_length")
+        delivered = {k: v for k, v in outcome.items() if k != "cut"}
+        self.outputs[session_id].append({"idx": str(index), "grp": str(gid), **delivered})
