@@ -31,6 +31,8 @@ HOSTILE: list[list[bytes | str]] = [
     [ENTRY_FIELD, encode_event(session("s9")), ENTRY_FIELD, encode_event(finalize("s9", 0))],
     [ENTRY_FIELD, b"x" * (MAX_EVENT_BYTES + 1)],
     [ENTRY_FIELD, encode_event(finalize("ghost", 0))],  # unknown session: requeued below
+    # valid, but not in the canonical form: a recording must still know n2 registered
+    [ENTRY_FIELD, json.dumps(node("n2").model_dump(mode="json"), indent=1)],
 ]
 
 

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from eventsched.dispatch.retention import checkpoint_markers, deleted_below, load_checkpoint
 from eventsched.dispatch.worker import DEFAULT_BATCH, Worker, stored_settings
-from eventsched.model.events import ENTRY_FIELD, canonical_json
+from eventsched.model.events import ENTRY_FIELD, Event, NodeRegistered, canonical_json, decode_event
 from eventsched.model.keys import DEFAULT_CELL, SUFFIXES, CellKeys
 from eventsched.model.limits import field_pairs
 from eventsched.model.settings import DecisionSettings
@@ -351,12 +351,23 @@ async def record(
                 continue
         break
     registered = {
-        f"{SUFFIXES['inbox']}{event['node_id']}"
-        for event in (_entry_body(fields).get("event") for _, fields in fixture.entries)
-        if isinstance(event, dict) and event.get("type") == "node_registered"
+        f"{SUFFIXES['inbox']}{event.node_id}"
+        for event in map(_event_of, fixture.entries)
+        if isinstance(event, NodeRegistered)
     }
     output = _cut_streams(live, since, end, registered)
     return fixture, render_state(output, fixture.with_state)
+
+
+def _event_of(entry: tuple[str, Fields]) -> Event | None:
+    """The event an entry holds, in whatever JSON form it was written; None if none."""
+    fields = entry[1]
+    if isinstance(fields, list) or set(fields) != {ENTRY_FIELD}:
+        return None
+    try:
+        return decode_event(fields[ENTRY_FIELD])
+    except ValidationError:
+        return None
 
 
 def _cut_streams(
