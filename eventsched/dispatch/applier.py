@@ -1,8 +1,9 @@
 """Apply a batch of log entries: validate in Python, then one EVALSHA of apply.lua.
 
 Python turns each entry into the flat fields apply.lua reads (see its header); an entry
-that does not validate becomes a ``bad`` entry, which the script dead-letters with its
-reason and original fields in the same call that applies the rest of the batch.
+that does not keep model.limits or does not validate becomes a ``bad`` entry, which the
+script dead-letters with its reason and a bounded copy of its fields in the same call
+that applies the rest of the batch.
 """
 
 from __future__ import annotations
@@ -166,8 +167,8 @@ def entry_args(entry_id: bytes, fields: dict[bytes, bytes]) -> tuple[str, list[A
 
 def _bounded_copy(fields: dict[bytes, bytes]) -> list[Arg]:
     """What a dead letter keeps of an entry: how many fields and bytes it had, then its
-    X
-        dead_letter notes what was cut)."""
+    first DLQ_COPY_FIELDS pairs, each name and value cut to DLQ_COPY_BYTES (apply.lua's
+    dead_letter says so when that cut anything)."""
     pairs = field_pairs(fields)
     size = sum(len(k) + len(v) for k, v in pairs)
     kept: list[Arg] = []
