@@ -26,6 +26,13 @@ EN_ZH = Services(asr=["en", "zh"], nmt=["en", "zh"], tts=["en", "zh"])
 QUICK = DecisionSettings(heartbeat_fresh_ms=2_000, node_lost_ms=3_000)
 
 
+def steady() -> tuple[int, int, int]:
+    """The load test nodes report: the SDK's default is this machine's own, which a busy
+    machine (a load average of two cores) puts above the 95 % at which a node is
+    overloaded and offered nothing."""
+    return (10, 10, 10)
+
+
 class Cell:
     """A cell with a live worker, in a namespace of its own; clients made here are
     closed, and the namespace removed, afterwards."""
@@ -89,7 +96,7 @@ async def test_outputs_arrive_in_order_while_jobs_finish_out_of_order(store_url:
         keys = cell.keys
         # Later utterances finish first: 0 takes 60 ms, 1 takes 40 ms, 2 takes 20 ms...
         handler = echo(lambda job: 60 - 20 * (job.utterance_index % 3))
-        node = Node(cell.client(), keys, "n1", EN_ZH, 8, handler, heartbeat_s=0.2)
+        node = Node(cell.client(), keys, "n1", EN_ZH, 8, handler, heartbeat_s=0.2, load=steady)
         async with node, SessionClient(cell.client(), keys, block_ms=50) as gateway:
             await cell.registered("n1")
             session = await gateway.open("s1", "en", "zh")
@@ -112,7 +119,9 @@ async def test_a_closed_session_still_gets_the_outcomes_of_running_utterances(
 ) -> None:
     async with running_cell(store_url) as cell:
         keys = cell.keys
-        node = Node(cell.client(), keys, "n1", EN_ZH, 4, echo(lambda job: 50), heartbeat_s=0.2)
+        node = Node(
+            cell.client(), keys, "n1", EN_ZH, 4, echo(lambda job: 50), heartbeat_s=0.2, load=steady
+        )
         async with node, SessionClient(cell.client(), keys, block_ms=50) as gateway:
             await cell.registered("n1")
             session = await gateway.open("s1", "en", "zh")
@@ -140,13 +149,13 @@ async def test_a_handler_exception_becomes_an_error_result(
 
     async with running_cell(store_url) as cell:
         keys = cell.keys
-        node = Node(cell.client(), keys, "n1", EN_ZH, 2, failing, heartbeat_s=0.2)
+        node = Node(cell.client(), keys, "n1", EN_ZH, 2, failing, heartbeat_s=0.2, load=steady)
         async with node, SessionClient(cell.client(), keys, block_ms=50) as gateway:
             await cell.registered("n1")
             session = await gateway.open("s1", "en", "zh")
             await session.finalize(0, "pause", "audio/0", 800)
             [outcome] = await collect(session, 1)
-    assert (outcome.status, outcome.error_code) == ("failed", code)
+    assert (outcome.status, outcome.error_code) == ("failed", code), outcome.reason
     assert outcome.reason == "no_capacity"  # the only node cannot retry its own failure
 
 
@@ -161,7 +170,7 @@ async def test_drain_finishes_the_running_job_and_takes_no_new_one(store_url: st
     async with running_cell(store_url) as cell:
         keys = cell.keys
         client = cell.client()
-        node = Node(client, keys, "n1", EN_ZH, 2, slow, heartbeat_s=0.2)
+        node = Node(client, keys, "n1", EN_ZH, 2, slow, heartbeat_s=0.2, load=steady)
         async with anyio.create_task_group() as group, SessionClient(client, keys) as gateway:
             group.start_soon(node.run)
             await cell.registered("n1")
@@ -186,7 +195,7 @@ async def test_a_restarted_node_gets_its_unacknowledged_job_again(store_url: str
     async with running_cell(store_url) as cell:
         keys = cell.keys
         client = cell.client()
-        first = Node(client, keys, "n1", EN_ZH, 2, stuck, heartbeat_s=0.2)
+        first = Node(client, keys, "n1", EN_ZH, 2, stuck, heartbeat_s=0.2, load=steady)
         async with SessionClient(client, keys) as gateway:
             async with anyio.create_task_group() as crash:
                 crash.start_soon(first.run)
@@ -195,7 +204,9 @@ async def test_a_restarted_node_gets_its_unacknowledged_job_again(store_url: str
                 await session.finalize(0, "pause", "audio/0", 800)
                 await wait_for(lambda: _running(first))
                 crash.cancel_scope.cancel()  # the process dies: no result, no ack
-            second = Node(client, keys, "n1", EN_ZH, 2, echo(lambda job: 0), heartbeat_s=0.2)
+            second = Node(
+                client, keys, "n1", EN_ZH, 2, echo(lambda job: 0), heartbeat_s=0.2, load=steady
+            )
             async with second:
                 [outcome] = await collect(session, 1)
         assert (outcome.status, outcome.attempt, outcome.node_id) == ("ok", 1, "n1")
@@ -264,7 +275,16 @@ async def test_the_minimal_node_of_the_protocol_works_beside_sdk_nodes(store_url
     async with running_cell(store_url) as cell:
         keys = cell.keys
         sync = cell.store.sync_client(decode_responses=True)
-        sdk = Node(cell.client(), keys, "n-sdk", EN_ZH, 1, echo(lambda job: 30), heartbeat_s=0.2)
+        sdk = Node(
+            cell.client(),
+            keys,
+            "n-sdk",
+            EN_ZH,
+            1,
+            echo(lambda job: 30),
+            heartbeat_s=0.2,
+            load=steady,
+        )
         try:
             gateway = SessionClient(cell.client(), keys, block_ms=50)
             async with sdk, gateway, anyio.create_task_group() as group:

@@ -153,10 +153,11 @@ class SessionClient:
     ) -> bool | None:
         assert self._group is not None
         self._group.cancel_scope.cancel()
-        result = await self._group.__aexit__(kind, error, trace)
-        for session in self._opened:
-            session._release()
-        return result
+        try:
+            return await self._group.__aexit__(kind, error, trace)
+        finally:  # also when the block or the reader failed
+            for session in self._opened:
+                session._release()
 
 
 @dataclass(frozen=True)
