@@ -84,9 +84,7 @@ def _parse_read(response: Any, **options: Any) -> StreamReply:
     if response is None:
         return []
     found = response.items() if isinstance(response, dict) else response
-    return [
-        (name, [(entry_id, _fields(flat)) for entry_id, flat in entries]) for name, entries in found
-    ]
+    return [(name, _parse_range(entries)) for name, entries in found]
 
 
 async def xreadgroup_raw(
