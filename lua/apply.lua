@@ -92,9 +92,9 @@ local dead_lettered = 0
 local DLQ_COPY_FIELDS, DLQ_COPY_BYTES, DLQ_MAX_LEN = 4, 4096, 10000
 
 -- A dead letter: the reason, the log ID, and a bounded copy of the entry's field pairs
--- (`flat`: name, value, name, value...; the entry had `nfields` fields of `nbytes` bytes in all, and `cut`
--- says so when the copy is short of that). The oldest dead letters go when the stream
--- is full, counted in meta's dlq_trimmed.
+-- (`flat`: name, value, name, value...). The entry had `nfields` fields of `nbytes`
+-- bytes in all; `cut` says so when the copy is short of that. The oldest dead letters
+-- go when the stream is full, counted in meta's dlq_trimmed.
 local function dead_letter(reason, nfields, nbytes, flat)
   dead_lettered = dead_lettered + 1
   local args = {K_DLQ, 'MAXLEN', DLQ_MAX_LEN, '*', 'reason', reason, 'log_id', now_id}

@@ -22,8 +22,10 @@ if not holds_lease(lease, holder) then return {-1} end
 local reply = redis.call('XAUTOCLAIM', stream, group, holder, 0, cursor, 'COUNT', count)
 local deleted = reply[3] or {}
 for _, id in ipairs(deleted) do
-  if redis.call('XLEN', dlq) >= DLQ_MAX_LEN then redis.call('HINCRBY', meta, 'dlq_trimmed', 1) end
-  redis.call('XADD', dlq, 'MAXLEN', DLQ_MAX_LEN, '*', 'reason', 'entry_deleted: trimmed before it was applied',
-    'log_id', id, 'stream', stream)
+  if redis.call('XLEN', dlq) >= DLQ_MAX_LEN then
+    redis.call('HINCRBY', meta, 'dlq_trimmed', 1)
+  end
+  redis.call('XADD', dlq, 'MAXLEN', DLQ_MAX_LEN, '*',
+    'reason', 'entry_deleted: trimmed before it was applied', 'log_id', id, 'stream', stream)
 end
 return {reply[1], #reply[2], #deleted}
