@@ -280,7 +280,11 @@ class _ScriptProjection:
             body += values
             position += 1
         count = position - start
-        return Prepared([*self._head, after, count, *body], count, finalize_ms)
+        return Prepared(self._call_args(after, count, body), count, finalize_ms)
+
+    def _call_args(self, after: bytes, count: int, body: list[Arg]) -> list[Arg]:
+        """The script's ARGV: settings and the rest of the head, then the entries."""
+        return [*self._head, after, count, *body]
 
     async def run(self, prepared: Prepared) -> list[Any]:
         reply = await self._script(keys=self._script_keys, args=prepared.args)
@@ -349,6 +353,11 @@ def retrieved(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
+def _script_entry(entry_id: bytes, kind: str, values: list[Arg]) -> list[Arg]:
+    """One entry as apply.lua reads it: id, type, field count, fields."""
+    return [entry_id, kind, len(values), *values]
+
+
 class Applier(_ScriptProjection):
     """The dispatch projection: applies batches of one cell's log with apply.lua."""
 
@@ -364,7 +373,7 @@ class Applier(_ScriptProjection):
 
     def entry_args(self, entry_id: bytes, fields: dict[bytes, bytes]) -> tuple[str, list[Arg]]:
         kind, values = entry_args(entry_id, fields)
-        return kind, [entry_id, kind, len(values), *values]
+        return kind, _script_entry(entry_id, kind, values)
 
     def result(self, reply: list[Any]) -> BatchResult:
         applied, skipped, dead = (int(x) for x in reply)
@@ -374,9 +383,8 @@ class Applier(_ScriptProjection):
         """Dead-letter one entry as it stands, past the marker and acknowledged, in
         place of applying it: for an entry the script fails on."""
         entry_id, fields = entry
-        values = [reason[:MAX_REASON], *_bounded_copy(fields)]
-        args = [*self._head, b"", 1, entry_id, "bad", len(values), *values]
-        self.result(await self.run(Prepared(args, 1, [])))
+        body = _script_entry(entry_id, "bad", [reason[:MAX_REASON], *_bounded_copy(fields)])
+        self.result(await self.run(Prepared(self._call_args(b"", 1, body), 1, [])))
 
 
 class GroupsApplier(_ScriptProjection):

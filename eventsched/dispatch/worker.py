@@ -61,6 +61,7 @@ _STATS_CHECK_S = 0.25  # how often the follower asks whether a stats window has 
 _BACKOFF_MIN_S = 0.05
 _BACKOFF_MAX_S = 2.0
 _TICK = encode_event(Tick())
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 async def find_cells(client: RedisClient, namespace: str) -> list[CellKeys]:
@@ -325,13 +326,7 @@ class Worker:
             except NotLeader:
                 log.warning("%s: lease lost; standing by", role.label)
                 role.lose()
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                if not backoff:
-                    log.warning("%s: redis unreachable (%s); retrying", role.label, exc)
-                backoff = min(max(backoff * 2, _BACKOFF_MIN_S), _BACKOFF_MAX_S)
-                role.lose()
-                await self._pause(stop, backoff)
-            except (ResponseError, EntryFailed) as exc:
+            except (*_UNREACHABLE, ResponseError, EntryFailed) as exc:
                 # The group or the stream is gone (FLUSHALL, a restart without
                 # persistence, a stream deleted under a blocked read). Error texts differ
                 # between servers, so ask Redis what is missing rather than parse them.
@@ -339,10 +334,14 @@ class Worker:
                     log.warning("%s: stream or group gone (flushed?); recreating", role.label)
                     role.lose()
                     continue
-                # Redis refuses the work (out of memory, read-only, no permission), or
-                # the groups script failed: nothing to skip, so wait and try again.
+                # Unreachable, or refusing the work (out of memory, read-only, no
+                # permission; the groups script failed): nothing to skip, so wait and
+                # try again, one log line per outage.
                 if not backoff:
-                    log.error("%s: refused (%s); retrying", role.label, exc)
+                    if isinstance(exc, ResponseError | EntryFailed):
+                        log.error("%s: refused (%s); retrying", role.label, exc)
+                    else:
+                        log.warning("%s: redis unreachable (%s); retrying", role.label, exc)
                 backoff = min(max(backoff * 2, _BACKOFF_MIN_S), _BACKOFF_MAX_S)
                 role.lose()
                 await self._pause(stop, backoff)
@@ -405,7 +404,7 @@ class Worker:
                 try:
                     if await lease.keep():
                         await self.client.xadd(keys.log, {ENTRY_FIELD: _TICK})
-                except (RedisConnectionError, RedisTimeoutError, OSError):
+                except _UNREACHABLE:
                     lease.held = False  # the role loops log the outage once
                 await self._pause(stop, self.tick_ms / 1000)
         finally:

@@ -25,6 +25,7 @@ from eventsched.model.limits import field_pairs
 from eventsched.model.settings import DecisionSettings
 from eventsched.ops.verify import rebuild_in_memory, start_groups
 from eventsched.projections.cell_state import read_state, render_state, restore_items, restore_state
+from eventsched.store.append import append_exact
 from eventsched.store.client import MEMORY_URL, RedisClient, Store, unlink_matching
 from eventsched.store.streams import id_after, next_id, text, xrange_raw
 
@@ -230,9 +231,8 @@ async def play(
     for start in range(0, len(fixture.entries), _PAGE):
         async with client.pipeline(transaction=False) as pipe:
             for entry_id, fields in fixture.entries[start : start + _PAGE]:
-                pairs = fields if isinstance(fields, list) else list(fields.items())
-                flat = [part for pair in pairs for part in pair]
-                pipe.execute_command("XADD", keys.log, entry_id, *flat)
+                pairs = fields if isinstance(fields, list) else fields.items()
+                append_exact(pipe, keys.log, entry_id, pairs)
             await pipe.execute()
     await start_groups(client, keys)
     worker = Worker(client, [keys], fixture.settings, name="replay", batch_size=batch)

@@ -19,6 +19,7 @@ from eventsched.model.keys import CellKeys
 from eventsched.model.limits import field_pairs
 from eventsched.ops.audit import measure
 from eventsched.projections.cell_state import read_state, restore_state
+from eventsched.store.append import append_exact
 from eventsched.store.client import RedisClient, Store
 from eventsched.store.streams import id_after, read_stream, text, xrange_raw
 
@@ -70,8 +71,7 @@ async def rebuild_in_memory(
             if page:
                 async with scratch.pipeline(transaction=False) as pipe:
                     for entry_id, fields in page:  # as they are, repeated names too
-                        flat = [part for pair in field_pairs(fields) for part in pair]
-                        pipe.execute_command("XADD", keys.log, entry_id, *flat)
+                        append_exact(pipe, keys.log, entry_id, field_pairs(fields))
                     await pipe.execute()
                 copied += len(page)
             if len(page) < _COPY_PAGE:
