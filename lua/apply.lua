@@ -13,7 +13,8 @@
 -- KEYS[1] log             the cell's event stream (XACK target)
 -- KEYS[2] meta            hash: applied (tracking marker, last applied ID), mode
 -- KEYS[3] decisions       stream: d dispatch, x reject, r release, f failed, o ok,
---                         l node lost, m model-not-available window opened
+--                         l node lost, m model-not-available window opened,
+--                         n notice (a finalize the cell cannot take: the gateway is told)
 -- KEYS[4] dlq             stream: dead letters, reason + log_id + f:<field> copies
 --                         (bounded: + cut when short), at most DLQ_MAX_LEN
 -- KEYS[5] pools           hash: pool name -> "order|lang,lang"
@@ -342,32 +343,41 @@ local function reject(session_id, index, cut, reason)
     'reason', reason, 'at', now_id)
 end
 
+-- A finalize that is no utterance of an open session: dead-lettered for the operator,
+-- and noticed to the gateway through the session's output stream (groups.lua), which
+-- is all a gateway reads: it opens the session again or gives the utterance up.
+local function unserved(session_id, index, cut, reason)
+  dead_letter_entry(reason)
+  decide('k', 'n', 'sid', session_id, 'idx', index, 'cut', cut, 'reason', reason,
+    'at', now_id)
+end
+
 function handlers.fin(f)
   local session_id, index, cut = f[1], tonumber(f[2]), f[3]
   local sk = P .. S_SESS .. session_id
   local s = redis.call('HMGET', sk, 'src', 'tgt', 'pool', 'closed', 'tb', 'tbt', 'top')
   if not s[1] then
-    dead_letter_entry('unknown_session')
+    unserved(session_id, index, cut, 'unknown_session')
     return
   end
-  -- step 1: utterances come in index order, so only an index at or below the session's
-  -- last can be a repeat: of a job (its record exists) or of a rejection (noted in the
-  -- utt hash). Anything else that far back could not be delivered in order.
-  if index <= tonumber(s[7]) then
-    if redis.call('EXISTS', P .. S_JOB .. session_id .. ':' .. index) == 0
-      and redis.call('HEXISTS', P .. S_UTT .. session_id, index) == 0 then
-      dead_letter_entry('index_behind')
-    end
+  -- step 1: a repeat (of a job: its record exists; of a rejection: noted in the utt
+  -- hash) is ignored. An index at or below the session's last with neither is late:
+  -- its first finalize was lost with writes Redis lost, and it is served now, its
+  -- outcome delivered after the later ones (the session client puts it back in order).
+  local top = tonumber(s[7])
+  if index <= top and (redis.call('EXISTS', P .. S_JOB .. session_id .. ':' .. index) == 1
+      or redis.call('HEXISTS', P .. S_UTT .. session_id, index) == 1) then
     return
   end
   if s[4] == '1' then
-    dead_letter_entry('session_closed')
+    unserved(session_id, index, cut, 'session_closed')
     return
   end
+  top = math.max(top, index)
   -- step 2: a token bucket in milli-tokens, refilled by event time
   local tokens = math.min(BURST * 1000, tonumber(s[5]) + (now_ms - tonumber(s[6])) * RATE)
   if tokens < 1000 then
-    redis.call('HSET', sk, 'top', index)
+    redis.call('HSET', sk, 'top', top)
     reject(session_id, index, cut, 'rate_limited')
     return
   end
@@ -377,10 +387,10 @@ function handlers.fin(f)
   local placed, pool_or_why = start_attempt(job, 1, '', {'sid', session_id, 'idx', index,
     'cut', cut, 'audio', f[4], 'dur', f[5], 'fin', now_id})
   if placed and pool_or_why ~= s[3] then
-    redis.call('HSET', sk, 'tb', tokens - 1000, 'tbt', now_ms, 'top', index,
+    redis.call('HSET', sk, 'tb', tokens - 1000, 'tbt', now_ms, 'top', top,
       'pool', pool_or_why)
   else
-    redis.call('HSET', sk, 'tb', tokens - 1000, 'tbt', now_ms, 'top', index)
+    redis.call('HSET', sk, 'tb', tokens - 1000, 'tbt', now_ms, 'top', top)
   end
   if not placed then reject(session_id, index, cut, pool_or_why) end
 end

@@ -5,7 +5,9 @@
 -- outcomes reach the session's output stream strictly in utterance order: an outcome
 -- that ends early is held until every earlier finalized utterance has ended; a
 -- rejection or failure takes its place in the order, so a session never stalls and
--- never skips. Each delivery updates the session's conversation group in one write
+-- never skips. The outcome of utterance i has entry ID (i+1)-0; an entry that cannot
+-- have its own place, because a later one is already out (a late utterance, whose first
+-- finalize Redis lost, or a notice), goes right after the last entry instead. Each delivery updates the session's conversation group in one write
 -- (ASR and NMT text together) and its TTS playback window. Event time is the `at` field
 -- of the decision (the log ID that caused it), never a clock.
 --
@@ -19,7 +21,8 @@
 -- ARGV[4] group_max_utterances
 -- ARGV[5] the ID the tracking marker must have reached ('' for none; see run_batch)
 -- ARGV[6] entry count, then per entry: id, field count n, then n name/value strings
---   decision kinds used: d (att 1 = finalized), x (rejected), f (failed), o (ok)
+--   decision kinds used: d (att 1 = finalized), x (rejected), f (failed), o (ok),
+--   n (notice: a finalize the cell could not take, written as st=notice)
 -- Returns {applied, skipped_as_already_applied, {session, index, ...} delivered}, {-1}
 -- when the lease is not held, {-2} when the marker falls short of ARGV[5], or
 -- {-3, id, error} when the decision `id` raised (see run_batch).
@@ -60,13 +63,25 @@ local function update_group(session_id, values)
     'ended', (cut == 'max_length') and '0' or '1', 'tts_until', tts_until}
 end
 
+-- The output entry for utterance `index`: its own place (index+1)-0, or right after
+-- the last entry when that place is taken or passed.
+local function output_entry(session_id, index)
+  local stream = P .. S_OUT .. session_id
+  local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
+  if last then
+    local ms, seq = id_parts(last[1])
+    if ms > index then return {stream, string.format('%d-%d', ms, seq + 1), 'idx', index} end
+  end
+  return {stream, string.format('%d-0', index + 1), 'idx', index}
+end
+
 local function deliver(session_id, index, values)
   local gid, group_write = update_group(session_id, values)
   group_write[#group_write + 1] = 'last'
   group_write[#group_write + 1] = index
   -- ASR_FINAL and NMT_DONE land in one write (the seeds' merged group lock).
   redis.call('HSET', unpack(group_write))
-  local args = {P .. S_OUT .. session_id, '0-' .. (index + 1), 'idx', index}
+  local args = output_entry(session_id, index)
   for i, name in ipairs(OUT_FIELDS) do
     args[#args + 1] = name
     args[#args + 1] = values[i]
@@ -130,6 +145,18 @@ function handlers.o(e)
   settle(e.sid, tonumber(e.idx), {st = 'ok', cut = e.cut, job = e.job, att = e.att,
     node = e.node, asr = e.asr, nmt = e.nmt, tts = e.tts, tts_ms = e.tts_ms,
     timings = e.timings})
+end
+
+-- A notice: no utterance of the session's order (the session is unknown or closed),
+-- so no group, no in-flight entry, nothing held.
+function handlers.n(e)
+  local args = output_entry(e.sid, tonumber(e.idx))
+  for _, pair in ipairs({{'st', 'notice'}, {'reason', e.reason}, {'cut', e.cut},
+      {'grp', '0'}, {'at', now_at}}) do
+    args[#args + 1] = pair[1]
+    args[#args + 1] = pair[2]
+  end
+  redis.call('XADD', unpack(args))
 end
 
 local function read_entry(pos)

@@ -132,7 +132,7 @@ class CellModel:
     def open(self, session_id: str) -> None:
         if session_id not in self.sessions:
             self.sessions[session_id] = _Session(self.s.rate_burst * 1000, self.now)
-            self.outputs[session_id] = []
+            self.outputs.setdefault(session_id, [])
 
     def close(self, session_id: str) -> None:
         if session_id not in self.sessions:
@@ -143,19 +143,17 @@ class CellModel:
     def finalize(self, session_id: str, index: int, cut: str) -> None:
         session = self.sessions.get(session_id)
         if session is None:
-            self.dead.append("unknown_session")
+            self._notice(session_id, index, "unknown_session")
             return
         job_id = f"{session_id}:{index}"
-        if index <= session.top:
-            if job_id not in self.jobs and index not in session.rejected:
-                self.dead.append("index_behind")
-            return
+        if index <= session.top and (job_id in self.jobs or index in session.rejected):
+            return  # a repeat; anything else below the top is a late utterance, served
         if session.closed:
-            self.dead.append("session_closed")
+            self._notice(session_id, index, "session_closed")
             return
         elapsed = self.now - session.refilled_at
         tokens = min(self.s.rate_burst * 1000, session.tokens + elapsed * self.s.rate_per_s)
-        session.top = index
+        session.top = max(session.top, index)
         if tokens < 1000:
             self._reject(session_id, index, cut, "rate_limited")
             return
@@ -286,6 +284,14 @@ class CellModel:
         self._settle(
             session_id, index, {"st": "rejected", "reason": reason, "err": "", "node": ""}, cut
         )
+
+    def _notice(self, session_id: str, index: int, reason: str) -> None:
+        """A finalize that is no utterance of an open session: a dead letter for the
+        operator, a notice in the session's output stream for the gateway."""
+        self.dead.append(reason)
+        self._decide(k="n", sid=session_id, idx=str(index), reason=reason)
+        notice = {"st": "notice", "reason": reason, "err": "", "node": ""}
+        self.outputs.setdefault(session_id, []).append({"idx": str(index), "grp": "0", **notice})
 
     def _settle(self, session_id: str, index: int, outcome: dict[str, str], cut: str) -> None:
         """Deliver in utterance order: held until every earlier finalized one ended."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from eventsched.model.events import NodeDeregistered, NodeDraining, Pool, PoolsConfigured
+from eventsched.store.streams import read_stream
 from tests.harness import Cell, beat, error, finalize, node, ok, session
 
 pytestmark = pytest.mark.anyio
@@ -351,12 +352,16 @@ async def test_a_deregistered_node_hands_its_jobs_to_other_nodes(cell: Cell) -> 
     assert await cell.pool_members("auto+en+zh") == [("n2", 1000.0)]
 
 
+async def output_entries(cell: Cell, session_id: str) -> list[tuple[str, dict[str, str]]]:
+    return [entry async for entry in read_stream(cell.client, cell.keys.output(session_id))]
+
+
 @pytest.mark.parametrize(
-    ("opened", "closed", "index", "reason"),
-    [(False, False, 0, "unknown_session"), (True, True, 0, "session_closed")],
+    ("opened", "closed", "reason"),
+    [(False, False, "unknown_session"), (True, True, "session_closed")],
 )
-async def test_finalizes_for_unknown_or_closed_sessions_are_dead_lettered(
-    cell: Cell, opened: bool, closed: bool, index: int, reason: str
+async def test_finalizes_for_unknown_or_closed_sessions_are_noticed_to_the_gateway(
+    cell: Cell, opened: bool, closed: bool, reason: str
 ) -> None:
     from eventsched.model.events import SessionClosed
 
@@ -365,6 +370,37 @@ async def test_finalizes_for_unknown_or_closed_sessions_are_dead_lettered(
         await cell.step(session("s1"))
     if closed:
         await cell.step(SessionClosed(session_id="s1"))
-    await cell.step(finalize("s1", index))
-    assert [d["reason"] for d in await cell.dlq()] == [reason]
-    assert await cell.decisions() == []
+    await cell.step(finalize("s1", 4), finalize("s1", 4))
+    assert [d["reason"] for d in await cell.dlq()] == [reason, reason]
+    assert [(d["k"], d["idx"], d["reason"]) for d in await cell.decisions()] == [
+        ("n", "4", reason),
+        ("n", "4", reason),
+    ]
+    # The gateway reads outputs only: the notices are there, the second after the first.
+    entries = await output_entries(cell, "s1")
+    assert [(i, f["st"], f["reason"], f["idx"]) for i, f in entries] == [
+        ("5-0", "notice", reason, "4"),
+        ("5-1", "notice", reason, "4"),
+    ]
+
+
+async def test_a_late_utterance_is_served_and_delivered_after_the_later_ones(cell: Cell) -> None:
+    """Redis lost utterance 1's finalize (a crash cut the AOF), 2 went on; the gateway
+    sends 1 again: it is a job like any other, its outcome after 2's."""
+    await cell.step(node("n1", max_concurrency=4), session("s1"))
+    await cell.step(finalize("s1", 0), finalize("s1", 2))
+    await cell.step(ok("s1:0", 1, "n1"), ok("s1:2", 1, "n1"))
+    await cell.step(finalize("s1", 1))
+    assert [d["job"] for d in await cell.decisions("d")] == ["s1:0", "s1:2", "s1:1"]
+    await cell.step(finalize("s1", 1))  # now a repeat: ignored
+    await cell.step(ok("s1:1", 1, "n1"))
+    entries = await output_entries(cell, "s1")
+    assert [(i, f["idx"], f["st"]) for i, f in entries] == [
+        ("1-0", "0", "ok"),
+        ("3-0", "2", "ok"),
+        ("3-1", "1", "ok"),
+    ]
+    await cell.step(finalize("s1", 3))  # back at its own place
+    await cell.step(ok("s1:3", 1, "n1"))
+    assert (await output_entries(cell, "s1"))[-1][0] == "4-0"
+    assert await cell.dlq() == []

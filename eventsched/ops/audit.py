@@ -21,7 +21,13 @@ from eventsched.model.keys import CellKeys
 from eventsched.store.client import RedisClient
 from eventsched.store.streams import parse_id, read_stream
 
-__all__ = ["RunReport", "measure"]
+__all__ = ["RunReport", "in_place", "measure"]
+
+
+def in_place(entry_id: str, utterance_index: int) -> bool:
+    """Whether an output entry sits at its utterance's own place, ``(index+1)-0``, rather
+    than after a later one (see groups.lua)."""
+    return parse_id(entry_id) == (utterance_index + 1, 0)
 
 
 @dataclass(frozen=True)
@@ -37,7 +43,8 @@ class RunReport:
     lost: int
     duplicate_jobs: int
     max_overcommit: int
-    out_of_order: int
+    out_of_order: int  # outputs at their own place whose index is not above the last's
+    late: int  # outputs after later ones: utterances whose first finalize Redis lost
     dead_lettered: int
     dispatch_p50_ms: float
     dispatch_p99_ms: float
@@ -132,14 +139,19 @@ async def measure(
                 latencies.append(parse_id(entry_id)[0] - finalize_ms[key])
     latencies.sort()
 
-    delivered = rejected = failed = out_of_order = 0
+    delivered = rejected = failed = out_of_order = late = 0
     for session in sorted(sessions):
         previous = -1
-        async for _, fields in read_stream(client, keys.output(session)):
+        async for entry_id, fields in read_stream(client, keys.output(session)):
+            if fields["st"] == "notice":
+                continue
             delivered += 1
             index = int(fields["idx"])
-            out_of_order += index <= previous
-            previous = index
+            if in_place(entry_id, index):
+                out_of_order += index <= previous
+                previous = index
+            else:
+                late += 1
             rejected += fields["st"] == "rejected"
             failed += fields["st"] == "failed"
 
@@ -161,6 +173,7 @@ async def measure(
         duplicate_jobs=len(duplicate_jobs),
         max_overcommit=max_overcommit,
         out_of_order=out_of_order,
+        late=late,
         dead_lettered=dead,
         dispatch_p50_ms=_percentile(latencies, 0.50),
         dispatch_p99_ms=_percentile(latencies, 0.99),

@@ -17,7 +17,7 @@ from eventsched.dispatch.worker import Worker, ensure_group, stored_settings
 from eventsched.model.events import ENTRY_FIELD, NodeRegistered, SessionOpened, decode_event
 from eventsched.model.keys import CellKeys
 from eventsched.model.limits import field_pairs
-from eventsched.ops.audit import measure
+from eventsched.ops.audit import in_place, measure
 from eventsched.projections.cell_state import read_state, restore_state
 from eventsched.store.append import append_exact
 from eventsched.store.client import RedisClient, Store
@@ -116,8 +116,9 @@ async def _participants(client: RedisClient, keys: CellKeys) -> tuple[list[str],
 
 
 def _ended_once_in_order(state: dict[str, Any]) -> list[str]:
-    """Every finalize the dispatch accepted is delivered exactly once, in order, or is
-    still in flight; nothing is delivered that was not accepted."""
+    """Every finalize the dispatch accepted is delivered exactly once, or is still in
+    flight, and those at their own place are in order; nothing is delivered that was not
+    accepted. Notices are not outcomes."""
     accepted: dict[str, set[int]] = defaultdict(set)
     for _, fields in state.get("decisions", []):
         kind = fields[b"k"]
@@ -125,9 +126,15 @@ def _ended_once_in_order(state: dict[str, Any]) -> list[str]:
             accepted[text(fields[b"sid"])].add(int(fields[b"idx"]))
     problems = []
     for session, indexes in sorted(accepted.items()):
-        delivered = [int(f[b"idx"]) for _, f in state.get(f"out:{session}", [])]
+        outputs = [
+            (text(entry_id), int(f[b"idx"]))
+            for entry_id, f in state.get(f"out:{session}", [])
+            if f[b"st"] != b"notice"
+        ]
+        delivered = [index for _, index in outputs]
+        placed = [index for entry_id, index in outputs if in_place(entry_id, index)]
         in_flight = {int(m) for m, _ in cast(list[Any], state.get(f"infl:{session}", []))}
-        if delivered != sorted(set(delivered)):
+        if len(delivered) != len(set(delivered)) or placed != sorted(placed):
             problems.append(f"session {session}: outputs repeat or are out of order")
         if set(delivered) & in_flight:
             problems.append(f"session {session}: delivered and still in flight")

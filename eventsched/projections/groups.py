@@ -1,9 +1,12 @@
 """Reading the group-state projection: a session's ordered outcomes, its current
 conversation group and its TTS playback window.
 
-apply.lua writes it: outcomes go to the session's output stream strictly in utterance
-order (entry ID ``0-(index+1)``); a result that ends early is held until every earlier
-utterance has ended; a rejection or failure takes its place in the order.
+groups.lua writes it: outcomes go to the session's output stream strictly in utterance
+order (entry ID ``(index+1)-0``); a result that ends early is held until every earlier
+utterance has ended; a rejection or failure takes its place in the order. Two kinds of
+entry come after the last one instead of at their own place: the outcome of a late
+utterance (its first finalize was lost with writes Redis lost) and a notice (status
+``notice``: a finalize for a session the cell does not know, or has closed).
 """
 
 from __future__ import annotations
@@ -29,12 +32,14 @@ __all__ = [
 
 
 class Outcome(BaseModel):
-    """One ended utterance as its session receives it."""
+    """One ended utterance as its session receives it. ``notice`` is the cell telling
+    the gateway it could not take a finalize (``reason`` says why); ``lost`` is made by
+    the session client alone, when an utterance got no outcome after every re-send."""
 
     model_config = ConfigDict(frozen=True, populate_by_name=True)
 
     utterance_index: int = Field(alias="idx")
-    status: Literal["ok", "rejected", "failed"] = Field(alias="st")
+    status: Literal["ok", "rejected", "failed", "notice", "lost"] = Field(alias="st")
     reason: str = ""  # why it was rejected or failed
     error_code: str = Field("", alias="err")
     cut: str = ""  # how the utterance ended: pause | max_length | client
@@ -89,12 +94,10 @@ def outcome_of(fields: Mapping[bytes, bytes] | Mapping[str, str]) -> Outcome:
 async def read_outcomes(
     client: RedisClient, keys: CellKeys, session_id: str, after_index: int = -1
 ) -> list[Outcome]:
-    """The session's outcomes with an utterance index above ``after_index``, in order."""
-    start = f"(0-{after_index + 1}" if after_index >= 0 else "-"
-    return [
-        outcome_of(fields)
-        async for _, fields in read_stream(client, keys.output(session_id), start)
-    ]
+    """The session's output entries with an utterance index above ``after_index``, in
+    stream order."""
+    outcomes = [outcome_of(f) async for _, f in read_stream(client, keys.output(session_id))]
+    return [o for o in outcomes if o.utterance_index > after_index]
 
 
 async def read_session(client: RedisClient, keys: CellKeys, session_id: str) -> SessionView | None:

@@ -78,10 +78,16 @@ class StatsBuilder:
             self.counts["nodes_lost"] += 1
         elif kind == "m":
             self.counts["unavailable_windows"] += 1
+        elif kind == "n":
+            self.counts[f"noticed:{fields.get('reason', '')}"] += 1
 
     def dispatched_after(self, finalize_ms: list[int], now_wall_ms: int) -> None:
         for appended_ms in finalize_ms:
             self.dispatch[_bucket(max(0, now_wall_ms - appended_ms))] += 1
+
+    def _by_reason(self, kind: str) -> dict[str, int]:
+        head = kind + ":"
+        return {k[len(head) :]: n for k, n in self.counts.items() if k.startswith(head)}
 
     def due(self, now_ms: int) -> bool:
         return self.window_start is not None and now_ms >= self.window_start + self.window_ms
@@ -90,10 +96,9 @@ class StatsBuilder:
         """Write the window's snapshot with the cell's current shape; start a new window."""
         start = self.window_start if self.window_start is not None else now_ms
         seconds = self.window_ms / 1000
-        rejected = {
-            k.split(":", 1)[1]: n for k, n in self.counts.items() if k.startswith("rejected:")
-        }
-        failed = {k.split(":", 1)[1]: n for k, n in self.counts.items() if k.startswith("failed:")}
+        rejected, failed, noticed = (
+            self._by_reason(kind) for kind in ("rejected", "failed", "noticed")
+        )
         plain = {k: n for k, n in self.counts.items() if ":" not in k}
         snapshot: dict[str, Any] = {
             "window_start_ms": start,
@@ -102,6 +107,7 @@ class StatsBuilder:
             "counts": plain,
             "rejected": rejected,
             "failed": failed,
+            "noticed": noticed,
             "dispatch_rate_per_s": round(plain.get("dispatched", 0) / seconds, 2),
             "e2e_p50_ms": _percentile(self.e2e, 0.5),
             "e2e_p99_ms": _percentile(self.e2e, 0.99),
