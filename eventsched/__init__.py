@@ -8,7 +8,8 @@ What nodes and gateways import is here; the layers are subpackages, lowest first
 """
 
 from eventsched.clients.node import Job, JobFailed, JobOutput, Node
-from eventsched.clients.session import FinalizePolicy, Session, SessionClient
+from eventsched.clients.policy import FinalizePolicy
+from eventsched.clients.session import Session, SessionClient
 from eventsched.model.events import Services, StageTimings
 from eventsched.model.keys import CellKeys
 from eventsched.projections.groups import Outcome

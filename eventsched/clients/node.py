@@ -152,6 +152,7 @@ class Node:
         self.load = load
         self.running: dict[str, Job] = {}
         self.completed = 0
+        self.reregistered = 0  # times the cell had lost the node and it registered again
         self._free = anyio.Semaphore(max_concurrency)  # free job slots
         self._draining = anyio.Event()
         self._stopped = anyio.Event()
@@ -214,6 +215,7 @@ class Node:
         cursor = "0"  # unacknowledged jobs from before a restart first, then ">"
         inbox = self.keys.inbox(self.node_id)
         backoff = missing_s = 0.0
+        had_inbox = False
         while not self._draining.is_set():
             await self._free.acquire()  # wait for a free slot; take as many as are free
             if self._draining.is_set():  # drained while every slot was busy
@@ -230,20 +232,27 @@ class Node:
                     None if cursor != ">" else 100,
                 )
                 backoff = missing_s = 0.0
+                had_inbox = True
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 self._free.release()
                 backoff = min(max(backoff * 2, 0.05), _BACKOFF_MAX_S)
                 await anyio.sleep(backoff)
                 continue
             except ResponseError:
-                # No inbox group yet: the scheduler has not applied the registration,
-                # or Redis lost it (restarted without persistence, flushed). Wait; if it
-                # stays missing, register again, which makes it.
+                # NOGROUP, or UNBLOCKED when the inbox was deleted under the read: the
+                # cell does not know this node (any more). Right after registering the
+                # scheduler may just not have applied it yet: wait, and register again
+                # if it stays missing. An inbox that was there and vanished means the
+                # cell lost the node (Redis lost writes, or was flushed): register now.
                 self._free.release()
                 backoff = min(max(backoff * 2, 0.05), _BACKOFF_MAX_S)
                 missing_s += backoff
-                if missing_s >= _REREGISTER_AFTER_S:
-                    missing_s = 0.0
+                if had_inbox or missing_s >= _REREGISTER_AFTER_S:
+                    log.warning(
+                        "node %s: the cell does not know it; registering again", self.node_id
+                    )
+                    had_inbox, missing_s, cursor = False, 0.0, ">"
+                    self.reregistered += 1
                     await self._emit(self.registration)
                 await anyio.sleep(backoff)
                 continue
@@ -293,11 +302,15 @@ class Node:
 
     async def _report(self, job: Job, result: JobResult) -> None:
         """The result appended and the job acknowledged in one transaction: one round
-        trip, and never an acknowledgement without its result."""
+        trip, and never an acknowledgement without its result. When the inbox group is
+        gone (the cell lost the node) there is nothing to acknowledge: the result is
+        still appended, and the cell ignores a result for a job it does not know."""
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.xadd(self.keys.log, {ENTRY_FIELD: encode_event(result)})
             pipe.xack(self.keys.inbox(self.node_id), INBOX_GROUP, job.entry_id)
-            await pipe.execute()
+            appended, _ = await pipe.execute(raise_on_error=False)
+        if isinstance(appended, Exception):
+            raise appended
 
 
 def _error(job: Job, node_id: str, code: str) -> JobResult:

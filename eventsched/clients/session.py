@@ -9,8 +9,15 @@ one connection for reading, not thousands.
         async for outcome in session.outcomes():   # in utterance order
             ...
 
-``FinalizePolicy`` is the gateway-side decision of when an utterance ends (the seeds'
-SessionActor), driven by explicit timestamps so it is testable without a clock.
+Nothing the cell acknowledged is given up in silence, even when Redis loses writes it
+acknowledged (a crash, a failover, a FLUSHALL): the client keeps every finalize whose
+append was acknowledged until its outcome arrives. One with no outcome after
+``resend_after_s`` is sent again, after opening the session again (a cell that has the
+session ignores that); an ``unknown_session`` notice from the cell does the same at
+once; after ``max_sends`` sends the application gets a ``lost`` outcome. Outcomes reach
+the application in utterance order, also when the cell serves a re-sent utterance after
+later ones. The close is sent once every utterance has its outcome, so a re-sent
+finalize still finds the session open.
 """
 
 from __future__ import annotations
@@ -18,69 +25,158 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal
 
 import anyio
+from pydantic import ValidationError
 
+from eventsched.clients.policy import Reason
 from eventsched.clients.retry import patiently
 from eventsched.model.events import SessionClosed, SessionOpened, UtteranceFinalized
 from eventsched.model.keys import CellKeys
+from eventsched.model.settings import DecisionSettings
 from eventsched.projections.groups import Outcome, outcome_of
 from eventsched.store.append import append
 from eventsched.store.client import RedisClient
-from eventsched.store.streams import text, xread_raw
+from eventsched.store.streams import id_after, last_id, text, xread_raw
 
-__all__ = ["Finalize", "FinalizePolicy", "Session", "SessionClient"]
+__all__ = ["DEFAULT_RESEND_S", "Session", "SessionClient"]
 
-Reason = Literal["pause", "max_length", "client"]
 _BUFFER = 10_000  # outcomes a slow reader may fall behind by before the reader waits
+# Twice the default job timeout: an utterance that has had no outcome for that long has
+# most likely been lost with writes Redis lost (a re-send of one still running is
+# ignored by the cell).
+DEFAULT_RESEND_S = 2 * DecisionSettings().job_timeout_ms / 1000
+_CHECK_S = 0.5  # how often the reader looks for finalizes due to be sent again
+
+
+@dataclass
+class _Unanswered:
+    event: UtteranceFinalized
+    sends: int
+    due: float  # anyio.current_time() at which it is sent again
 
 
 class Session:
-    def __init__(self, client: SessionClient, session_id: str) -> None:
+    def __init__(self, client: SessionClient, session_id: str, src_lang: str, tgt_lang: str):
         self.client = client
         self.session_id = session_id
-        self.finalized = 0
-        self.received = 0
+        self.opened = SessionOpened(session_id=session_id, src_lang=src_lang, tgt_lang=tgt_lang)
+        self.finalized = 0  # finalizes whose append Redis acknowledged
+        self.received = 0  # outcomes handed to the application, lost ones included
+        self.lost = 0  # utterances given up after max_sends sends with no outcome
+        self.resent = 0  # finalizes sent again
         self.closing = False
+        self._unanswered: dict[int, _Unanswered] = {}
+        self._arrived: dict[int, Outcome] = {}  # outcomes waiting for an earlier one
+        self._opened_at = "0-0"  # log ID of the last (re-)open; older notices are stale
         self._send, self._receive = anyio.create_memory_object_stream[Outcome](_BUFFER)
 
     async def finalize(
         self, utterance_index: int, reason: Reason, audio_ref: str, duration_ms: int
     ) -> None:
-        await self.client.emit(
-            UtteranceFinalized(
-                session_id=self.session_id,
-                utterance_index=utterance_index,
-                reason=reason,
-                audio_ref=audio_ref,
-                duration_ms=duration_ms,
-            )
+        if self.closing:
+            raise RuntimeError(f"session {self.session_id} is closing")
+        if utterance_index in self._unanswered:
+            raise ValueError(f"utterance {utterance_index} is already waiting for its outcome")
+        event = UtteranceFinalized(
+            session_id=self.session_id,
+            utterance_index=utterance_index,
+            reason=reason,
+            audio_ref=audio_ref,
+            duration_ms=duration_ms,
         )
+        # Kept before the append, so an outcome that comes back at once finds it.
+        self._unanswered[utterance_index] = _Unanswered(event, 1, self.client.resend_due())
+        try:
+            await self.client.emit(event)
+        except BaseException:
+            del self._unanswered[utterance_index]
+            raise
         self.finalized += 1
 
     async def outcomes(self) -> AsyncIterator[Outcome]:
         """Every outcome of the session in utterance order, as it is delivered (one
         reader per session); ends once the session is closed and every utterance it
-        finalized has been delivered."""
+        finalized has its outcome."""
         async for outcome in self._receive:
             yield outcome
 
     async def close(self) -> None:
-        """No more utterances. Outcomes of those still running keep coming: the
-        session is read until each finalized utterance has its outcome."""
-        await self.client.emit(SessionClosed(session_id=self.session_id))
+        """No more utterances. Outcomes of those still running keep coming; the cell is
+        told once the last has arrived."""
         self.closing = True
-        self._finish_if_done()
+        await self._finish_if_done()
 
-    async def _deliver(self, outcome: Outcome) -> None:
-        await self._send.send(outcome)  # a reader far behind holds the reading back
-        self.received += 1
-        self._finish_if_done()
+    @property
+    def unanswered(self) -> list[int]:
+        return sorted(self._unanswered)
 
-    def _finish_if_done(self) -> None:
-        if self.closing and self.received >= self.finalized:
-            self.client.forget(self)
+    async def _arrive(self, outcome: Outcome) -> None:
+        index = outcome.utterance_index
+        if index not in self._unanswered:
+            return  # handed out already (a repeat after a re-send), or not ours
+        if outcome.status == "notice" and outcome.reason == "unknown_session":
+            if id_after(outcome.at, self._opened_at):  # not answered by a re-open yet
+                await self._send_again(self.unanswered)
+            return
+        self._arrived[index] = outcome  # a session_closed notice ends the utterance too
+        await self._hand_out()
+
+    async def _send_again(self, indexes: list[int]) -> None:
+        """Open the session again (the cell ignores that when it has the session) and
+        send these finalizes again in index order; those sent ``max_sends`` times are
+        given up as lost instead. One whose outcome has arrived is left alone."""
+        self._opened_at = await self.client.emit(self.opened)
+        for index in indexes:
+            waiting = self._unanswered[index]
+            if index in self._arrived:
+                continue
+            if waiting.sends >= self.client.max_sends:
+                self.lost += 1
+                self._arrived[index] = Outcome(
+                    utterance_index=index,
+                    status="lost",
+                    reason="no_outcome",
+                    cut=waiting.event.reason,
+                    group=0,
+                    at="",
+                )
+                continue
+            waiting.sends += 1
+            waiting.due = self.client.resend_due()
+            self.resent += 1
+            await self.client.emit(waiting.event)
+        await self._hand_out()
+
+    def _any_due(self, now: float) -> bool:
+        return any(w.due <= now and i not in self._arrived for i, w in self._unanswered.items())
+
+    async def _send_due(self, now: float) -> bool:
+        """Send again what has waited too long; whether anything was due."""
+        due = [
+            index
+            for index, waiting in sorted(self._unanswered.items())
+            if waiting.due <= now and index not in self._arrived  # arrived: waits its turn
+        ]
+        if due:
+            await self._send_again(due)
+        return bool(due)
+
+    async def _hand_out(self) -> None:
+        """Hand the application every outcome whose earlier utterances have theirs."""
+        while self._unanswered:
+            first = min(self._unanswered)
+            outcome = self._arrived.pop(first, None)
+            if outcome is None:
+                break
+            del self._unanswered[first]
+            await self._send.send(outcome)  # a reader far behind holds the reading back
+            self.received += 1
+        await self._finish_if_done()
+
+    async def _finish_if_done(self) -> None:
+        if self.closing and not self._unanswered and self.client.forget(self):
+            await self.client.emit(SessionClosed(session_id=self.session_id))
             self._send.close()
 
     def _release(self) -> None:
@@ -89,56 +185,103 @@ class Session:
 
 
 class SessionClient:
-    def __init__(self, client: RedisClient, keys: CellKeys, block_ms: int = 100) -> None:
+    def __init__(
+        self,
+        client: RedisClient,
+        keys: CellKeys,
+        block_ms: int = 100,
+        resend_after_s: float = DEFAULT_RESEND_S,
+        max_sends: int = 3,
+    ) -> None:
+        if resend_after_s <= 0 or max_sends < 1:
+            raise ValueError("resend_after_s must be positive and max_sends at least 1")
         self.redis = client
         self.keys = keys
         self.block_ms = block_ms
+        self.resend_after_s = resend_after_s
+        self.max_sends = max_sends
         self._sessions: dict[str, Session] = {}  # output stream -> open session
         self._opened: list[Session] = []
         self._cursors: dict[str, str] = {}
+        self._next_check = 0.0
         self._group: anyio.abc.TaskGroup | None = None
 
-    async def emit(self, event: SessionOpened | UtteranceFinalized | SessionClosed) -> None:
-        await patiently(lambda: append(self.redis, self.keys, event))
+    def resend_due(self) -> float:
+        return anyio.current_time() + self.resend_after_s
+
+    async def emit(self, event: SessionOpened | UtteranceFinalized | SessionClosed) -> str:
+        return await patiently(lambda: append(self.redis, self.keys, event))
 
     async def open(self, session_id: str, src_lang: str, tgt_lang: str) -> Session:
-        session = Session(self, session_id)
+        session = Session(self, session_id, src_lang, tgt_lang)
         stream = self.keys.output(session_id)
         self._sessions[stream] = session
         self._opened.append(session)
         self._cursors[stream] = "0-0"
-        await self.emit(SessionOpened(session_id=session_id, src_lang=src_lang, tgt_lang=tgt_lang))
+        session._opened_at = await self.emit(session.opened)
         return session
 
-    def forget(self, session: Session) -> None:
+    def forget(self, session: Session) -> bool:
+        """Stop reading the session; whether it was still being read."""
         stream = self.keys.output(session.session_id)
-        self._sessions.pop(stream, None)
         self._cursors.pop(stream, None)
+        return self._sessions.pop(stream, None) is not None
 
     async def read_once(self) -> int:
-        """One multiplexed read over every open session; returns outcomes handed out."""
+        """One multiplexed read over every open session; returns the entries read."""
         if not self._cursors:
             await anyio.sleep(self.block_ms / 1000)
             return 0
         cursors = dict(self._cursors)
         reply = await patiently(lambda: xread_raw(self.redis, cursors, self.block_ms))
-        handed = 0
+        read = 0
         for stream_name, entries in reply:
             stream = text(stream_name)
-            session = self._sessions.get(stream)
             for entry_id, fields in entries:
-                if session is None:
+                session = self._sessions.get(stream)
+                if session is None:  # closed and complete
                     break
                 self._cursors[stream] = text(entry_id)
-                await session._deliver(outcome_of(fields))
-                handed += 1
-                if stream not in self._sessions:  # closed and complete
-                    break
-        return handed
+                read += 1
+                try:
+                    outcome = outcome_of(fields)
+                except ValidationError:
+                    continue  # not an output entry: nothing to hand out
+                await session._arrive(outcome)
+        return read
+
+    async def send_due(self) -> None:
+        """Send again every finalize that has waited too long for its outcome. A
+        session whose output stream is now behind what was read from it (lost and
+        begun again) is read again from the start first: what it has is not lost."""
+        now = anyio.current_time()
+        if now < self._next_check:
+            return
+        self._next_check = now + min(_CHECK_S, self.resend_after_s)
+        for stream, session in list(self._sessions.items()):
+            if session._any_due(now):
+                await self._read_again_if_rewound(stream)
+                await session._send_due(now)
+
+    async def resend_now(self) -> None:
+        """Send again every finalize still waiting for its outcome, without waiting for
+        ``resend_after_s``: for a gateway that knows Redis failed over or restarted."""
+        for stream, session in list(self._sessions.items()):
+            waiting = [i for i in session.unanswered if i not in session._arrived]
+            if waiting:
+                await self._read_again_if_rewound(stream)
+                await session._send_again(waiting)
+
+    async def _read_again_if_rewound(self, stream: str) -> None:
+        cursor = self._cursors.get(stream, "0-0")
+        last = await patiently(lambda: last_id(self.redis, stream))
+        if cursor != "0-0" and (last is None or id_after(cursor, last)):
+            self._cursors[stream] = "0-0"
 
     async def _read_forever(self) -> None:
         while True:
             await self.read_once()
+            await self.send_due()
 
     async def __aenter__(self) -> SessionClient:
         self._group = await anyio.create_task_group().__aenter__()
@@ -158,61 +301,3 @@ class SessionClient:
         finally:  # also when the block or the reader failed
             for session in self._opened:
                 session._release()
-
-
-@dataclass(frozen=True)
-class Finalize:
-    utterance_index: int
-    reason: Reason
-    duration_ms: int  # audio buffered in the utterance
-
-
-class FinalizePolicy:
-    """When an utterance ends, from audio chunks and their times (the seeds'
-    SessionActor): after a pause longer than ``pause_ms`` plus a hangover of 0-200 ms,
-    at ``max_utterance_ms`` of buffered speech, or when the client says so. Speech heard
-    while the session's own synthesized audio plays back (``tts_playing_until``) is
-    not taken for the speaker."""
-
-    def __init__(
-        self, pause_ms: int = 600, hangover_ms: int = 120, max_utterance_ms: int = 10_000
-    ) -> None:
-        if not 0 <= hangover_ms <= 200:
-            raise ValueError("hangover_ms must be within 0-200")
-        self.pause_ms = pause_ms
-        self.hangover_ms = hangover_ms
-        self.max_utterance_ms = max_utterance_ms
-        self.next_index = 0
-        self.tts_playing_until = 0
-        self._buffered_ms = 0
-        self._last_speech_end: int | None = None
-
-    def _end(self, reason: Reason) -> Finalize:
-        ended = Finalize(self.next_index, reason, self._buffered_ms)
-        self.next_index += 1
-        self._buffered_ms = 0
-        self._last_speech_end = None
-        return ended
-
-    def audio(self, at_ms: int, duration_ms: int, voiced: bool) -> Finalize | None:
-        """A chunk of ``duration_ms`` starting at ``at_ms``; ``voiced`` from the VAD."""
-        if voiced and at_ms < self.tts_playing_until:
-            voiced = False  # our own playback, heard back
-        if voiced:
-            self._buffered_ms += duration_ms
-            self._last_speech_end = at_ms + duration_ms
-            if self._buffered_ms >= self.max_utterance_ms:
-                return self._end("max_length")
-            return None
-        return self.tick(at_ms + duration_ms)
-
-    def tick(self, now_ms: int) -> Finalize | None:
-        """Time passed with no speech: end the utterance after pause plus hangover."""
-        if self._last_speech_end is None:
-            return None
-        if now_ms - self._last_speech_end >= self.pause_ms + self.hangover_ms:
-            return self._end("pause")
-        return None
-
-    def client_says_done(self) -> Finalize | None:
-        return self._end("client") if self._last_speech_end is not None else None

@@ -9,13 +9,12 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
 
 import anyio
 
 from eventsched.model.keys import CellKeys
 from eventsched.store.client import RedisClient
-from eventsched.store.streams import text, xread_raw
+from eventsched.store.streams import last_id, text, xread_raw
 
 __all__ = ["describe", "follow_decisions", "log_delivered"]
 
@@ -80,8 +79,7 @@ async def follow_decisions(
     """Follow the cell's decisions as they are appended: while ``active()``, log each
     (see the module doc) and hand it to ``on_decision``; call ``every_pass`` after each
     read (at least every half second)."""
-    newest = cast(list[tuple[bytes, Any]], await client.xrevrange(keys.decisions, count=1))
-    cursor = text(newest[0][0]) if newest else "0-0"
+    cursor = await last_id(client, keys.decisions) or "0-0"
     counts: Counter[str] = Counter()
     summary_at = time.monotonic() + _SUMMARY_EVERY_S
     while not stop.is_set():

@@ -15,7 +15,7 @@ from eventsched.model.events import canonical_json
 from eventsched.model.keys import CellKeys
 from eventsched.projections.cell_state import dump_state, restore_items
 from eventsched.store.client import RedisClient
-from eventsched.store.streams import next_id, parse_id, text
+from eventsched.store.streams import last_id, next_id, parse_id, text
 
 __all__ = [
     "acked_bound",
@@ -112,10 +112,10 @@ async def retain(client: RedisClient, keys: CellKeys, retain_ms: int) -> int:
     """One retention round: checkpoint when the newest is older than half the window,
     then trim the log and the decisions stream below the newest checkpoint older than
     the window (never below what a group still needs). Returns entries removed."""
-    newest = cast(list[tuple[bytes, Any]], await client.xrevrange(keys.log, count=1))
-    if not newest:
+    newest = await last_id(client, keys.log)
+    if newest is None:
         return 0
-    newest_ms, _ = parse_id(text(newest[0][0]))
+    newest_ms, _ = parse_id(newest)
     markers = await checkpoint_markers(client, keys)
     if not markers or parse_id(markers[-1])[0] < newest_ms - retain_ms // 2:
         written = await write_checkpoint(client, keys)

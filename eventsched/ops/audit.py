@@ -33,6 +33,7 @@ def in_place(entry_id: str, utterance_index: int) -> bool:
 @dataclass(frozen=True)
 class RunReport:
     finalized: int
+    resent: int
     dispatched: int
     retried: int
     nodes_lost: int
@@ -82,6 +83,7 @@ async def measure(
     sessions, nodes = set(session_ids), set(node_ids)
 
     finalize_ms: dict[tuple[str, int], int] = {}
+    resent = 0  # finalizes in the log more than once: a gateway sent them again
     # Each registration's limit holds from its log position on: a dispatch is checked
     # against the limit in force when it was decided, not the node's last one.
     registrations: list[tuple[tuple[int, int], str, int]] = []
@@ -91,7 +93,9 @@ async def measure(
         except ValidationError:
             continue
         if isinstance(event, UtteranceFinalized) and event.session_id in sessions:
-            finalize_ms.setdefault((event.session_id, event.utterance_index), parse_id(entry_id)[0])
+            key = (event.session_id, event.utterance_index)
+            resent += key in finalize_ms
+            finalize_ms.setdefault(key, parse_id(entry_id)[0])
         elif isinstance(event, NodeRegistered) and event.node_id in nodes:
             registrations.append((parse_id(entry_id), event.node_id, event.max_concurrency))
 
@@ -162,6 +166,7 @@ async def measure(
     finalized = len(finalize_ms)
     return RunReport(
         finalized=finalized,
+        resent=resent,
         dispatched=dispatched,
         retried=retried,
         nodes_lost=nodes_lost,

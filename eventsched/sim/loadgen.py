@@ -7,8 +7,14 @@ after a random service time, and a share of them answer MODEL_NOT_AVAILABLE. Ses
 open, finalize their utterances at a speaking pace, and close once every utterance has
 ended. A share of the nodes dies silently mid-run (no beats, jobs in hand dropped) and
 comes back later, registering again as a restarted node would. Every Redis call rides
-out a restart or a lost connection. The report is then read back from the streams
-(``ops.audit.measure``).
+out a restart or a lost connection.
+
+The report is read back from the streams (``ops.audit.measure``), except what only the
+gateway side can know, because Redis may have lost it: ``finalized`` is the finalizes
+whose append Redis acknowledged, counted here as they were acknowledged, ``delivered``
+the outcomes the sessions received (an utterance the session client gave up on is not
+one), ``lost`` the difference, and ``out_of_order`` adds any outcome a session received
+before an earlier one.
 """
 
 from __future__ import annotations
@@ -16,13 +22,13 @@ from __future__ import annotations
 import random
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import anyio
 
 from eventsched.clients.node import Job, JobFailed, JobOutput, Node
 from eventsched.clients.retry import patiently
-from eventsched.clients.session import SessionClient
+from eventsched.clients.session import Session, SessionClient
 from eventsched.model.events import NodeRegistered, Services, SessionOpened, StageTimings
 from eventsched.model.keys import CellKeys
 from eventsched.ops.audit import RunReport, measure
@@ -49,6 +55,8 @@ class LoadSpec:
     service_ms: tuple[int, int] = (20, 120)  # how long a node works on a job
     heartbeat_ms: int = 1000
     timeout_s: float = 120.0  # give up waiting for outcomes after this
+    resend_s: float = 10.0  # a finalize with no outcome this long is sent again
+    max_sends: int = 4  # then the session client gives it up as lost
 
 
 @dataclass
@@ -99,7 +107,8 @@ async def run_load(
     plan = _plan(spec, rng)
     target = spec.sessions * spec.utterances
     nodes: dict[str, Node] = {}  # the running incarnation of each node
-    received = 0
+    sessions: list[Session] = []
+    received = delivered = inversions = 0
 
     def node_of(registration: NodeRegistered) -> Node:
         node_id = registration.node_id
@@ -147,19 +156,19 @@ async def run_load(
         fleet.start_soon(node_of(registration).run)
 
     async def speak(gateway: SessionClient, opened: SessionOpened) -> None:
-        nonlocal received
         session = await gateway.open(opened.session_id, opened.src_lang, opened.tgt_lang)
+        sessions.append(session)
 
         async def listen() -> None:
-            nonlocal received
-            heard = 0
-            async for _ in session.outcomes():
-                heard += 1
+            nonlocal received, delivered, inversions
+            previous = -1
+            async for outcome in session.outcomes():  # until closed and all answered
                 received += 1
+                delivered += outcome.status != "lost"
+                inversions += outcome.utterance_index <= previous
+                previous = outcome.utterance_index
                 if on_progress is not None:
                     on_progress(received, target)
-                if heard == spec.utterances:
-                    return
 
         async with anyio.create_task_group() as both:
             both.start_soon(listen)
@@ -171,13 +180,16 @@ async def run_load(
                     f"audio/{opened.session_id}/{index}.opus",
                     rng.randint(500, 6000),
                 )
-        await session.close()
+            await session.close()
 
     async with anyio.create_task_group() as fleet:
         for registration in plan.nodes:
             if registration.node_id not in plan.mortal:
                 fleet.start_soon(node_of(registration).run)
-        async with SessionClient(client, keys, block_ms=50) as gateway:
+        gateway = SessionClient(
+            client, keys, block_ms=50, resend_after_s=spec.resend_s, max_sends=spec.max_sends
+        )
+        async with gateway:
             # The run ends when every finalize has ended and every dead node is back.
             with anyio.move_on_after(spec.timeout_s):
                 async with anyio.create_task_group() as story:
@@ -190,11 +202,19 @@ async def run_load(
             for node in list(nodes.values()):
                 farewell.start_soon(node.drain)
 
-    return await patiently(
+    streams = await patiently(
         lambda: measure(
             client,
             keys,
             [s.session_id for s in plan.sessions],
             [n.node_id for n in plan.nodes],
         )
+    )
+    finalized = sum(session.finalized for session in sessions)
+    return replace(
+        streams,
+        finalized=finalized,
+        delivered=delivered,
+        lost=finalized - delivered,
+        out_of_order=streams.out_of_order + inversions,
     )

@@ -12,6 +12,7 @@ from eventsched.store.client import RedisClient
 __all__ = [
     "RawEntry",
     "id_after",
+    "last_id",
     "next_id",
     "parse_id",
     "read_hash",
@@ -32,6 +33,12 @@ def parse_id(entry_id: str) -> tuple[int, int]:
     """A stream ID as (ms, seq) integers: IDs compare as numbers, never as strings."""
     ms, _, seq = entry_id.partition("-")
     return int(ms), int(seq or 0)
+
+
+async def last_id(client: RedisClient, stream: str) -> str | None:
+    """The ID of the stream's newest entry; None when it is empty or missing."""
+    newest = cast(list[RawEntry], await client.xrevrange(stream, count=1))
+    return text(newest[0][0]) if newest else None
 
 
 def next_id(entry_id: str) -> str:
