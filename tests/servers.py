@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import redis
 
-__all__ = ["RedisProcess", "private_redis"]
+__all__ = ["AofTail", "RedisProcess", "private_redis"]
 
 
 def _free_port() -> int:
@@ -34,6 +35,7 @@ class RedisProcess:
             raise RuntimeError("redis-server is not installed")
         self.port = _free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.directory = directory
         self._command = [
             binary,
             "--port",
@@ -91,3 +93,48 @@ def private_redis(directory: Path, *extra_args: str) -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+class AofTail:
+    """Watches the AOF file a server is appending to, so that a machine crash can be
+    played: ``cut(1.0)`` truncates it to its size a second ago, the writes that
+    ``appendfsync everysec`` had not yet made durable. Sizes are sampled every 20 ms,
+    between Redis's own writes, so a cut falls on a command boundary."""
+
+    def __init__(self, server: RedisProcess) -> None:
+        self._folder = server.directory / "appendonlydir"
+        self._samples: list[tuple[float, Path, int]] = []
+        self._paused = threading.Event()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _newest(self) -> Path | None:
+        files = sorted(self._folder.glob("*.incr.aof"), key=lambda p: int(p.name.split(".")[-3]))
+        return files[-1] if files else None
+
+    def _sample(self) -> None:
+        while not self._stopped.wait(0.02):
+            newest = self._newest()
+            if newest is not None and not self._paused.is_set():
+                self._samples.append((time.monotonic(), newest, newest.stat().st_size))
+
+    def crash(self, server: RedisProcess, lost_s: float) -> int:
+        """SIGKILL the server, cut the last ``lost_s`` of its AOF, start it again;
+        returns the bytes cut."""
+        self._paused.set()
+        server.kill()
+        newest = self._newest()
+        assert newest is not None, "the server keeps no AOF"
+        before = time.monotonic() - lost_s
+        kept = [size for at, path, size in self._samples if path == newest and at <= before]
+        size = newest.stat().st_size
+        with newest.open("r+b") as aof:
+            aof.truncate(kept[-1] if kept else 0)
+        server.start()
+        self._paused.clear()
+        return size - (kept[-1] if kept else 0)
+
+    def close(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=5)

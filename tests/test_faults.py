@@ -20,7 +20,7 @@ import redis
 
 from eventsched.model.keys import CellKeys
 from tests.conftest import REAL_AVAILABLE
-from tests.servers import RedisProcess
+from tests.servers import AofTail, RedisProcess
 
 pytestmark = pytest.mark.skipif(
     not REAL_AVAILABLE, reason="fault tests run where a real Redis is installed"
@@ -137,6 +137,51 @@ def test_killed_workers_and_a_redis_crash_lose_nothing(tmp_path: Path) -> None:
         assert _patient(client, lambda c: c.exists(KEYS.lease("dispatch"))) == 0
     finally:
         for process in [*workers.values(), *([loadgen] if loadgen else [])]:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
+        client.close()
+        server.stop()
+
+
+@pytest.mark.timeout(300)
+def test_writes_redis_lost_are_sent_again_and_nothing_told_is_lost(tmp_path: Path) -> None:
+    """A machine crash under appendfsync everysec (SIGKILL, the AOF cut back by a
+    second), then a FLUSHALL, while 400 finalizes run: the load generator, counting what
+    its gateway was told, gets an outcome for every one, and the worker carries on."""
+    server = RedisProcess(
+        tmp_path, "--appendonly", "yes", "--appendfsync", "everysec",
+        "--auto-aof-rewrite-percentage", "0",
+    )  # fmt: skip
+    server.start()
+    tail = AofTail(server)
+    client = redis.Redis.from_url(server.url)
+    worker = _worker(server.url, "w0")
+    loadgen: subprocess.Popen[str] | None = None
+    try:
+        loadgen = _spawn(
+            "loadgen", "--redis-url", server.url, "--nodes", "20", "--sessions", "40",
+            "--utterances", "10", "--seed", "3", "--json", stdout=subprocess.PIPE,
+        )  # fmt: skip
+
+        def decided(at_least: int) -> Callable[[], bool]:
+            return lambda: int(_patient(client, lambda c: c.xlen(KEYS.decisions))) >= at_least
+
+        _wait_until(decided(80), 120, "dispatch progress")
+        assert tail.crash(server, 1.0) > 0
+        _wait_until(decided(80), 120, "dispatch progress after the crash")
+        _patient(client, lambda c: c.flushall())
+
+        out, _ = loadgen.communicate(timeout=240)
+        figures = json.loads(out.strip().splitlines()[-1])
+        assert (figures["finalized"], figures["delivered"], figures["lost"]) == (400, 400, 0)
+        assert (figures["duplicate_jobs"], figures["max_overcommit"]) == (0, 0)
+        assert figures["out_of_order"] == 0
+        assert figures["resent"] > 0  # something was lost, and sent again
+        assert worker.poll() is None
+    finally:
+        tail.close()
+        for process in [worker, *([loadgen] if loadgen else [])]:
             if process.poll() is None:
                 process.kill()
                 process.wait(timeout=10)
