@@ -45,7 +45,7 @@ class RunReport:
     duplicate_jobs: int
     max_overcommit: int
     out_of_order: int  # outputs at their own place whose index is not above the last's
-    late: int  # outputs after later ones: utterances whose first finalize Redis lost
+    late: int  # outputs not at their own place: after a later one or a notice
     dead_lettered: int
     dispatch_p50_ms: float
     dispatch_p99_ms: float

@@ -3,6 +3,13 @@ scripts and settings, compare it with the live projections, and check the invari
 from the streams.
 
 The live state is read at one consistent point of the log (``cell_state.read_state``).
+
+What verify cannot see: writes that are gone from every stream. When Redis loses
+acknowledged writes (a crash under ``appendfsync everysec``, a failover to a replica
+that had not caught up, a FLUSHALL), it loses the log entries, decisions and outputs
+together, and what is left is a consistent, shorter cell that verifies. Only a client
+knows what it was told: count loss on the gateway side (the load generator's report
+does, and ``SessionClient`` sends again what got no outcome).
 """
 
 from __future__ import annotations
