@@ -14,7 +14,8 @@
 -- KEYS[2] meta            hash: applied (tracking marker, last applied ID), mode
 -- KEYS[3] decisions       stream: d dispatch, x reject, r release, f failed, o ok,
 --                         l node lost, m model-not-available window opened,
---                         n notice (a finalize the cell cannot take: the gateway is told)
+--                         n notice (a finalize the cell cannot take: the gateway is told),
+--                         e session ended (expired: groups.lua removes its outputs)
 -- KEYS[4] dlq             stream: dead letters, reason + log_id + f:<field> copies
 --                         (bounded: + cut when short), at most DLQ_MAX_LEN
 -- KEYS[5] pools           hash: pool name -> "order|lang,lang"
@@ -23,16 +24,18 @@
 -- KEYS[8] deadlines       sorted set: running job id -> deadline ms
 -- KEYS[9] alive           sorted set: node id -> last heartbeat ms (nodes not lost)
 -- KEYS[10] dispatch_lease the role's lease; the batch is refused unless ARGV[3] holds it
+-- KEYS[11] idle           sorted set: session id -> its last activity ms (expiry on)
+-- KEYS[12] ended          sorted set: finished job id -> when it finished ms (expiry on)
 --
 -- ARGV[1]  cell prefix, e.g. "es:{c0}:"; per-node/session keys are built from it and
 --          share the cell's hash tag
 -- ARGV[2]  consumer group to XACK
 -- ARGV[3]  holder (worker name)
--- ARGV[4..14] settings: rate_per_s rate_burst max_attempts job_timeout_ms
+-- ARGV[4..15] settings: rate_per_s rate_burst max_attempts job_timeout_ms
 --          heartbeat_fresh_ms node_lost_ms unavailable_window_ms cpu_max_pct
---          gpu_max_pct mem_max_pct scan_limit
--- ARGV[15] the ID the tracking marker must have reached ('' for none; see run_batch)
--- ARGV[16] entry count, then per entry: id, type, field count, fields...
+--          gpu_max_pct mem_max_pct scan_limit expire_after_ms
+-- ARGV[16] the ID the tracking marker must have reached ('' for none; see run_batch)
+-- ARGV[17] entry count, then per entry: id, type, field count, fields...
 --   reg   node max_concurrency pool_langs pairs gpu
 --   hb    node cpu_pct gpu_pct mem_pct running_count
 --   drain node            dereg node            tick (no fields)
@@ -43,13 +46,14 @@
 --   close session
 --   bad   reason nfields nbytes, then the first field name/value pairs (bounded)
 -- Returns {applied, skipped_as_already_applied, dead_lettered}, {-1} when the lease is
--- not held, {-2} when the marker falls short of ARGV[15], or {-3, id, error} when the
+-- not held, {-2} when the marker falls short of ARGV[16], or {-3, id, error} when the
 -- entry `id` raised (the entries before it applied; see run_batch).
 
 -- @include common
 
 local K_LOG, K_META, K_DEC, K_DLQ, K_POOLS, K_LIDX, K_NODES, K_DEADLINES, K_ALIVE, K_LEASE =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local K_IDLE, K_ENDED = KEYS[11], KEYS[12]
 local P, GROUP, HOLDER = ARGV[1], ARGV[2], ARGV[3]
 local RATE = tonumber(ARGV[4])
 local BURST = tonumber(ARGV[5])
@@ -62,11 +66,12 @@ local CPU_MAX = tonumber(ARGV[11])
 local GPU_MAX = tonumber(ARGV[12])
 local MEM_MAX = tonumber(ARGV[13])
 local SCAN_LIMIT = tonumber(ARGV[14])
+local EXPIRE_MS = tonumber(ARGV[15])
 if not holds_lease(K_LEASE, HOLDER) then return {-1} end
 
 -- Work one tick may do, so a tick after a long silence cannot hold Redis for long;
 -- what is left is done by the next ticks.
-local TICK_NODES, TICK_JOBS = 16, 64
+local TICK_NODES, TICK_JOBS, TICK_EXPIRED = 16, 64, 64
 
 -- Key suffixes; keys.py SUFFIXES holds the same strings (tested).
 local S_NODE, S_INBOX, S_NJOBS, S_POOL = 'node:', 'inbox:', 'njobs:', 'pool:'
@@ -156,6 +161,36 @@ local function start_attempt(job, attempt, exclude, extra)
   return node_id, pool
 end
 
+-- End of life, in event time (settings.expire_after_ms; 0 keeps everything): a job
+-- record goes that long after the job finished, a session that long after its last
+-- finalize, close or job end. A session never expires with a job running: the settings
+-- require expire_after_ms to outlast every attempt's deadline.
+local function touch(session_id)
+  if EXPIRE_MS > 0 then redis.call('ZADD', K_IDLE, now_ms, session_id) end
+end
+
+local function finished(job_id, session_id)
+  if EXPIRE_MS > 0 then
+    redis.call('ZADD', K_ENDED, now_ms, job_id)
+    touch(session_id)
+  end
+end
+
+local function expire()
+  local before = string.format('(%d', now_ms - EXPIRE_MS)
+  for _, job_id in ipairs(redis.call('ZRANGEBYSCORE', K_ENDED, '-inf', before,
+      'LIMIT', 0, TICK_EXPIRED)) do
+    redis.call('DEL', P .. S_JOB .. job_id)
+    redis.call('ZREM', K_ENDED, job_id)
+  end
+  for _, session_id in ipairs(redis.call('ZRANGEBYSCORE', K_IDLE, '-inf', before,
+      'LIMIT', 0, TICK_EXPIRED)) do
+    redis.call('DEL', P .. S_SESS .. session_id, P .. S_UTT .. session_id)
+    redis.call('ZREM', K_IDLE, session_id)
+    decide('k', 'e', 'sid', session_id, 'at', now_id)
+  end
+end
+
 -- A job's context for a retry, read back from its record and its session.
 local function job_context(job_id)
   local j = redis.call('HMGET', P .. S_JOB .. job_id, 'sid', 'idx', 'audio', 'cut')
@@ -187,6 +222,7 @@ local function retry_or_fail(job_id, attempt, node_id, err, exhausted)
     reason = pool_or_why
   end
   redis.call('HSET', P .. S_JOB .. job_id, 'st', 'failed')
+  finished(job_id, job.sid)
   decide('k', 'f', 'job', job_id, 'att', attempt, 'node', node_id,
     'sid', job.sid, 'idx', job.idx, 'cut', job.cut, 'reason', reason, 'err', err,
     'at', now_id)
@@ -292,6 +328,7 @@ function handlers.tick()
     end_attempt(job_id, attempt, j[2], false, 'TIMED_OUT')
     retry_or_fail(job_id, attempt, j[2], 'TIMED_OUT', 'timed_out')
   end
+  if EXPIRE_MS > 0 then expire() end
 end
 
 function handlers.pools(f)
@@ -335,6 +372,7 @@ function handlers.open(f)
   end
   redis.call('HSET', sk, 'src', f[2], 'tgt', f[3], 'pool', '', 'closed', '0',
     'tb', BURST * 1000, 'tbt', now_ms, 'top', -1)
+  touch(f[1])
 end
 
 local function reject(session_id, index, cut, reason)
@@ -373,6 +411,7 @@ function handlers.fin(f)
     unserved(session_id, index, cut, 'session_closed')
     return
   end
+  touch(session_id)
   top = math.max(top, index)
   -- step 2: a token bucket in milli-tokens, refilled by event time
   local tokens = math.min(BURST * 1000, tonumber(s[5]) + (now_ms - tonumber(s[6])) * RATE)
@@ -442,6 +481,7 @@ function handlers.res(f)
     return
   end
   redis.call('HSET', jk, 'st', 'done')
+  finished(job_id, j[5])
   decide('k', 'o', 'job', job_id, 'att', attempt, 'node', node_id,
     'sid', j[5], 'idx', j[6], 'cut', j[4], 'asr', f[6], 'nmt', f[7], 'tts', f[8],
     'tts_ms', f[9], 'timings', f[10], 'fin', j[7], 'at', now_id)
@@ -454,6 +494,7 @@ function handlers.close(f)
     return
   end
   redis.call('HSET', sk, 'closed', '1')
+  touch(f[1])
 end
 
 function handlers.bad(f)
@@ -478,7 +519,7 @@ local function apply_entry(id, entry)
 end
 
 local done, skipped, failed_id, failure =
-  run_batch(K_META, 'applied', K_LOG, GROUP, 15, read_entry, apply_entry)
+  run_batch(K_META, 'applied', K_LOG, GROUP, 16, read_entry, apply_entry)
 if not done then return {-2} end
 if failed_id then return {-3, failed_id, failure} end
 return {done, skipped, dead_lettered}

@@ -22,7 +22,8 @@
 -- ARGV[5] the ID the tracking marker must have reached ('' for none; see run_batch)
 -- ARGV[6] entry count, then per entry: id, field count n, then n name/value strings
 --   decision kinds used: d (att 1 = finalized), x (rejected), f (failed), o (ok),
---   n (notice: a finalize the cell could not take, written as st=notice)
+--   n (notice: a finalize the cell could not take, written as st=notice),
+--   e (the session expired: its outputs and group state go)
 -- Returns {applied, skipped_as_already_applied, {session, index, ...} delivered}, {-1}
 -- when the lease is not held, {-2} when the marker falls short of ARGV[5], or
 -- {-3, id, error} when the decision `id` raised (see run_batch).
@@ -157,6 +158,14 @@ function handlers.n(e)
     args[#args + 1] = pair[2]
   end
   redis.call('XADD', unpack(args))
+end
+
+function handlers.e(e)
+  local infl = P .. S_INFL .. e.sid
+  for _, index in ipairs(redis.call('ZRANGE', infl, 0, -1)) do
+    redis.call('DEL', P .. S_HELD .. e.sid .. ':' .. index)
+  end
+  redis.call('DEL', infl, P .. S_OUT .. e.sid, P .. S_GRP .. e.sid)
 end
 
 local function read_entry(pos)

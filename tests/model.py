@@ -64,6 +64,8 @@ class CellModel:
         self.decisions: list[dict[str, str]] = []
         self.outputs: dict[str, list[dict[str, str]]] = {}
         self.dead: list[str] = []
+        self.idle: dict[str, int] = {}  # session -> last activity, when expiry is on
+        self.ended: dict[str, int] = {}  # finished job -> when
 
     # ------------------------------------------------------------ nodes
 
@@ -126,6 +128,8 @@ class CellModel:
             attempt, node_id = job.att, job.node
             self._end_attempt(job_id, attempt, node_id, False, "TIMED_OUT")
             self._retry_or_fail(job_id, attempt, node_id, "TIMED_OUT", "timed_out")
+        if self.s.expire_after_ms:
+            self._expire()
 
     # ------------------------------------------------------------ sessions
 
@@ -133,12 +137,34 @@ class CellModel:
         if session_id not in self.sessions:
             self.sessions[session_id] = _Session(self.s.rate_burst * 1000, self.now)
             self.outputs.setdefault(session_id, [])
+            self._touch(session_id)
 
     def close(self, session_id: str) -> None:
         if session_id not in self.sessions:
             self.dead.append("unknown_session")
             return
         self.sessions[session_id].closed = True
+        self._touch(session_id)
+
+    def _touch(self, session_id: str) -> None:
+        if self.s.expire_after_ms:
+            self.idle[session_id] = self.now
+
+    def _finished(self, job_id: str, session_id: str) -> None:
+        if self.s.expire_after_ms:
+            self.ended[job_id] = self.now
+            self._touch(session_id)
+
+    def _expire(self) -> None:
+        """Finished jobs, then sessions, idle longer than expire_after_ms, 64 of each
+        per tick, oldest first (ties by id, as a sorted set orders them)."""
+        before = self.now - self.s.expire_after_ms
+        for at, job_id in sorted((at, j) for j, at in self.ended.items() if at < before)[:64]:
+            del self.ended[job_id], self.jobs[job_id]
+        for at, sid in sorted((at, s) for s, at in self.idle.items() if at < before)[:64]:
+            del self.idle[sid], self.sessions[sid]
+            self.outputs[sid] = []
+            self._decide(k="e", sid=sid)
 
     def finalize(self, session_id: str, index: int, cut: str) -> None:
         session = self.sessions.get(session_id)
@@ -151,6 +177,7 @@ class CellModel:
         if session.closed:
             self._notice(session_id, index, "session_closed")
             return
+        self._touch(session_id)
         elapsed = self.now - session.refilled_at
         tokens = min(self.s.rate_burst * 1000, session.tokens + elapsed * self.s.rate_per_s)
         session.top = max(session.top, index)
@@ -195,6 +222,7 @@ class CellModel:
             self._retry_or_fail(job_id, attempt, node_id, err, "retries_exhausted")
             return
         job.st = "done"
+        self._finished(job_id, job.sid)
         self._decide(
             k="o", job=job_id, att=str(attempt), node=node_id, sid=job.sid, idx=str(job.idx)
         )
@@ -263,6 +291,7 @@ class CellModel:
                 return
             reason = why
         job.st = "failed"
+        self._finished(job_id, job.sid)
         self._decide(
             k="f", job=job_id, att=str(attempt), node=node_id, sid=job.sid, idx=str(job.idx),
             reason=reason, err=err,

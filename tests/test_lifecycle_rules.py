@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from eventsched.model.events import NodeDeregistered, NodeDraining, Tick
+from eventsched.model.events import NodeDeregistered, NodeDraining, SessionClosed, Tick
+from eventsched.model.settings import DecisionSettings
 from eventsched.ops.verify import verify_cell
 from tests.harness import Cell, beat, error, finalize, node, ok, session
 
@@ -106,3 +107,40 @@ async def test_capacity_is_checked_against_the_limit_in_force_at_each_dispatch(
     report = await verify_cell(cell.client, cell.keys)
     assert report.ok, report.problems
     assert report.figures["max_overcommit"] == 0
+
+
+async def test_finished_jobs_and_idle_sessions_expire_in_event_time(cell: Cell) -> None:
+    """expire_after_ms after a job finished its record goes; after a session's last
+    activity, the session and everything of it goes (sess, utt, out, grp, infl), a
+    decision says so, and a later finalize is noticed unknown_session. A session whose
+    job is still running does not expire: the job ends first and counts as activity."""
+    cell.configure(job_timeout_ms=1000, max_attempts=1, expire_after_ms=2000)
+    client = cell.client
+    await cell.step(node("n1", max_concurrency=4), session("s1"), session("s2"))
+    await cell.step(finalize("s1", 0), finalize("s2", 0))
+    cell.advance(100)
+    await cell.step(ok("s1:0", 1, "n1"))
+    cell.advance(100)
+    await cell.step(SessionClosed(session_id="s1"), beat("n1"))
+    cell.advance(2001)  # s1 idle for 2001 ms; s2's job is past its deadline, unseen yet
+    await cell.step(beat("n1"), Tick())
+    gone = [cell.keys.session("s1"), cell.keys.output("s1"), cell.keys.group("s1")]
+    gone += [cell.keys.job("s1:0"), cell.keys.in_flight("s1")]
+    assert await client.exists(*gone) == 0
+    assert [d["sid"] for d in await cell.decisions("e")] == ["s1"]
+    # s2's job timed out in this same tick, which made s2 active: it stays.
+    assert await client.exists(cell.keys.session("s2"), cell.keys.job("s2:0")) == 2
+    cell.advance(2001)
+    await cell.step(beat("n1"), Tick())
+    assert [d["sid"] for d in await cell.decisions("e")] == ["s1", "s2"]
+    assert await client.exists(cell.keys.session("s2"), cell.keys.job("s2:0")) == 0
+    assert await client.zcard(cell.keys.idle) == await client.zcard(cell.keys.ended) == 0
+    await cell.step(finalize("s1", 1))
+    last = (await cell.decisions())[-1]
+    assert (last["k"], last["reason"]) == ("n", "unknown_session")
+
+
+def test_expiry_must_outlast_every_attempt() -> None:
+    with pytest.raises(ValueError, match="expire_after_ms"):
+        DecisionSettings(job_timeout_ms=1000, max_attempts=3, expire_after_ms=5999)
+    assert DecisionSettings(expire_after_ms=0).expire_after_ms == 0

@@ -42,6 +42,7 @@ SETTINGS = DecisionSettings(
     node_lost_ms=4000,
     unavailable_window_ms=2000,
     group_max_utterances=3,
+    expire_after_ms=12_000,  # the least these attempts allow: sessions do expire in a run
 )
 NODES = ("n1", "n2")
 SESSIONS = ("s1", "s2")
@@ -99,6 +100,11 @@ class CellMachine(RuleBasedStateMachine):
         self.model.now = self.cell.now_ms
         self.model.tick()
         self._step(Tick())
+
+    @rule()
+    def long_silence(self) -> None:
+        """Long enough for finished jobs and idle sessions to expire."""
+        self.time_passes(SETTINGS.expire_after_ms + 1)
 
     @rule(node_id=st.sampled_from(NODES))
     def flaps(self, node_id: str) -> None:

@@ -72,6 +72,8 @@ APPLY_KEYS = (
     "deadlines",
     "alive",
     "dispatch_lease",
+    "idle",
+    "ended",
 )
 GROUPS_KEYS = ("decisions", "meta", "groups_lease")
 CLAIM_KEYS = ("stream", "dlq", "lease", "meta")
@@ -167,6 +169,16 @@ class CellKeys:
     def alive(self) -> str:
         """Sorted set: node id -> last heartbeat (event time ms), for nodes not lost."""
         return self.prefix + "alive"
+
+    @property
+    def idle(self) -> str:
+        """Sorted set: session id -> its last activity (event time ms), for expiry."""
+        return self.prefix + "idle"
+
+    @property
+    def ended(self) -> str:
+        """Sorted set: finished job id -> when it finished (event time ms), for expiry."""
+        return self.prefix + "ended"
 
     def lease(self, role: str) -> str:
         """String: the worker holding a role of the cell (dispatch, groups, ticker)."""

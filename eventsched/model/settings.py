@@ -3,7 +3,7 @@ values the live run used; everything here is an integer so Lua sees exact values
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = ["DecisionSettings"]
 
@@ -36,6 +36,24 @@ class DecisionSettings(BaseModel):
     group_max_utterances: int = Field(
         default=32, ge=1, le=1000, description="a conversation group is cut after this many"
     )
+    expire_after_ms: int = Field(
+        default=600_000,
+        ge=0,
+        le=30 * 86_400_000,
+        description="a finished job's record, and a session with no activity, go after this"
+        " long (0: keep everything)",
+    )
+
+    @model_validator(mode="after")
+    def _sessions_outlast_their_jobs(self) -> DecisionSettings:
+        # A session must never expire with a job running: every attempt of a job ends
+        # by its deadline, and the ticks that see it may come late.
+        least = 2 * self.max_attempts * self.job_timeout_ms
+        if 0 < self.expire_after_ms < least:
+            raise ValueError(
+                f"expire_after_ms must be 0 or at least 2 x max_attempts x job_timeout_ms ({least})"
+            )
+        return self
 
     def as_argv(self) -> list[int]:
         """The values in the order apply.lua reads them (after its first three ARGV)."""
@@ -51,4 +69,5 @@ class DecisionSettings(BaseModel):
             self.gpu_max_pct,
             self.mem_max_pct,
             self.scan_limit,
+            self.expire_after_ms,
         ]

@@ -131,6 +131,8 @@ def _ended_once_in_order(state: dict[str, Any]) -> list[str]:
         kind = fields[b"k"]
         if kind == b"x" or (kind == b"d" and fields[b"att"] == b"1"):
             accepted[text(fields[b"sid"])].add(int(fields[b"idx"]))
+        elif kind == b"e":  # the session expired, its outputs with it
+            accepted.pop(text(fields[b"sid"]), None)
     problems = []
     for session, indexes in sorted(accepted.items()):
         outputs = [
