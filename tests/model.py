@@ -159,9 +159,9 @@ class CellModel:
         """Finished jobs, then sessions, idle longer than expire_after_ms, 64 of each
         per tick, oldest first (ties by id, as a sorted set orders them)."""
         before = self.now - self.s.expire_after_ms
-        for at, job_id in sorted((at, j) for j, at in self.ended.items() if at < before)[:64]:
+        for _, job_id in sorted((at, j) for j, at in self.ended.items() if at < before)[:64]:
             del self.ended[job_id], self.jobs[job_id]
-        for at, sid in sorted((at, s) for s, at in self.idle.items() if at < before)[:64]:
+        for _, sid in sorted((at, s) for s, at in self.idle.items() if at < before)[:64]:
             del self.idle[sid], self.sessions[sid]
             self.outputs[sid] = []
             self._decide(k="e", sid=sid)
