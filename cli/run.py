@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from eventsched.dispatch.worker import DEFAULT_BATCH, Worker, find_cells
+from eventsched.dispatch.worker import DEFAULT_BATCH, DEFAULT_RETAIN_S, Worker, find_cells
 from eventsched.model.keys import DEFAULT_CELL, DEFAULT_NAMESPACE, CellKeys
 from eventsched.model.settings import DecisionSettings
 from eventsched.ops.audit import RunReport
@@ -85,9 +85,13 @@ def worker(
     lease_ms: Annotated[int, typer.Option(min=100, help="role lease time to live")] = 2000,
     tick_ms: Annotated[int, typer.Option(min=10, help="tick interval")] = 200,
     retain: Annotated[
-        int | None,
-        typer.Option(min=0, help="checkpoint, and trim acknowledged entries older than S s"),
-    ] = None,
+        int,
+        typer.Option(
+            min=0,
+            help="checkpoint, trim acknowledged entries older than S s, expire finished"
+            " jobs and idle sessions (0: keep everything)",
+        ),
+    ] = DEFAULT_RETAIN_S,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True)] = 0,
 ) -> None:
     """Work the cells' roles until SIGTERM or SIGINT: the batch in hand is finished and
@@ -109,12 +113,12 @@ def worker(
         runner = Worker(
             client,
             chosen,
-            DecisionSettings(),
+            DecisionSettings(expire_after_ms=0) if retain == 0 else DecisionSettings(),
             consumer,
             batch,
             lease_ms=lease_ms,
             tick_ms=tick_ms,
-            retain_ms=None if retain is None else retain * 1000,
+            retain_ms=retain * 1000 or None,
         )
         async with anyio.create_task_group() as group:
 

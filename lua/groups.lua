@@ -38,6 +38,8 @@ if not holds_lease(K_LEASE, HOLDER) then return {-1} end
 -- Key suffixes; keys.py SUFFIXES holds the same strings (tested).
 local S_INFL, S_HELD, S_OUT, S_GRP = 'infl:', 'held:', 'out:', 'grp:'
 
+local OUTPUT_MAX_LEN = 1000 -- model/limits.py holds the same number (tested)
+
 local OUT_FIELDS = {'st', 'reason', 'err', 'cut', 'job', 'att', 'node', 'asr', 'nmt',
                     'tts', 'tts_ms', 'timings'}
 
@@ -64,16 +66,18 @@ local function update_group(session_id, values)
     'ended', (cut == 'max_length') and '0' or '1', 'tts_until', tts_until}
 end
 
--- The output entry for utterance `index`: its own place (index+1)-0, or right after
--- the last entry when that place is taken or passed.
+-- The XADD of utterance `index`'s output entry: at its own place (index+1)-0, or right
+-- after the last entry when that place is taken or passed; the stream keeps its newest
+-- OUTPUT_MAX_LEN entries (exact trimming: the same on every backend).
 local function output_entry(session_id, index)
   local stream = P .. S_OUT .. session_id
+  local id = string.format('%d-0', index + 1)
   local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
   if last then
     local ms, seq = id_parts(last[1])
-    if ms > index then return {stream, string.format('%d-%d', ms, seq + 1), 'idx', index} end
+    if ms > index then id = string.format('%d-%d', ms, seq + 1) end
   end
-  return {stream, string.format('%d-0', index + 1), 'idx', index}
+  return {stream, 'MAXLEN', OUTPUT_MAX_LEN, id, 'idx', index}
 end
 
 local function deliver(session_id, index, values)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from eventsched.model.events import NodeDeregistered, NodeDraining, SessionClosed, Tick
+from eventsched.model.limits import OUTPUT_MAX_LEN
 from eventsched.model.settings import DecisionSettings
 from eventsched.ops.verify import verify_cell
 from tests.harness import Cell, beat, error, finalize, node, ok, session
@@ -144,3 +145,13 @@ def test_expiry_must_outlast_every_attempt() -> None:
     with pytest.raises(ValueError, match="expire_after_ms"):
         DecisionSettings(job_timeout_ms=1000, max_attempts=3, expire_after_ms=5999)
     assert DecisionSettings(expire_after_ms=0).expire_after_ms == 0
+
+
+async def test_an_output_stream_keeps_its_newest_entries(cell: Cell) -> None:
+    await cell.step(session("s1"))
+    await cell.step(*(finalize("s1", index) for index in range(OUTPUT_MAX_LEN + 5)))
+    kept = await cell.outputs("s1")  # no node: each one rejected, each with its outcome
+    assert len(kept) == OUTPUT_MAX_LEN
+    assert (kept[0]["idx"], kept[-1]["idx"]) == ("5", str(OUTPUT_MAX_LEN + 4))
+    report = await verify_cell(cell.client, cell.keys)
+    assert report.ok, report.problems

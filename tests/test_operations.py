@@ -14,14 +14,16 @@ from eventsched.dispatch.retention import (
     deleted_below,
     retain,
     trim_acknowledged,
+    trim_inboxes,
 )
 from eventsched.model.events import ENTRY_FIELD, Tick
+from eventsched.model.keys import INBOX_GROUP
 from eventsched.ops import dead_letters as dlq
 from eventsched.ops.rebuild import rebuild_groups
 from eventsched.ops.replay import check, record, replay
 from eventsched.ops.verify import verify_cell
 from eventsched.store.client import RedisClient, unlink_matching
-from eventsched.store.streams import id_after, xrange_raw
+from eventsched.store.streams import id_after, xrange_raw, xreadgroup_raw
 from tests.conftest import new_namespace
 from tests.harness import START_MS, Cell, error, finalize, node, ok, session
 
@@ -122,6 +124,20 @@ async def test_trimming_keeps_what_any_group_has_not_acknowledged(cell: Cell) ->
     [(remaining_id, _)] = await xrange_raw(cell.client, cell.keys.log)
     assert remaining_id == pending_id
     assert await deleted_below(cell.client, cell.keys, cell.keys.log) is not None
+
+
+async def test_inboxes_are_trimmed_below_what_their_node_acknowledged(cell: Cell) -> None:
+    await cell.step(node("n1", max_concurrency=4), session("s1"))
+    await cell.step(*(finalize("s1", index) for index in range(3)), node("n2"))
+    inbox = cell.keys.inbox("n1")
+    [(_, taken)] = await xreadgroup_raw(cell.client, INBOX_GROUP, "n1", {inbox: ">"}, 10, None)
+    [first, second, third] = [entry_id for entry_id, _ in taken]
+    await cell.client.xack(inbox, INBOX_GROUP, first, second)  # the third still running
+    assert await trim_inboxes(cell.client, cell.keys, 0, 1) == (2, 1)  # a slice: n1 only
+    assert [i for i, _ in await xrange_raw(cell.client, inbox)] == [third]
+    assert await trim_inboxes(cell.client, cell.keys, 1, 1) == (0, 0)  # n2: nothing; wraps
+    report = await verify_cell(cell.client, cell.keys)  # the rest is as the log says
+    assert report.ok, report.problems
 
 
 async def test_retention_trims_below_a_checkpoint_and_recordings_start_after_it(

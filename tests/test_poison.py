@@ -21,6 +21,7 @@ from eventsched.model.limits import (
     DLQ_MAX_LEN,
     MAX_EVENT_BYTES,
     MAX_ID_SEQ,
+    OUTPUT_MAX_LEN,
 )
 from eventsched.store.client import RedisClient
 from eventsched.store.scripts import lua_source
@@ -67,6 +68,8 @@ def test_the_scripts_keep_the_limits_limits_py_names() -> None:
     )
     claimed = re.search(r"local DLQ_MAX_LEN = (\d+)", lua_source("claim"))
     assert claimed and int(claimed.group(1)) == DLQ_MAX_LEN
+    kept = re.search(r"local OUTPUT_MAX_LEN = (\d+)", lua_source("groups"))
+    assert kept and int(kept.group(1)) == OUTPUT_MAX_LEN
 
 
 async def test_thousands_of_fields_are_dead_lettered_with_a_bounded_copy(cell: Cell) -> None:

@@ -4,12 +4,17 @@ A stream is trimmed only below the point every consumer group has acknowledged. 
 log and the decisions stream are trimmed, beyond the retention window, only below a
 checkpoint: the cell's projections (without stream history) stored at a log position,
 so a recording can still start after the trimmed part (``replay.record --since``).
+Node inboxes are trimmed below what their node acknowledged, a slice of the nodes per
+round. (Job records and idle sessions end in event time, in apply.lua; a session's
+output stream keeps its last ``OUTPUT_MAX_LEN`` entries, in groups.lua.)
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any, cast
+
+from redis.exceptions import ResponseError
 
 from eventsched.model.events import canonical_json
 from eventsched.model.keys import CellKeys
@@ -24,6 +29,7 @@ __all__ = [
     "load_checkpoint",
     "retain",
     "trim_acknowledged",
+    "trim_inboxes",
     "write_checkpoint",
 ]
 
@@ -45,14 +51,31 @@ async def acked_bound(client: RedisClient, stream: str) -> str | None:
     return min(bounds, key=parse_id)
 
 
-async def trim_acknowledged(client: RedisClient, stream: str, below: str) -> int:
-    """Remove the entries below ``below`` that every group has acknowledged; returns how
-    many were removed."""
+async def trim_acknowledged(client: RedisClient, stream: str, below: str | None = None) -> int:
+    """Remove the entries that every group has acknowledged (only those below ``below``,
+    when given); returns how many were removed."""
     bound = await acked_bound(client, stream)
     if bound is None:
         return 0
-    minimum = min(bound, below, key=parse_id)
+    minimum = bound if below is None else min(bound, below, key=parse_id)
     return int(await client.xtrim(stream, minid=minimum, approximate=False))
+
+
+async def trim_inboxes(
+    client: RedisClient, keys: CellKeys, start: int, count: int
+) -> tuple[int, int]:
+    """Trim the inboxes of ``count`` nodes from position ``start`` of the node list below
+    what each node acknowledged. Returns entries removed and where the next round starts
+    (0 after the last node)."""
+    found = cast(list[bytes], await client.zrange(keys.nodes, start, start + count))  # +1: more?
+    node_ids = [text(n) for n in found[:count]]
+    removed = 0
+    for node_id in node_ids:
+        try:
+            removed += await trim_acknowledged(client, keys.inbox(node_id))
+        except ResponseError:  # no inbox (not yet made, or lost with a flush)
+            continue
+    return removed, (start + count if len(found) > count else 0)
 
 
 async def deleted_below(client: RedisClient, keys: CellKeys, stream: str) -> str | None:
@@ -81,7 +104,7 @@ async def deleted_below(client: RedisClient, keys: CellKeys, stream: str) -> str
 async def write_checkpoint(client: RedisClient, keys: CellKeys) -> str | None:
     """Store the projections at the cell's current applied position; returns that
     position, or None when the cell changed under the read (try again later)."""
-    state = await dump_state(client, keys)
+    state = await dump_state(client, keys, with_streams=False)
     if state is None or state["_applied"] == "0-0":
         return None  # changed under the read, or nothing applied yet
     marker = str(state["_applied"])

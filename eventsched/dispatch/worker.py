@@ -34,7 +34,7 @@ from eventsched.dispatch.applier import (
 )
 from eventsched.dispatch.job_log import follow_decisions
 from eventsched.dispatch.lease import Lease
-from eventsched.dispatch.retention import retain
+from eventsched.dispatch.retention import retain, trim_inboxes
 from eventsched.model.events import ENTRY_FIELD, Tick, encode_event
 from eventsched.model.keys import PROJECTIONS, CellKeys
 from eventsched.model.settings import DecisionSettings
@@ -43,7 +43,14 @@ from eventsched.store.client import RedisClient
 from eventsched.store.scripts import register
 from eventsched.store.streams import StreamReply, parse_id, text, xreadgroup_raw
 
-__all__ = ["DEFAULT_BATCH", "Worker", "ensure_group", "find_cells", "stored_settings"]
+__all__ = [
+    "DEFAULT_BATCH",
+    "DEFAULT_RETAIN_S",
+    "Worker",
+    "ensure_group",
+    "find_cells",
+    "stored_settings",
+]
 
 log = logging.getLogger("eventsched.worker")
 
@@ -57,6 +64,10 @@ DEFAULT_BATCH = 24
 _READ_CALLS = 4
 _CLAIM_PAGE = 100
 _TRIM_EVERY_S = 5.0
+# The worker command's retention window: ten minutes of log at 1,000 events/s is about
+# 600,000 entries, some 150 MB, and enough to record what just went wrong.
+DEFAULT_RETAIN_S = 600
+_INBOXES_PER_TRIM = 256  # a round's slice of the nodes: 10,000 nodes in about 3 minutes
 _STATS_CHECK_S = 0.25  # how often the follower asks whether a stats window has ended
 _BACKOFF_MIN_S = 0.05
 _BACKOFF_MAX_S = 2.0
@@ -244,6 +255,7 @@ class Worker:
         self.tick_ms = tick_ms
         self.retain_ms = retain_ms
         self._trimmed_at: dict[str, float] = {}  # cell -> monotonic time of its last trim
+        self._inboxes_from: dict[str, int] = {}  # cell -> the next node slice to trim
         kinds: dict[str, type[Applier] | type[GroupsApplier]] = {
             "dispatch": Applier,
             "groups": GroupsApplier,
@@ -347,16 +359,21 @@ class Worker:
                 await self._pause(stop, backoff)
 
     async def _trim(self, keys: CellKeys) -> None:
-        """Now and then (by the dispatch role's holder): checkpoint the projections and
+        """Now and then (by the dispatch role's holder): checkpoint the projections,
         trim the log and the decisions stream below a checkpoint beyond the retention
-        window, never below what a group still needs."""
+        window, never below what a group still needs, and trim a slice of the nodes'
+        inboxes below what each node acknowledged."""
         last = self._trimmed_at.get(keys.cell, 0.0)
         if time.monotonic() < last + _TRIM_EVERY_S or self.retain_ms is None:
             return
         self._trimmed_at[keys.cell] = time.monotonic()
         removed = await retain(self.client, keys, self.retain_ms)
-        if removed:
-            log.info("%s: trimmed %d acknowledged entries", keys.cell, removed)
+        from_node = self._inboxes_from.get(keys.cell, 0)
+        from_inboxes, self._inboxes_from[keys.cell] = await trim_inboxes(
+            self.client, keys, from_node, _INBOXES_PER_TRIM
+        )
+        if removed or from_inboxes:
+            log.info("%s: trimmed %d acknowledged entries", keys.cell, removed + from_inboxes)
 
     async def _follow(self, role: _Role, stop: anyio.Event) -> None:
         """Boundary logs and the statistics snapshot of a cell, written only by its

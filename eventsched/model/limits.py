@@ -20,6 +20,7 @@ __all__ = [
     "MAX_ID_MS",
     "MAX_ID_SEQ",
     "MAX_JSON_DEPTH",
+    "OUTPUT_MAX_LEN",
     "RepeatedFields",
     "entry_check",
     "field_pairs",
@@ -43,6 +44,9 @@ DLQ_COPY_BYTES: Final = 4096
 # The dead-letter stream holds at most this many; the oldest go first, counted in the
 # cell's meta hash (``dlq_trimmed``).
 DLQ_MAX_LEN: Final = 10_000
+# A session's output stream keeps its newest entries, this many (groups.lua): a reader
+# that far behind has lost its listener long ago, and an hour-long session stays bounded.
+OUTPUT_MAX_LEN: Final = 1000
 
 
 class RepeatedFields(dict[bytes, bytes]):

@@ -40,9 +40,13 @@ def _ignored(short: str) -> bool:
     )
 
 
-async def dump_state(client: RedisClient, keys: CellKeys) -> dict[str, Any] | None:
+async def dump_state(
+    client: RedisClient, keys: CellKeys, with_streams: bool = True
+) -> dict[str, Any] | None:
     """Every projection key of the cell, read atomically; None if the cell changed
-    between listing its keys and reading them, or its groups projection lags."""
+    between listing its keys and reading them, or its groups projection lags. Without
+    ``with_streams`` the streams (decisions, outputs, inboxes, dead letters: history,
+    not state) are left out, so the read costs the same however long they grow."""
     before = await client.hmget(keys.meta, ["applied", "groups_applied"])
     names = []
     async for raw in client.scan_iter(match=keys.all_pattern, count=1000):
@@ -53,6 +57,11 @@ async def dump_state(client: RedisClient, keys: CellKeys) -> dict[str, Any] | No
         for name in names:
             pipe.type(name)
         kinds = [text(k) for k in await pipe.execute()]
+    if not with_streams:
+        names, kinds = (
+            [n for n, k in zip(names, kinds, strict=True) if k != "stream"],
+            [k for k in kinds if k != "stream"],
+        )
     async with client.pipeline(transaction=True) as pipe:
         pipe.hmget(keys.meta, ["applied", "groups_applied"])
         pipe.xrevrange(keys.decisions, count=1)
