@@ -16,9 +16,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from eventsched.dispatch.worker import DEFAULT_BATCH, DEFAULT_RETAIN_S, Worker, find_cells
+from eventsched.dispatch.worker import (
+    DEFAULT_BATCH,
+    DEFAULT_RETAIN_S,
+    Worker,
+    find_cells,
+    retention_settings,
+)
 from eventsched.model.keys import DEFAULT_CELL, DEFAULT_NAMESPACE, CellKeys
-from eventsched.model.settings import DecisionSettings
 from eventsched.ops.audit import RunReport
 from eventsched.sim.demo import run_demo
 from eventsched.sim.loadgen import LoadSpec, run_load
@@ -113,7 +118,7 @@ def worker(
         runner = Worker(
             client,
             chosen,
-            DecisionSettings(expire_after_ms=0) if retain == 0 else DecisionSettings(),
+            retention_settings(retain),
             consumer,
             batch,
             lease_ms=lease_ms,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from eventsched.dispatch.worker import retention_settings
 from eventsched.model.events import NodeDeregistered, NodeDraining, SessionClosed, Tick
 from eventsched.model.limits import OUTPUT_MAX_LEN
 from eventsched.model.settings import DecisionSettings
@@ -145,6 +146,8 @@ def test_expiry_must_outlast_every_attempt() -> None:
     with pytest.raises(ValueError, match="expire_after_ms"):
         DecisionSettings(job_timeout_ms=1000, max_attempts=3, expire_after_ms=5999)
     assert DecisionSettings(expire_after_ms=0).expire_after_ms == 0
+    # The worker's --retain sets it: the window, the floor when longer, 0 for 0.
+    assert [retention_settings(s).expire_after_ms for s in (0, 30, 600)] == [0, 90_000, 600_000]
 
 
 async def test_an_output_stream_keeps_its_newest_entries(cell: Cell) -> None:

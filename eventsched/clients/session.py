@@ -70,6 +70,7 @@ class Session:
         self._arrived: dict[int, Outcome] = {}  # outcomes waiting for an earlier one
         self._opened_at = "0-0"  # log ID of the last (re-)open; older notices are stale
         self._send, self._receive = anyio.create_memory_object_stream[Outcome](_BUFFER)
+        self._reading = False  # outcomes() closes the receiving end when it finishes
 
     async def finalize(
         self, utterance_index: int, reason: Reason, audio_ref: str, duration_ms: int
@@ -98,8 +99,10 @@ class Session:
         """Every outcome of the session in utterance order, as it is delivered (one
         reader per session); ends once the session is closed and every utterance it
         finalized has its outcome."""
-        async for outcome in self._receive:
-            yield outcome
+        self._reading = True
+        with self._receive:
+            async for outcome in self._receive:
+                yield outcome
 
     async def close(self) -> None:
         """No more utterances. Outcomes of those still running keep coming; the cell is
@@ -180,8 +183,10 @@ class Session:
             self._send.close()
 
     def _release(self) -> None:
+        """The client is done: a reader of outcomes() sees their end, not an error."""
         self._send.close()
-        self._receive.close()
+        if not self._reading:
+            self._receive.close()
 
 
 class SessionClient:

@@ -84,6 +84,17 @@ async def find_cells(client: RedisClient, namespace: str) -> list[CellKeys]:
     return [CellKeys(cell, namespace) for cell in sorted(found)]
 
 
+def retention_settings(retain_s: int) -> DecisionSettings:
+    """The decision settings of a worker keeping ``retain_s`` seconds of history: finished
+    jobs and idle sessions expire after the same window (0: never), or after the least
+    the attempts allow when that is longer."""
+    if retain_s == 0:
+        return DecisionSettings(expire_after_ms=0)
+    least = DecisionSettings(expire_after_ms=0)
+    floor_ms = 2 * least.max_attempts * least.job_timeout_ms
+    return DecisionSettings(expire_after_ms=max(retain_s * 1000, floor_ms))
+
+
 async def stored_settings(client: RedisClient, keys: CellKeys) -> DecisionSettings:
     """The settings the cell's dispatch worker last applied with (defaults if none)."""
     raw = await client.hget(keys.meta, "settings")

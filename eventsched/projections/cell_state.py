@@ -57,11 +57,10 @@ async def dump_state(
         for name in names:
             pipe.type(name)
         kinds = [text(k) for k in await pipe.execute()]
-    if not with_streams:
-        names, kinds = (
-            [n for n, k in zip(names, kinds, strict=True) if k != "stream"],
-            [k for k in kinds if k != "stream"],
-        )
+    # A key gone since the scan ("none") is not read; nor are streams, without them.
+    dropped = ("none",) if with_streams else ("none", "stream")
+    listed = [(n, k) for n, k in zip(names, kinds, strict=True) if k not in dropped]
+    names, kinds = [n for n, _ in listed], [k for _, k in listed]
     async with client.pipeline(transaction=True) as pipe:
         pipe.hmget(keys.meta, ["applied", "groups_applied"])
         pipe.xrevrange(keys.decisions, count=1)
@@ -76,7 +75,9 @@ async def dump_state(
                 pipe.smembers(name)
             else:
                 pipe.get(name)
-        replies = await pipe.execute()
+        replies = await pipe.execute(raise_on_error=False)
+    if any(isinstance(reply, Exception) for reply in replies):
+        return None  # a key changed type under the read (made or deleted since): again
     markers, newest_decision, values = replies[0], replies[1], replies[2:]
     groups_behind = bool(newest_decision) and newest_decision[0][0] != markers[1]
     if markers != before or groups_behind:
