@@ -6,8 +6,10 @@ with one or two slots and a stream of sessions through the session client, each 
 20 utterances and closing, at ``--rate`` finalizes per second in all, several times
 what the nodes can serve, so most are rejected ``no_capacity`` and every kind of key is
 made (jobs, sessions, outputs, inboxes, rejections). Each minute it prints Redis's
-``used_memory``, the worker's RSS, the cell's key count and log length, and the time of
-one checkpoint read (the projections without streams, as the worker stores them).
+``used_memory``, the worker's RSS, the cell's key count and log length, and what a
+checkpoint read (lua/state.lua without streams, as the worker stores them) costs: the
+Redis time of the minute's calls, from the slow log (the worker's checkpoints and one
+of this process's), and the wall time of this process's one.
 
     python bench/soak.py [--minutes 10] [--rate 320] [--retain 30]
 
@@ -22,6 +24,7 @@ import argparse
 import itertools
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -39,6 +42,7 @@ from eventsched.model.events import Services
 from eventsched.model.keys import CellKeys
 from eventsched.projections.cell_state import dump_state
 from eventsched.store.client import RedisClient, Store
+from eventsched.store.scripts import register
 
 __all__ = ["main"]
 
@@ -61,7 +65,8 @@ async def _serve(job: Job) -> JobOutput:
 
 
 async def _checkpoint_ms(client: RedisClient, keys: CellKeys) -> float:
-    """One checkpoint read, timed; a read the cell changed under is tried again."""
+    """One checkpoint read, timed; one taken while the groups projection lags is taken
+    again."""
     for _ in range(20):
         began = time.perf_counter()
         state = await dump_state(client, keys, with_streams=False)
@@ -70,15 +75,30 @@ async def _checkpoint_ms(client: RedisClient, keys: CellKeys) -> float:
     return float("nan")
 
 
+async def _checkpoint_redis_ms(client: RedisClient) -> float:
+    """The median Redis time of the state script's calls since the last sample."""
+    sha = register(client, "state").sha
+    entries = await client.slowlog_get(10_000)
+    await client.slowlog_reset()
+    durations = [
+        int(entry["duration"]) / 1000
+        for entry in entries
+        if len(entry["command"].split()) > 1 and entry["command"].split()[1] == sha.encode()
+    ]
+    return round(statistics.median(durations), 1) if durations else float("nan")
+
+
 async def _sample(client: RedisClient, keys: CellKeys, worker_pid: int) -> dict[str, float]:
     memory = await client.info("memory")
+    wall_ms = round(await _checkpoint_ms(client, keys), 1)
     keys_count = sum([1 async for _ in client.scan_iter(match=keys.all_pattern, count=1000)])
     return {
         "used_memory_mb": round(int(memory["used_memory"]) / 2**20, 1),
         "worker_rss_mb": round(_rss_mb(worker_pid), 1),
         "keys": keys_count,
         "log_entries": int(await client.xlen(keys.log)),
-        "checkpoint_ms": round(await _checkpoint_ms(client, keys), 1),
+        "checkpoint_ms": wall_ms,
+        "checkpoint_redis_ms": await _checkpoint_redis_ms(client),
     }
 
 
@@ -101,6 +121,9 @@ async def soak(url: str, minutes: int, rate: int, retain_s: int) -> list[dict[st
     keys = CellKeys("c0", NAMESPACE)
     store = Store(url)
     client = store.client()
+    # Every call over 1 ms goes to the slow log, which the samples read and empty.
+    await client.config_set("slowlog-log-slower-than", 1000)
+    await client.config_set("slowlog-max-len", 10_000)
     worker = subprocess.Popen(
         [str(Path(sys.executable).with_name("eventsched")), "worker", "--redis-url", url,
          "--namespace", NAMESPACE, "--retain", str(retain_s)],
@@ -146,7 +169,7 @@ def verdict(rows: list[dict[str, float]]) -> dict[str, float]:
     base, last = rows[min(1, len(rows) - 1)], rows[-1]
     return {
         f"{name}_last_vs_minute_{int(base['minute'])}": round(last[name] / base[name], 2)
-        for name in ("used_memory_mb", "worker_rss_mb", "keys", "checkpoint_ms")
+        for name in ("used_memory_mb", "worker_rss_mb", "keys", "checkpoint_redis_ms")
         if base[name]
     }
 

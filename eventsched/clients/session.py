@@ -70,7 +70,6 @@ class Session:
         self._arrived: dict[int, Outcome] = {}  # outcomes waiting for an earlier one
         self._opened_at = "0-0"  # log ID of the last (re-)open; older notices are stale
         self._send, self._receive = anyio.create_memory_object_stream[Outcome](_BUFFER)
-        self._reading = False  # outcomes() closes the receiving end when it finishes
 
     async def finalize(
         self, utterance_index: int, reason: Reason, audio_ref: str, duration_ms: int
@@ -99,10 +98,11 @@ class Session:
         """Every outcome of the session in utterance order, as it is delivered (one
         reader per session); ends once the session is closed and every utterance it
         finalized has its outcome."""
-        self._reading = True
-        with self._receive:
+        try:
             async for outcome in self._receive:
                 yield outcome
+        except anyio.ClosedResourceError:
+            return  # the client was closed under the reader: nothing more comes
 
     async def close(self) -> None:
         """No more utterances. Outcomes of those still running keep coming; the cell is
@@ -151,19 +151,14 @@ class Session:
             await self.client.emit(waiting.event)
         await self._hand_out()
 
-    def _any_due(self, now: float) -> bool:
-        return any(w.due <= now and i not in self._arrived for i, w in self._unanswered.items())
-
-    async def _send_due(self, now: float) -> bool:
-        """Send again what has waited too long; whether anything was due."""
-        due = [
+    def _due(self, now: float) -> list[int]:
+        """The utterances waiting too long for an outcome (one that has arrived only
+        waits for an earlier one's), in index order."""
+        return [
             index
             for index, waiting in sorted(self._unanswered.items())
-            if waiting.due <= now and index not in self._arrived  # arrived: waits its turn
+            if waiting.due <= now and index not in self._arrived
         ]
-        if due:
-            await self._send_again(due)
-        return bool(due)
 
     async def _hand_out(self) -> None:
         """Hand the application every outcome whose earlier utterances have theirs."""
@@ -185,8 +180,7 @@ class Session:
     def _release(self) -> None:
         """The client is done: a reader of outcomes() sees their end, not an error."""
         self._send.close()
-        if not self._reading:
-            self._receive.close()
+        self._receive.close()
 
 
 class SessionClient:
@@ -256,26 +250,26 @@ class SessionClient:
         return read
 
     async def send_due(self) -> None:
-        """Send again every finalize that has waited too long for its outcome. A
-        session whose output stream is now behind what was read from it (lost and
-        begun again) is read again from the start first: what it has is not lost."""
+        """Send again every finalize that has waited too long for its outcome (checked
+        every half second at most)."""
         now = anyio.current_time()
-        if now < self._next_check:
-            return
-        self._next_check = now + min(_CHECK_S, self.resend_after_s)
-        for stream, session in list(self._sessions.items()):
-            if session._any_due(now):
-                await self._read_again_if_rewound(stream)
-                await session._send_due(now)
+        if now >= self._next_check:
+            self._next_check = now + min(_CHECK_S, self.resend_after_s)
+            await self._send_again_due(now)
 
     async def resend_now(self) -> None:
         """Send again every finalize still waiting for its outcome, without waiting for
         ``resend_after_s``: for a gateway that knows Redis failed over or restarted."""
+        await self._send_again_due(float("inf"))
+
+    async def _send_again_due(self, now: float) -> None:
+        """A session whose output stream is now behind what was read from it (lost and
+        begun again) is read again from the start first: what it has is not lost."""
         for stream, session in list(self._sessions.items()):
-            waiting = [i for i in session.unanswered if i not in session._arrived]
-            if waiting:
+            due = session._due(now)
+            if due:
                 await self._read_again_if_rewound(stream)
-                await session._send_again(waiting)
+                await session._send_again(due)
 
     async def _read_again_if_rewound(self, stream: str) -> None:
         cursor = self._cursors.get(stream, "0-0")

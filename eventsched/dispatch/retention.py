@@ -103,10 +103,10 @@ async def deleted_below(client: RedisClient, keys: CellKeys, stream: str) -> str
 
 async def write_checkpoint(client: RedisClient, keys: CellKeys) -> str | None:
     """Store the projections at the cell's current applied position; returns that
-    position, or None when the cell changed under the read (try again later)."""
+    position, or None while the groups projection lags (try again later)."""
     state = await dump_state(client, keys, with_streams=False)
     if state is None or state["_applied"] == "0-0":
-        return None  # changed under the read, or nothing applied yet
+        return None  # the groups projection lags, or nothing applied yet
     marker = str(state["_applied"])
     await client.hset(keys.checkpoints, marker, canonical_json(restore_items(state)))
     return marker

@@ -31,6 +31,7 @@ __all__ = [
     "PROJECTIONS",
     "REQUEUE_KEYS",
     "SCRIPT_KEYS",
+    "STATE_KEYS",
     "SUFFIXES",
     "CellKeys",
 ]
@@ -79,12 +80,14 @@ GROUPS_KEYS = ("decisions", "meta", "groups_lease")
 CLAIM_KEYS = ("stream", "dlq", "lease", "meta")
 LEASE_KEYS = ("lease",)
 REQUEUE_KEYS = ("dlq", "log", "requeued")
+STATE_KEYS = ("meta", "decisions")
 SCRIPT_KEYS = {
     "apply": APPLY_KEYS,
     "groups": GROUPS_KEYS,
     "claim": CLAIM_KEYS,
     "lease": LEASE_KEYS,
     "requeue": REQUEUE_KEYS,
+    "state": STATE_KEYS,
 }
 
 

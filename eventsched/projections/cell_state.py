@@ -1,9 +1,9 @@
 """The projection state of a cell, read at one consistent point of its log, and its
 one canonical text form.
 
-The keys are listed, then read in one MULTI/EXEC; a cell that changes under the reads
-(its dispatch or groups marker moves, or the groups projection has not caught up with
-the decisions stream) is read again, a few times at most. The canonical text is what
+The keys are listed and read in one script call (lua/state.lua), so nothing can change
+under the read; one taken while the groups projection has not caught up with the
+decisions stream is taken again, a few times at most. The canonical text is what
 replay goldens hold: nothing in it depends on the backend, the wall clock, the batch
 size or the key namespace.
 """
@@ -17,7 +17,8 @@ import anyio
 
 from eventsched.model.keys import CellKeys
 from eventsched.store.client import RedisClient
-from eventsched.store.streams import text
+from eventsched.store.scripts import register
+from eventsched.store.streams import entries_of, text
 
 __all__ = ["dump_state", "read_state", "render_state", "restore_items", "restore_state"]
 
@@ -31,72 +32,51 @@ def _short(name: str, keys: CellKeys) -> str:
     return name[len(keys.prefix) :]
 
 
-def _ignored(short: str) -> bool:
-    """Not projection state: the log itself, stored checkpoints and trim points, the
-    statistics snapshot (wall-clock figures), which dead letters an operator requeued,
-    and who holds which role right now."""
-    return short in ("log", "checkpoints", "trims", "stats", "requeued") or short.startswith(
-        "lease:"
-    )
+# Not projection state: the log itself, stored checkpoints and trim points, the
+# statistics snapshot (wall-clock figures), which dead letters an operator requeued;
+# nor are the leases (who holds which role right now).
+_IGNORED = ("log", "checkpoints", "trims", "stats", "requeued")
 
 
 async def dump_state(
     client: RedisClient, keys: CellKeys, with_streams: bool = True
 ) -> dict[str, Any] | None:
-    """Every projection key of the cell, read atomically; None if the cell changed
-    between listing its keys and reading them, or its groups projection lags. Without
+    """Every projection key of the cell, read in one atomic script call (state.lua);
+    None while its groups projection lags behind the decisions stream. Without
     ``with_streams`` the streams (decisions, outputs, inboxes, dead letters: history,
     not state) are left out, so the read costs the same however long they grow."""
-    before = await client.hmget(keys.meta, ["applied", "groups_applied"])
-    names = []
-    async for raw in client.scan_iter(match=keys.all_pattern, count=1000):
-        if not _ignored(_short(text(raw), keys)):
-            names.append(text(raw))
-    names.sort()
-    async with client.pipeline(transaction=False) as pipe:
-        for name in names:
-            pipe.type(name)
-        kinds = [text(k) for k in await pipe.execute()]
-    # A key gone since the scan ("none") is not read; nor are streams, without them.
-    dropped = ("none",) if with_streams else ("none", "stream")
-    listed = [(n, k) for n, k in zip(names, kinds, strict=True) if k not in dropped]
-    names, kinds = [n for n, _ in listed], [k for _, k in listed]
-    async with client.pipeline(transaction=True) as pipe:
-        pipe.hmget(keys.meta, ["applied", "groups_applied"])
-        pipe.xrevrange(keys.decisions, count=1)
-        for name, kind in zip(names, kinds, strict=True):
-            if kind == "stream":
-                pipe.xrange(name)
-            elif kind == "hash":
-                pipe.hgetall(name)
-            elif kind == "zset":
-                pipe.zrange(name, 0, -1, withscores=True)
-            elif kind == "set":
-                pipe.smembers(name)
-            else:
-                pipe.get(name)
-        replies = await pipe.execute(raise_on_error=False)
-    if any(isinstance(reply, Exception) for reply in replies):
-        return None  # a key changed type under the read (made or deleted since): again
-    markers, newest_decision, values = replies[0], replies[1], replies[2:]
-    groups_behind = bool(newest_decision) and newest_decision[0][0] != markers[1]
-    if markers != before or groups_behind:
+    skipped = [keys.prefix + short for short in _IGNORED]
+    reply = await register(client, "state")(
+        keys=keys.script_keys("state"),
+        args=[keys.all_pattern, int(with_streams), keys.lease(""), *skipped],
+    )
+    applied, groups_applied, newest_decision = (text(part) for part in reply[:3])
+    if newest_decision and newest_decision != groups_applied:
         return None
     state: dict[str, Any] = {}
-    for name, kind, value in zip(names, kinds, values, strict=True):
-        short = _short(name, keys)
+    for raw_name, raw_kind, value in reply[3:]:
+        short, kind = _short(text(raw_name), keys), text(raw_kind)
         if kind == "stream":
             # Inbox and dead-letter IDs come from the server's clock: compare fields.
             keep_ids = short.startswith(_ID_STREAMS)
-            state[short] = [(text(i) if keep_ids else None, f) for i, f in value]
+            state[short] = [(text(i) if keep_ids else None, f) for i, f in entries_of(value)]
         elif kind == "set":
             state[short] = sorted(value)
-        elif kind == "hash" and short == "meta":
-            state[short] = {k: v for k, v in value.items() if k != b"settings"}
+        elif kind == "zset":
+            state[short] = [
+                (m, float(score)) for m, score in zip(value[::2], value[1::2], strict=True)
+            ]
+        elif kind == "hash":
+            fields = dict(zip(value[::2], value[1::2], strict=True))
+            state[short] = fields if short != "meta" else _without_settings(fields)
         else:
             state[short] = value
-    state["_applied"] = text(markers[0]) if markers[0] else "0-0"
+    state["_applied"] = applied or "0-0"
     return state
+
+
+def _without_settings(meta: dict[bytes, bytes]) -> dict[bytes, bytes]:
+    return {k: v for k, v in meta.items() if k != b"settings"}
 
 
 async def read_state(client: RedisClient, keys: CellKeys) -> dict[str, Any]:
@@ -106,7 +86,7 @@ async def read_state(client: RedisClient, keys: CellKeys) -> dict[str, Any]:
         if state is not None:
             return state
         await anyio.sleep(0.05)
-    raise RuntimeError("the cell kept changing while it was read; try again when quieter")
+    raise RuntimeError("the groups projection kept lagging while the cell was read; try again")
 
 
 def _plain(value: Any) -> Any:

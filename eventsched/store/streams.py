@@ -11,6 +11,7 @@ from eventsched.store.client import RedisClient
 
 __all__ = [
     "RawEntry",
+    "entries_of",
     "id_after",
     "last_id",
     "next_id",
@@ -80,8 +81,13 @@ def _fields(flat: list[bytes] | None) -> dict[bytes, bytes]:
     return fields if len(fields) == len(pairs) else RepeatedFields(pairs)
 
 
-def _parse_range(response: Any, **options: Any) -> list[RawEntry]:
+def entries_of(response: Any) -> list[RawEntry]:
+    """XRANGE's raw reply (also from a script) as entries, repeated field names kept."""
     return [(entry_id, _fields(flat)) for entry_id, flat in response or []]
+
+
+def _parse_range(response: Any, **options: Any) -> list[RawEntry]:
+    return entries_of(response)
 
 
 def _parse_read(response: Any, **options: Any) -> StreamReply:
