@@ -174,7 +174,8 @@ def test_writes_redis_lost_are_sent_again_and_nothing_told_is_lost(tmp_path: Pat
 
         out, _ = loadgen.communicate(timeout=240)
         figures = json.loads(out.strip().splitlines()[-1])
-        assert (figures["finalized"], figures["delivered"], figures["lost"]) == (400, 400, 0)
+        counted = (figures["finalized"], figures["delivered"], figures["lost"])
+        assert counted == (400, 400, 0), figures
         assert (figures["duplicate_jobs"], figures["max_overcommit"]) == (0, 0)
         assert figures["out_of_order"] == 0
         assert figures["resent"] > 0  # something was lost, and sent again

@@ -37,7 +37,7 @@ from eventsched.model.settings import DecisionSettings
 from eventsched.projections.groups import Outcome, outcome_of
 from eventsched.store.append import append
 from eventsched.store.client import RedisClient
-from eventsched.store.streams import id_after, last_id, text, xread_raw
+from eventsched.store.streams import id_after, text, xread_raw
 
 __all__ = ["DEFAULT_RESEND_S", "Session", "SessionClient"]
 
@@ -129,6 +129,7 @@ class Session:
         """Open the session again (the cell ignores that when it has the session) and
         send these finalizes again in index order; those sent ``max_sends`` times are
         given up as lost instead. One whose outcome has arrived is left alone."""
+        self.client.read_again(self)
         self._opened_at = await self.client.emit(self.opened)
         for index in indexes:
             waiting = self._unanswered[index]
@@ -247,6 +248,8 @@ class SessionClient:
                 except ValidationError:
                     continue  # not an output entry: nothing to hand out
                 await session._arrive(outcome)
+                if self._cursors.get(stream) == "0-0":
+                    break  # sent again: the stream is read from the start next time
         return read
 
     async def send_due(self) -> None:
@@ -263,18 +266,17 @@ class SessionClient:
         await self._send_again_due(float("inf"))
 
     async def _send_again_due(self, now: float) -> None:
-        """A session whose output stream is now behind what was read from it (lost and
-        begun again) is read again from the start first: what it has is not lost."""
-        for stream, session in list(self._sessions.items()):
+        for session in list(self._sessions.values()):
             due = session._due(now)
             if due:
-                await self._read_again_if_rewound(stream)
                 await session._send_again(due)
 
-    async def _read_again_if_rewound(self, stream: str) -> None:
-        cursor = self._cursors.get(stream, "0-0")
-        last = await patiently(lambda: last_id(self.redis, stream))
-        if cursor != "0-0" and (last is None or id_after(cursor, last)):
+    def read_again(self, session: Session) -> None:
+        """Read the session's output stream from the start again: after Redis lost
+        writes it may have begun again below where it was read to (the same IDs, other
+        entries). What the session has handed out already is skipped."""
+        stream = self.keys.output(session.session_id)
+        if stream in self._cursors:
             self._cursors[stream] = "0-0"
 
     async def _read_forever(self) -> None:
