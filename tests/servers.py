@@ -12,11 +12,12 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
 
-__all__ = ["AofTail", "RedisProcess", "private_redis"]
+__all__ = ["AofTail", "RedisProcess", "TlsFiles", "make_tls_files", "private_redis"]
 
 
 def _free_port() -> int:
@@ -26,10 +27,41 @@ def _free_port() -> int:
         return port
 
 
-class RedisProcess:
-    """A redis-server on a fixed port and directory that can be killed and restarted."""
+@dataclass(frozen=True)
+class TlsFiles:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
 
-    def __init__(self, directory: Path, *extra_args: str) -> None:
+
+def make_tls_files(directory: Path) -> TlsFiles:
+    """A throwaway CA, and a server and a client certificate it signed (openssl)."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=eventsched test CA")  # fmt: skip
+    (directory / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name in ("server", "client"):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
+                "-out", f"{name}.csr", "-subj", f"/CN={name}")  # fmt: skip
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+                "-CAcreateserial", "-days", "2", "-extfile", "san.cnf",
+                "-out", f"{name}.crt")  # fmt: skip
+    return TlsFiles(
+        *(directory / n for n in ("ca.crt", "server.crt", "server.key", "client.crt", "client.key"))
+    )
+
+
+class RedisProcess:
+    """A redis-server on a fixed port and directory that can be killed and restarted;
+    with ``tls``, that port speaks TLS only and requires a client certificate, and
+    ``url`` is a rediss:// URL carrying the client's files."""
+
+    def __init__(self, directory: Path, *extra_args: str, tls: TlsFiles | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed")
@@ -50,6 +82,16 @@ class RedisProcess:
             "no",
             *extra_args,
         ]
+        if tls is not None:
+            self._command += [
+                *("--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "yes"),
+                *("--tls-cert-file", str(tls.server_cert), "--tls-key-file", str(tls.server_key)),
+                *("--tls-ca-cert-file", str(tls.ca)),
+            ]
+            self.url = (
+                f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={tls.ca}"
+                f"&ssl_certfile={tls.client_cert}&ssl_keyfile={tls.client_key}"
+            )
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:

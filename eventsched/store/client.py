@@ -1,16 +1,27 @@
-"""One way to get Redis clients: a real server from a ``redis://`` URL, or the embedded
-fakeredis (created as Redis 7.0, Lua included) from ``memory://``."""
+"""One way to get Redis clients: a real server from a ``redis://`` URL (``rediss://`` for
+TLS, with its files as URL options, see ``URL_OPTIONS``), or the embedded fakeredis
+(created as Redis 7.0, Lua included) from ``memory://``."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import fakeredis
 import hiredis
 import redis
 import redis.asyncio as aioredis
 
-__all__ = ["MEMORY_URL", "RedisClient", "Store", "connect", "is_memory_url", "unlink_matching"]
+__all__ = [
+    "MEMORY_URL",
+    "URL_OPTIONS",
+    "RedisClient",
+    "Store",
+    "connect",
+    "is_memory_url",
+    "unlink_matching",
+]
 
 MEMORY_URL = "memory://"
 
@@ -38,6 +49,37 @@ class _HiredisPackedConnection(aioredis.Connection):
             return super().pack_command(*args)
 
 
+# What a Redis URL may carry after "?": redis-py's names, so the URL is the one
+# redis-py takes. A name outside these is refused with the list, rather than passed on
+# to fail later as an unexpected keyword deep in a connection.
+URL_OPTIONS = {
+    "db": "database number (the path's /N does the same)",
+    "socket_timeout": "seconds a command may take",
+    "socket_connect_timeout": "seconds a connection may take",
+    "health_check_interval": "seconds between checks of an idle connection",
+    "ssl_ca_certs": "rediss://: the CA certificate file that signed the server's",
+    "ssl_certfile": "rediss://: this client's certificate file (tls-auth-clients)",
+    "ssl_keyfile": "rediss://: this client's private key file",
+    "ssl_cert_reqs": "rediss://: none, optional or required (default) server verification",
+    "ssl_check_hostname": "rediss://: true to check the server's name against its certificate",
+}
+_FILE_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+
+
+def _check_options(url: str) -> None:
+    parsed = urlsplit(url)
+    options = parse_qs(parsed.query, keep_blank_values=True)
+    for name, values in options.items():
+        if name not in URL_OPTIONS:
+            raise ValueError(
+                f"unknown option {name!r} in the Redis URL; known: {', '.join(URL_OPTIONS)}"
+            )
+        if name.startswith("ssl_") and parsed.scheme != "rediss":
+            raise ValueError(f"{name} is a TLS option: use a rediss:// URL")
+        if name in _FILE_OPTIONS and not Path(unquote(values[-1])).is_file():
+            raise ValueError(f"{name}: no such file {unquote(values[-1])!r}")
+
+
 _NAMED_SERVERS: dict[str, fakeredis.FakeServer] = {}
 
 
@@ -61,6 +103,8 @@ class Store:
             raise ValueError(
                 f"unsupported Redis URL {url!r}: use redis://, rediss://, unix:// or memory://"
             )
+        if not is_memory_url(url):
+            _check_options(url)
         self.url = url
         self._server = _embedded_server(url) if is_memory_url(url) else None
 
