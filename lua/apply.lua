@@ -15,7 +15,8 @@
 -- KEYS[3] decisions       stream: d dispatch, x reject, r release, f failed, o ok,
 --                         l node lost, m model-not-available window opened,
 --                         n notice (a finalize the cell cannot take: the gateway is told),
---                         e session ended (expired: groups.lua removes its outputs)
+--                         e session ended (expired: groups.lua removes its outputs),
+--                         q node quarantined (its jobs timed out again and again)
 -- KEYS[4] dlq             stream: dead letters, reason + log_id + f:<field> copies
 --                         (bounded: + cut when short), at most DLQ_MAX_LEN
 -- KEYS[5] pools           hash: pool name -> "order|lang,lang"
@@ -31,11 +32,12 @@
 --          share the cell's hash tag
 -- ARGV[2]  consumer group to XACK
 -- ARGV[3]  holder (worker name)
--- ARGV[4..15] settings: rate_per_s rate_burst max_attempts job_timeout_ms
+-- ARGV[4..17] settings: rate_per_s rate_burst max_attempts job_timeout_ms
 --          heartbeat_fresh_ms node_lost_ms unavailable_window_ms cpu_max_pct
 --          gpu_max_pct mem_max_pct scan_limit expire_after_ms
--- ARGV[16] the ID the tracking marker must have reached ('' for none; see run_batch)
--- ARGV[17] entry count, then per entry: id, type, field count, fields...
+--          quarantine_after_timeouts quarantine_ms
+-- ARGV[18] the ID the tracking marker must have reached ('' for none; see run_batch)
+-- ARGV[19] entry count, then per entry: id, type, field count, fields...
 --   reg   node max_concurrency pool_langs pairs gpu
 --   hb    node cpu_pct gpu_pct mem_pct running_count
 --   drain node            dereg node            tick (no fields)
@@ -46,7 +48,7 @@
 --   close session
 --   bad   reason nfields nbytes, then the first field name/value pairs (bounded)
 -- Returns {applied, skipped_as_already_applied, dead_lettered}, {-1} when the lease is
--- not held, {-2} when the marker falls short of ARGV[16], or {-3, id, error} when the
+-- not held, {-2} when the marker falls short of ARGV[18], or {-3, id, error} when the
 -- entry `id` raised (the entries before it applied; see run_batch).
 
 -- @include common
@@ -67,6 +69,8 @@ local GPU_MAX = tonumber(ARGV[12])
 local MEM_MAX = tonumber(ARGV[13])
 local SCAN_LIMIT = tonumber(ARGV[14])
 local EXPIRE_MS = tonumber(ARGV[15])
+local QUARANTINE_AFTER = tonumber(ARGV[16])
+local QUARANTINE_MS = tonumber(ARGV[17])
 if not holds_lease(K_LEASE, HOLDER) then return {-1} end
 
 -- Work one tick may do, so a tick after a long silence cannot hold Redis for long;
@@ -305,6 +309,18 @@ end
 
 -- Time passed: nodes silent for node_lost_ms are lost (their jobs move now), and jobs
 -- past their deadline are retried elsewhere or fail as timed_out.
+-- A node whose jobs time out QUARANTINE_AFTER times in a row (a black hole: it takes
+-- work and never answers) is offered nothing for QUARANTINE_MS; any answer from it
+-- starts the count again. Its running jobs are left to their own deadlines.
+local function strike(node_id)
+  if QUARANTINE_AFTER == 0 then return end
+  local nk = P .. S_NODE .. node_id
+  if redis.call('HINCRBY', nk, 'strikes', 1) >= QUARANTINE_AFTER then
+    redis.call('HSET', nk, 'strikes', 0, 'quar', now_ms + QUARANTINE_MS)
+    decide('k', 'q', 'node', node_id, 'until', now_ms + QUARANTINE_MS, 'at', now_id)
+  end
+end
+
 function handlers.tick()
   -- Numbers go into text with %d: Lua's own conversion keeps 14 digits, and event
   -- times have 13 now and 15 from the year 5138 (redis.call's arguments are exact).
@@ -326,6 +342,7 @@ function handlers.tick()
     local j = redis.call('HMGET', P .. S_JOB .. job_id, 'att', 'node')
     local attempt = tonumber(j[1])
     end_attempt(job_id, attempt, j[2], false, 'TIMED_OUT')
+    strike(j[2])
     retry_or_fail(job_id, attempt, j[2], 'TIMED_OUT', 'timed_out')
   end
   if EXPIRE_MS > 0 then expire() end
@@ -472,6 +489,7 @@ function handlers.res(f)
     return
   end
   if j[3] ~= 'run' then return end -- a duplicate
+  if QUARANTINE_AFTER > 0 then redis.call('HDEL', P .. S_NODE .. node_id, 'strikes') end
   end_attempt(job_id, attempt, node_id, ok, err)
   if not ok then
     if err == 'MODEL_NOT_AVAILABLE' and UNAVAILABLE_MS > 0 then
@@ -519,7 +537,7 @@ local function apply_entry(id, entry)
 end
 
 local done, skipped, failed_id, failure =
-  run_batch(K_META, 'applied', K_LOG, GROUP, 16, read_entry, apply_entry)
+  run_batch(K_META, 'applied', K_LOG, GROUP, 18, read_entry, apply_entry)
 if not done then return {-2} end
 if failed_id then return {-3, failed_id, failure} end
 return {done, skipped, dead_lettered}

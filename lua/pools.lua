@@ -115,8 +115,9 @@ local function release(node_id, job_id)
   rescore(node_id, running)
 end
 
--- The least-loaded node of a pool that has a fresh heartbeat, serves the pair and is not
--- inside a MODEL_NOT_AVAILABLE window for it, with its fields (hb, pairs, mc, pools), or
+-- The least-loaded node of a pool that has a fresh heartbeat, serves the pair, is not
+-- inside a MODEL_NOT_AVAILABLE window for it and is not quarantined, with its fields
+-- (hb, pairs, mc, pools), or
 -- nil. Members are read in load order (ties by node id, the sorted set's own order), a
 -- page at a time, and at most SCAN_LIMIT are examined: the cost does not grow with the
 -- pool.
@@ -131,9 +132,9 @@ local function pick_in_pool(pool, pair, exclude)
     for _, node_id in ipairs(ids) do
       if node_id ~= exclude then
         local f = redis.call('HMGET', P .. S_NODE .. node_id, 'hb', 'pairs', 'mc', 'pools',
-          'na:' .. pair)
+          'na:' .. pair, 'quar')
         if now_ms - tonumber(f[1]) <= FRESH_MS and string.find(f[2], needle, 1, true)
-          and now_ms >= tonumber(f[5] or 0) then
+          and now_ms >= tonumber(f[5] or 0) and now_ms >= tonumber(f[6] or 0) then
           return node_id, f
         end
       end

@@ -27,6 +27,8 @@ class _Node:
     load: tuple[int, int, int] = (0, 0, 0)  # cpu, gpu, mem
     drained: bool = False  # was draining when it went silent
     unavailable_until: int = 0
+    strikes: int = 0  # jobs timed out in a row
+    quarantined_until: int = 0
     jobs: set[str] = field(default_factory=set)
 
 
@@ -75,6 +77,7 @@ class CellModel:
         if old is not None:
             node.run, node.load, node.jobs = old.run, old.load, old.jobs
             node.unavailable_until = old.unavailable_until
+            node.strikes, node.quarantined_until = old.strikes, old.quarantined_until
         self.nodes[node_id] = node
         self.alive[node_id] = self.now
 
@@ -127,6 +130,7 @@ class CellModel:
             job = self.jobs[job_id]
             attempt, node_id = job.att, job.node
             self._end_attempt(job_id, attempt, node_id, False, "TIMED_OUT")
+            self._strike(node_id)
             self._retry_or_fail(job_id, attempt, node_id, "TIMED_OUT", "timed_out")
         if self.s.expire_after_ms:
             self._expire()
@@ -145,6 +149,16 @@ class CellModel:
             return
         self.sessions[session_id].closed = True
         self._touch(session_id)
+
+    def _strike(self, node_id: str) -> None:
+        """Timeouts in a row quarantine a node (a black hole) for quarantine_ms."""
+        if not self.s.quarantine_after_timeouts:
+            return
+        node = self.nodes[node_id]
+        node.strikes += 1
+        if node.strikes >= self.s.quarantine_after_timeouts:
+            node.strikes, node.quarantined_until = 0, self.now + self.s.quarantine_ms
+            self._decide(k="q", node=node_id, until=str(node.quarantined_until))
 
     def _touch(self, session_id: str) -> None:
         if self.s.expire_after_ms:
@@ -211,6 +225,7 @@ class CellModel:
             return
         if job.st != "run":
             return
+        self.nodes[node_id].strikes = 0  # it answers
         self._end_attempt(job_id, attempt, node_id, ok, err)
         if not ok:
             if err == "MODEL_NOT_AVAILABLE" and self.s.unavailable_window_ms > 0:
@@ -247,6 +262,7 @@ class CellModel:
             and self.now - node.hb <= self.s.heartbeat_fresh_ms
             and node_id != exclude
             and self.now >= node.unavailable_until
+            and self.now >= node.quarantined_until
         )
 
     def _limits(self) -> tuple[int, int, int]:

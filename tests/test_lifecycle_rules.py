@@ -158,3 +158,31 @@ async def test_an_output_stream_keeps_its_newest_entries(cell: Cell) -> None:
     assert (kept[0]["idx"], kept[-1]["idx"]) == ("5", str(OUTPUT_MAX_LEN + 4))
     report = await verify_cell(cell.client, cell.keys)
     assert report.ok, report.problems
+
+
+async def test_a_black_hole_node_is_quarantined_after_timeouts_in_a_row(cell: Cell) -> None:
+    cell.configure(
+        job_timeout_ms=1000, max_attempts=1, quarantine_after_timeouts=2, quarantine_ms=5000
+    )
+    await cell.step(node("n1", max_concurrency=4), session("s1"))
+    await cell.step(finalize("s1", 0))
+    cell.advance(500)
+    await cell.step(finalize("s1", 1), beat("n1"))
+    cell.advance(600)
+    await cell.step(beat("n1"), Tick())  # 0 times out: one strike
+    assert await cell.decisions("q") == []
+    await cell.step(ok("s1:1", 1, "n1"))  # an answer: the count starts again
+    await cell.step(finalize("s1", 2))
+    cell.advance(1001)
+    await cell.step(beat("n1"), Tick())  # 2 times out: one strike again, not two
+    assert await cell.decisions("q") == []
+    await cell.step(finalize("s1", 3))
+    cell.advance(1001)
+    await cell.step(beat("n1"), Tick())  # 3 times out: the second in a row
+    [quarantine] = await cell.decisions("q")
+    assert (quarantine["node"], int(quarantine["until"])) == ("n1", cell.now_ms + 5000)
+    await cell.step(finalize("s1", 4))  # fresh, free, serving the pair, yet offered nothing
+    assert (await cell.decisions("x"))[-1]["reason"] == "no_capacity"
+    cell.advance(5001)
+    await cell.step(beat("n1"), finalize("s1", 5))  # the window is over
+    assert (await cell.decisions("d"))[-1]["job"] == "s1:5"

@@ -42,7 +42,9 @@ SETTINGS = DecisionSettings(
     node_lost_ms=4000,
     unavailable_window_ms=2000,
     group_max_utterances=3,
-    expire_after_ms=12_000,  # the least these attempts allow: sessions do expire in a run
+    expire_after_ms=12_000,
+    quarantine_after_timeouts=1,
+    quarantine_ms=5000,  # the least these attempts allow: sessions do expire in a run
 )
 NODES = ("n1", "n2")
 SESSIONS = ("s1", "s2")
@@ -93,18 +95,29 @@ class CellMachine(RuleBasedStateMachine):
         self.model.deregister(node_id)
         self._step(NodeDeregistered(node_id=node_id))
 
-    @rule(ms=st.sampled_from([1, 999, 1000, 1001, 2500, 2501, 3000, 3001, 4000, 4001, 4001, 6000]))
+    @rule(
+        ms=st.sampled_from(
+            [1, 100, 500, 999, 1000, 1001, 2500, 2501, 3000, 3001, 4000, 4001, 4001, 6000,
+             SETTINGS.expire_after_ms + 1]  # fmt: skip
+        )
+    )
     def time_passes(self, ms: int) -> None:
-        """Includes silence long enough to lose nodes and pass deadlines."""
+        """Includes silence long enough to lose nodes, pass deadlines, and expire
+        finished jobs and idle sessions."""
         self.cell.advance(ms)
         self.model.now = self.cell.now_ms
         self.model.tick()
         self._step(Tick())
 
-    @rule()
-    def long_silence(self) -> None:
-        """Long enough for finished jobs and idle sessions to expire."""
-        self.time_passes(SETTINGS.expire_after_ms + 1)
+    @precondition(lambda self: bool(self.registered) and bool(self.model.sessions))
+    @rule(data=st.data())
+    def busy(self, data: st.DataObject) -> None:
+        """Every registered node beats, then a session speaks: work gets dispatched
+        often enough for results, timeouts and quarantines to happen."""
+        for node_id in sorted(self.registered):
+            self.heartbeat(node_id, overloaded=False)
+        session_id = data.draw(st.sampled_from(sorted(self.model.sessions)))
+        self.finalize(session_id, 0, "pause")
 
     @rule(node_id=st.sampled_from(NODES))
     def flaps(self, node_id: str) -> None:

@@ -29,8 +29,9 @@ _STEPS = {
     "o": "completed",
     "l": "node_lost",
     "m": "unavailable_window",
+    "q": "quarantined",
 }
-_RARE = {"f", "l", "m"}
+_RARE = {"f", "l", "m", "q"}
 # The decision fields statistics count by (stats.StatsBuilder.decision).
 _COUNTED = tuple((name.encode(), name) for name in ("k", "att", "reason", "err", "fin", "at"))
 

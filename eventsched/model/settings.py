@@ -36,6 +36,16 @@ class DecisionSettings(BaseModel):
     group_max_utterances: int = Field(
         default=32, ge=1, le=1000, description="a conversation group is cut after this many"
     )
+    quarantine_after_timeouts: int = Field(
+        default=3,
+        ge=0,
+        le=1000,
+        description="a node whose jobs time out this many times in a row is offered nothing"
+        " for quarantine_ms (0: never)",
+    )
+    quarantine_ms: int = Field(
+        default=60_000, ge=1, le=86_400_000, description="how long a quarantine lasts"
+    )
     expire_after_ms: int = Field(
         default=600_000,
         ge=0,
@@ -70,4 +80,6 @@ class DecisionSettings(BaseModel):
             self.mem_max_pct,
             self.scan_limit,
             self.expire_after_ms,
+            self.quarantine_after_timeouts,
+            self.quarantine_ms,
         ]

@@ -78,6 +78,8 @@ class StatsBuilder:
             self.counts["nodes_lost"] += 1
         elif kind == "m":
             self.counts["unavailable_windows"] += 1
+        elif kind == "q":
+            self.counts["quarantines"] += 1
         elif kind == "n":
             self.counts[f"noticed:{fields.get('reason', '')}"] += 1
 
