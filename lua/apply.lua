@@ -166,8 +166,8 @@ local function start_attempt(job, attempt, exclude, extra)
 end
 
 -- End of life, in event time (settings.expire_after_ms; 0 keeps everything): a job
--- record goes that long after the job finished, a session that long after its last
--- finalize, close or job end. A session never expires with a job running: the settings
+-- record goes that long after the job finished (its session's utt hash keeps a note,
+-- for repeats), a session that long after its last finalize, close or job end. A session never expires with a job running: the settings
 -- require expire_after_ms to outlast every attempt's deadline.
 local function touch(session_id)
   if EXPIRE_MS > 0 then redis.call('ZADD', K_IDLE, now_ms, session_id) end
@@ -184,6 +184,11 @@ local function expire()
   local before = string.format('(%d', now_ms - EXPIRE_MS)
   for _, job_id in ipairs(redis.call('ZRANGEBYSCORE', K_ENDED, '-inf', before,
       'LIMIT', 0, TICK_EXPIRED)) do
+    local j = redis.call('HMGET', P .. S_JOB .. job_id, 'sid', 'idx')
+    -- The session remembers the utterance had its job, so a repeat is still ignored.
+    if j[1] and redis.call('EXISTS', P .. S_SESS .. j[1]) == 1 then
+      redis.call('HSET', P .. S_UTT .. j[1], j[2], 'ended')
+    end
     redis.call('DEL', P .. S_JOB .. job_id)
     redis.call('ZREM', K_ENDED, job_id)
   end

@@ -38,7 +38,7 @@ class _Session:
     refilled_at: int
     top: int = -1
     closed: bool = False
-    rejected: set[int] = field(default_factory=set)
+    rejected: set[int] = field(default_factory=set)  # rejected, or its job record expired
     in_flight: set[int] = field(default_factory=set)
     held: dict[int, dict[str, str]] = field(default_factory=dict)
     group: tuple[int, int, bool] | None = None  # id, utterances, ended
@@ -174,7 +174,10 @@ class CellModel:
         per tick, oldest first (ties by id, as a sorted set orders them)."""
         before = self.now - self.s.expire_after_ms
         for _, job_id in sorted((at, j) for j, at in self.ended.items() if at < before)[:64]:
-            del self.ended[job_id], self.jobs[job_id]
+            job = self.jobs.pop(job_id)
+            del self.ended[job_id]
+            if job.sid in self.sessions:  # remembered, so a repeat is still ignored
+                self.sessions[job.sid].rejected.add(job.idx)
         for _, sid in sorted((at, s) for s, at in self.idle.items() if at < before)[:64]:
             del self.idle[sid], self.sessions[sid]
             self.outputs[sid] = []

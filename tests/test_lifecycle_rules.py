@@ -186,3 +186,19 @@ async def test_a_black_hole_node_is_quarantined_after_timeouts_in_a_row(cell: Ce
     cell.advance(5001)
     await cell.step(beat("n1"), finalize("s1", 5))  # the window is over
     assert (await cell.decisions("d"))[-1]["job"] == "s1:5"
+
+
+async def test_a_repeat_after_its_job_record_expired_is_still_ignored(cell: Cell) -> None:
+    """The state machine found it: the record of s1:0 expired while s1 lived on, and a
+    repeat of 0 was served a second time. The session now keeps a note instead."""
+    cell.configure(job_timeout_ms=1000, max_attempts=1, expire_after_ms=2000)
+    await cell.step(node("n1", max_concurrency=4), session("s1"), finalize("s1", 0))
+    await cell.step(ok("s1:0", 1, "n1"))
+    cell.advance(1500)
+    await cell.step(beat("n1"), finalize("s1", 1))  # keeps s1 active
+    cell.advance(600)
+    await cell.step(beat("n1"), Tick())
+    assert await cell.client.exists(cell.keys.job("s1:0")) == 0  # expired
+    assert await cell.client.exists(cell.keys.session("s1")) == 1
+    await cell.step(finalize("s1", 0))
+    assert [d["job"] for d in await cell.decisions("d")] == ["s1:0", "s1:1"]

@@ -53,7 +53,7 @@ SUFFIXES = {
     "node_jobs": "njobs:",  # set: job ids running on the node
     "pool": "pool:",  # sorted set: eligible members of a pool, scored by load
     "session": "sess:",  # hash: languages, preferred pool, rate bucket, closed
-    "utterances": "utt:",  # hash: utterance_index -> "rejected" (repeats of rejections)
+    "utterances": "utt:",  # hash: utterance_index -> "rejected" or "ended" (for repeats)
     "in_flight": "infl:",  # sorted set: finalized, not yet delivered utterance indexes
     "held": "held:",  # hash per (session, index): an outcome waiting for earlier ones
     "output": "out:",  # stream: the session's ordered outcomes, ID 0-(index+1)
