@@ -167,8 +167,9 @@ end
 
 -- End of life, in event time (settings.expire_after_ms; 0 keeps everything): a job
 -- record goes that long after the job finished (its session's utt hash keeps a note,
--- for repeats), a session that long after its last finalize, close or job end. A session never expires with a job running: the settings
--- require expire_after_ms to outlast every attempt's deadline.
+-- for repeats), a session that long after its last finalize, close or job end. A
+-- session never expires with a job running: the settings require expire_after_ms to
+-- outlast every attempt's deadline.
 local function touch(session_id)
   if EXPIRE_MS > 0 then redis.call('ZADD', K_IDLE, now_ms, session_id) end
 end

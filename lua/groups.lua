@@ -7,7 +7,8 @@
 -- rejection or failure takes its place in the order, so a session never stalls and
 -- never skips. The outcome of utterance i has entry ID (i+1)-0; an entry that cannot
 -- have its own place, because a later one is already out (a late utterance, whose first
--- finalize Redis lost, or a notice), goes right after the last entry instead. Each delivery updates the session's conversation group in one write
+-- finalize Redis lost, or a notice), goes right after the last entry instead. Each
+-- delivery updates the session's conversation group in one write
 -- (ASR and NMT text together) and its TTS playback window. Event time is the `at` field
 -- of the decision (the log ID that caused it), never a clock.
 --
