@@ -88,11 +88,12 @@ def retention_settings(retain_s: int) -> DecisionSettings:
     """The decision settings of a worker keeping ``retain_s`` seconds of history: finished
     jobs and idle sessions expire after the same window (0: never), or after the least
     the attempts allow when that is longer."""
+    keep_everything = DecisionSettings(expire_after_ms=0)
     if retain_s == 0:
-        return DecisionSettings(expire_after_ms=0)
-    least = DecisionSettings(expire_after_ms=0)
-    floor_ms = 2 * least.max_attempts * least.job_timeout_ms
-    return DecisionSettings(expire_after_ms=max(retain_s * 1000, floor_ms))
+        return keep_everything
+    return DecisionSettings(
+        expire_after_ms=max(retain_s * 1000, keep_everything.least_expire_after_ms)
+    )
 
 
 async def stored_settings(client: RedisClient, keys: CellKeys) -> DecisionSettings:

@@ -54,11 +54,16 @@ class DecisionSettings(BaseModel):
         " long (0: keep everything)",
     )
 
+    @property
+    def least_expire_after_ms(self) -> int:
+        """The shortest expiry these attempts allow: a session must never expire with a
+        job running, every attempt ends by its deadline, and the ticks that see it may
+        come late."""
+        return 2 * self.max_attempts * self.job_timeout_ms
+
     @model_validator(mode="after")
     def _sessions_outlast_their_jobs(self) -> DecisionSettings:
-        # A session must never expire with a job running: every attempt of a job ends
-        # by its deadline, and the ticks that see it may come late.
-        least = 2 * self.max_attempts * self.job_timeout_ms
+        least = self.least_expire_after_ms
         if 0 < self.expire_after_ms < least:
             raise ValueError(
                 f"expire_after_ms must be 0 or at least 2 x max_attempts x job_timeout_ms ({least})"
