@@ -35,14 +35,16 @@ class ForgetfulRedis(SessionClient):
         return await super().emit(event)
 
 
-def gateway_of(cell: Cell, resend_after_s: float = 0.4, **forget: int) -> ForgetfulRedis:
+def gateway_of(
+    cell: Cell, resend_after_s: float = 0.4, lose: dict[int, int] | None = None
+) -> ForgetfulRedis:
     return ForgetfulRedis(
         cell.client(),
         cell.keys,
         block_ms=20,
         resend_after_s=resend_after_s,
         max_sends=3,
-        to_lose={int(index.lstrip("u")): times for index, times in forget.items()},
+        to_lose=dict(lose or {}),
     )
 
 
@@ -59,7 +61,7 @@ async def output_ids(cell: Cell, session_id: str) -> list[tuple[str, str]]:
 
 async def test_a_finalize_redis_lost_is_sent_again_and_served_in_order(store_url: str) -> None:
     async with running_cell(store_url) as cell:
-        async with serving(cell), gateway_of(cell, u1=1) as gateway:
+        async with serving(cell), gateway_of(cell, lose={1: 1}) as gateway:
             await cell.registered("n1")
             session = await gateway.open("s1", "en", "zh")
             for index in range(3):
@@ -76,7 +78,7 @@ async def test_an_utterance_that_never_gets_an_outcome_is_given_up_as_lost(
     store_url: str,
 ) -> None:
     async with running_cell(store_url) as cell:
-        async with serving(cell), gateway_of(cell, u0=3) as gateway:
+        async with serving(cell), gateway_of(cell, lose={0: 3}) as gateway:
             await cell.registered("n1")
             session = await gateway.open("s1", "en", "zh")
             await session.finalize(0, "pause", "audio/0", 800)
@@ -108,7 +110,7 @@ async def test_a_session_the_cell_lost_is_opened_again(store_url: str) -> None:
 
 async def test_a_stream_begun_again_behind_the_reader_is_read_again(store_url: str) -> None:
     async with running_cell(store_url) as cell:
-        async with serving(cell), gateway_of(cell, 1000, u1=1) as gateway:
+        async with serving(cell), gateway_of(cell, 1000, lose={1: 1}) as gateway:
             await cell.registered("n1")
             session = await gateway.open("s1", "en", "zh")
             for index in range(3):
