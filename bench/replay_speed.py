@@ -40,7 +40,7 @@ def synthetic(events: int) -> Fixture:
         ms += 1
         fixture.entries.append((f"{ms}-0", {"e": encode_event(item)}))
     # Results go to whichever node was chosen: an ok for a node that did not get the
-    # job is dead-lettered (wrong_node), which still costs a full apply.
+    # job is dead-lettered (not_owner), which still costs a full apply.
     for i in range(0, min(events // 4, 200 * index), 7):
         ms += 1
         fixture.entries.append((f"{ms}-0", {"e": encode_event(ok(f"s{i % 200:03d}:0", 1, "n000"))}))

@@ -36,8 +36,13 @@
 --          heartbeat_fresh_ms node_lost_ms unavailable_window_ms cpu_max_pct
 --          gpu_max_pct mem_max_pct scan_limit expire_after_ms
 --          quarantine_after_timeouts quarantine_ms
--- ARGV[18] the ID the tracking marker must have reached ('' for none; see run_batch)
--- ARGV[19] entry count, then per entry: id, type, field count, fields...
+-- ARGV[18] where the entries come from: 'log' (read from the log's group) or
+--          'ingress' (read from principals' ingress streams, see run_ingress)
+-- ARGV[19] log: the ID the tracking marker must have reached ('' for none; see
+--          run_batch); ingress: unused
+-- ARGV[20] entry count, then per entry: id, type, field count, fields...
+--          ingress: per entry the source (node:n1), the count of the fields the log
+--          gets, those fields, then as above with the entry's ingress ID as its id
 --   reg   node max_concurrency pool_langs pairs gpu
 --   hb    node cpu_pct gpu_pct mem_pct running_count
 --   drain node            dereg node            tick (no fields)
@@ -47,9 +52,10 @@
 --   res   job attempt node ok error asr nmt tts tts_ms timings_json
 --   close session
 --   bad   reason nfields nbytes, then the first field name/value pairs (bounded)
--- Returns {applied, skipped_as_already_applied, dead_lettered}, {-1} when the lease is
--- not held, {-2} when the marker falls short of ARGV[18], or {-3, id, error} when the
--- entry `id` raised (the entries before it applied; see run_batch).
+-- Returns {applied, skipped_as_already_applied, dead_lettered, appended_unapplied},
+-- {-1} when the lease is not held, {-2} when the marker falls short of ARGV[19], or
+-- {-3, id, error} when the entry `id` raised (the entries before it applied; see
+-- run_batch).
 
 -- @include common
 
@@ -79,7 +85,7 @@ local TICK_NODES, TICK_JOBS, TICK_EXPIRED = 16, 64, 64
 
 -- Key suffixes; keys.py SUFFIXES holds the same strings (tested).
 local S_NODE, S_INBOX, S_NJOBS, S_POOL = 'node:', 'inbox:', 'njobs:', 'pool:'
-local S_SESS, S_UTT, S_JOB = 'sess:', 'utt:', 'job:'
+local S_SESS, S_UTT, S_JOB, S_INGRESS = 'sess:', 'utt:', 'job:', 'in:'
 
 local FULL = 1000 -- load score of a node with no free slot; pools are read below it
 local INBOX_GROUP = 'node' -- the consumer group a node reads its inbox through
@@ -487,7 +493,7 @@ function handlers.res(f)
   local current = tonumber(j[1])
   if attempt < current then return end -- an old attempt's late answer: nothing changes
   if j[2] ~= node_id then
-    dead_letter_entry('wrong_node')
+    dead_letter_entry('not_owner')
     return
   end
   if attempt > current then
@@ -542,8 +548,63 @@ local function apply_entry(id, entry)
   handlers[entry.kind](entry.fields)
 end
 
-local done, skipped, failed_id, failure =
-  run_batch(K_META, 'applied', K_LOG, GROUP, 18, read_entry, apply_entry)
-if not done then return {-2} end
+-- Ingress: entries a worker took from principals' ingress streams, each with the fields
+-- the log gets (the source stamped, see dispatch/ingress.py). An entry is admitted once:
+-- deleting it from its ingress says it was still there. It is appended to the log with
+-- a server-assigned ID (no ID a client chose reaches the log) and, when nothing else in
+-- the log waits to be applied, applied at that ID in this same call, the log group
+-- moved past it. Otherwise it waits in the log behind what is there, and the group
+-- delivers it in order; so the log stays the one ordered input either way.
+local function run_ingress(pos)
+  local applied = redis.call('HGET', K_META, 'applied') or '0-0'
+  local newest = redis.call('XREVRANGE', K_LOG, '+', '-', 'COUNT', 1)[1]
+  local caught_up = newest == nil or newest[1] == applied
+  local count = tonumber(ARGV[pos])
+  pos = pos + 1
+  local done, skipped, waiting, failed_id, failure = 0, 0, 0, nil, nil
+  for _ = 1, count do
+    local source, nlog = ARGV[pos], tonumber(ARGV[pos + 1])
+    local log_fields = {}
+    for i = 1, nlog do log_fields[i] = ARGV[pos + 1 + i] end
+    local ingress_id, entry, id
+    ingress_id, entry, pos = read_entry(pos + 2 + nlog)
+    if redis.call('XDEL', P .. S_INGRESS .. source, ingress_id) == 0 then
+      skipped = skipped + 1 -- admitted before
+    else
+      id = redis.call('XADD', K_LOG, '*', unpack(log_fields))
+      if caught_up then
+        local ok, err = pcall(apply_entry, id, entry)
+        if ok then
+          applied, done = id, done + 1
+        else
+          failed_id = id
+          failure = type(err) == 'table' and tostring(err.err) or tostring(err)
+          caught_up = false
+        end
+      end
+      if not caught_up then waiting = waiting + 1 end
+    end
+  end
+  if done > 0 then
+    redis.call('HSET', K_META, 'applied', applied)
+    local info = redis.call('XINFO', 'STREAM', K_LOG)
+    local added = 0
+    for i = 1, #info, 2 do
+      if info[i] == 'entries-added' then added = info[i + 1] end
+    end
+    -- NOGROUP (flushed) is left to the worker's log reads, which make the group again.
+    redis.pcall('XGROUP', 'SETID', K_LOG, GROUP, applied, 'ENTRIESREAD', added - waiting)
+  end
+  return done, skipped, failed_id, failure, waiting
+end
+
+local done, skipped, failed_id, failure, waiting
+if ARGV[18] == 'ingress' then
+  done, skipped, failed_id, failure, waiting = run_ingress(20)
+else
+  done, skipped, failed_id, failure =
+    run_batch(K_META, 'applied', K_LOG, GROUP, 19, read_entry, apply_entry)
+  if not done then return {-2} end
+end
 if failed_id then return {-3, failed_id, failure} end
-return {done, skipped, dead_lettered}
+return {done, skipped, dead_lettered, waiting or 0}

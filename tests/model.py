@@ -221,7 +221,7 @@ class CellModel:
         if attempt < job.att:
             return
         if node_id != job.node:
-            self.dead.append("wrong_node")
+            self.dead.append("not_owner")
             return
         if attempt > job.att:
             self.dead.append("unknown_attempt")

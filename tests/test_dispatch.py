@@ -325,13 +325,13 @@ async def test_retries_stop_at_max_attempts_and_the_failure_is_delivered(cell: C
         assert (await cell.hash(cell.keys.node(node_id)))["run"] == "0"
 
 
-async def test_results_for_unknown_jobs_or_from_the_wrong_node_are_dead_lettered(
+async def test_results_for_unknown_jobs_or_from_the_not_owner_are_dead_lettered(
     cell: Cell,
 ) -> None:
     await cell.step(node("n1"), node("n2"), session("s1"))
     await cell.step(finalize("s1", 0))
     await cell.step(ok("s1:7", 1, "n1"), ok("s1:0", 1, "n2"))
-    assert [d["reason"] for d in await cell.dlq()] == ["unknown_job", "wrong_node"]
+    assert [d["reason"] for d in await cell.dlq()] == ["unknown_job", "not_owner"]
     assert (await cell.hash(cell.keys.job("s1:0")))["st"] == "run"
 
 

@@ -35,8 +35,8 @@ async def test_a_draining_node_lost_and_back_still_drains(cell: Cell) -> None:
     [
         (2, "n1", "unknown_attempt"),  # never issued, from the job's node
         (99, "n1", "unknown_attempt"),
-        (2, "n2", "wrong_node"),  # a future attempt from another node: who, first
-        (1, "n2", "wrong_node"),
+        (2, "n2", "not_owner"),  # a future attempt from another node: who, first
+        (1, "n2", "not_owner"),
         (1, "ghost", "unknown_node"),  # never registered, whatever the attempt
         (7, "ghost", "unknown_node"),
     ],

@@ -158,9 +158,7 @@ class CellMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.model.jobs))
     @rule(
         data=st.data(),
-        kind=st.sampled_from(
-            ["ok", "ok", "error", "stale", "future", "wrong_node", "unknown_node"]
-        ),
+        kind=st.sampled_from(["ok", "ok", "error", "stale", "future", "not_owner", "unknown_node"]),
     )
     def result(self, data: st.DataObject, kind: str) -> None:
         job_id = data.draw(st.sampled_from(sorted(self.model.jobs)))
@@ -170,7 +168,7 @@ class CellMachine(RuleBasedStateMachine):
             attempt = max(1, attempt - 1)
         elif kind == "future":
             attempt += data.draw(st.integers(1, 3))
-        elif kind == "wrong_node":
+        elif kind == "not_owner":
             node_id = data.draw(st.sampled_from([n for n in NODES if n != job.node]))
         elif kind == "unknown_node":
             node_id = "ghost"

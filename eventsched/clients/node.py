@@ -31,7 +31,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from eventsched.clients.retry import patiently
 from eventsched.model.events import (
-    ENTRY_FIELD,
     Event,
     JobResult,
     NodeDeregistered,
@@ -40,10 +39,9 @@ from eventsched.model.events import (
     NodeRegistered,
     Services,
     StageTimings,
-    encode_event,
 )
 from eventsched.model.keys import INBOX_GROUP, CellKeys
-from eventsched.store.append import append
+from eventsched.store.append import queue_submit, source_of, submit
 from eventsched.store.client import RedisClient
 from eventsched.store.streams import text, xreadgroup_raw
 
@@ -147,6 +145,7 @@ class Node:
             gpu=gpu,
         )
         self.node_id = node_id
+        self.source = source_of(client, keys, "node", node_id)  # None: trusted, the log
         self.handler = handler
         self.heartbeat_s = heartbeat_s
         self.load = load
@@ -159,7 +158,7 @@ class Node:
         self._group: anyio.abc.TaskGroup | None = None
 
     async def _emit(self, event: Event) -> None:
-        await patiently(lambda: append(self.client, self.keys, event), outage_s=None)
+        await patiently(lambda: submit(self.client, self.keys, self.source, event), outage_s=None)
 
     async def run(self) -> None:
         """Register, heartbeat and serve until ``drain()``; then finish the running
@@ -306,9 +305,9 @@ class Node:
         gone (the cell lost the node) there is nothing to acknowledge: the result is
         still appended, and the cell ignores a result for a job it does not know."""
         async with self.client.pipeline(transaction=True) as pipe:
-            pipe.xadd(self.keys.log, {ENTRY_FIELD: encode_event(result)})
+            queue_submit(pipe, self.keys, self.source, result)
             pipe.xack(self.keys.inbox(self.node_id), INBOX_GROUP, job.entry_id)
-            appended, _ = await pipe.execute(raise_on_error=False)
+            appended, *_ = await pipe.execute(raise_on_error=False)
         if isinstance(appended, Exception):
             raise appended
 

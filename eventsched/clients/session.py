@@ -18,6 +18,10 @@ once; after ``max_sends`` sends the application gets a ``lost`` outcome. Outcome
 the application in utterance order, also when the cell serves a re-sent utterance after
 later ones. The close is sent once every utterance has its outcome, so a re-sent
 finalize still finds the session open.
+
+A client whose Redis user is a gateway's (``eventsched acl add-gateway``) sends through
+that gateway's ingress, and its sessions are named ``<gateway>.<id>``: ``open`` puts the
+prefix in front of an ID that lacks it, and ``Session.session_id`` is the full name.
 """
 
 from __future__ import annotations
@@ -33,9 +37,10 @@ from eventsched.clients.policy import Reason
 from eventsched.clients.retry import patiently
 from eventsched.model.events import SessionClosed, SessionOpened, UtteranceFinalized
 from eventsched.model.keys import CellKeys
+from eventsched.model.principals import session_prefix
 from eventsched.model.settings import DecisionSettings
 from eventsched.projections.groups import Outcome, outcome_of
-from eventsched.store.append import append
+from eventsched.store.append import source_of, submit
 from eventsched.store.client import RedisClient
 from eventsched.store.streams import id_after, text, xread_raw
 
@@ -197,6 +202,7 @@ class SessionClient:
             raise ValueError("resend_after_s must be positive and max_sends at least 1")
         self.redis = client
         self.keys = keys
+        self.source = source_of(client, keys, "gateway", None)  # None: trusted, the log
         self.block_ms = block_ms
         self.resend_after_s = resend_after_s
         self.max_sends = max_sends
@@ -210,11 +216,18 @@ class SessionClient:
         return anyio.current_time() + self.resend_after_s
 
     async def emit(self, event: SessionOpened | UtteranceFinalized | SessionClosed) -> str:
-        return await patiently(lambda: append(self.redis, self.keys, event))
+        return await patiently(lambda: submit(self.redis, self.keys, self.source, event))
+
+    def session_name(self, session_id: str) -> str:
+        """The session's full ID: a confined gateway's sessions carry its name first."""
+        if self.source is None:
+            return session_id
+        prefix = session_prefix(self.source.partition(":")[2])
+        return session_id if session_id.startswith(prefix) else prefix + session_id
 
     async def open(self, session_id: str, src_lang: str, tgt_lang: str) -> Session:
-        session = Session(self, session_id, src_lang, tgt_lang)
-        stream = self.keys.output(session_id)
+        session = Session(self, self.session_name(session_id), src_lang, tgt_lang)
+        stream = self.keys.output(session.session_id)
         self._sessions[stream] = session
         self._opened.append(session)
         self._cursors[stream] = "0-0"

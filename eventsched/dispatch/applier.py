@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from eventsched.dispatch.job_log import log_delivered
 from eventsched.model.events import (
     ENTRY_FIELD,
+    SOURCE_FIELD,
     Event,
     JobResult,
     NodeDeregistered,
@@ -40,10 +41,14 @@ from eventsched.model.limits import (
     DLQ_COPY_BYTES,
     DLQ_COPY_FIELDS,
     MAX_JSON_DEPTH,
+    RepeatedFields,
     entry_check,
     field_pairs,
+    fields_check,
+    id_in_range,
     json_depth,
 )
+from eventsched.model.principals import refusal
 from eventsched.model.settings import DecisionSettings
 from eventsched.store.client import RedisClient
 from eventsched.store.scripts import register
@@ -63,14 +68,19 @@ __all__ = [
     "OutOfOrder",
     "Prepared",
     "Projection",
+    "Taken",
+    "admitted_fields",
     "entry_args",
     "event_args",
+    "fields_args",
     "retrieved",
 ]
 
 APPLIER_GROUP = "applier"  # reads the log
 GROUPS_GROUP = "groups"  # reads the decisions stream
 MAX_REASON = 200
+_EVENT, _SOURCE = ENTRY_FIELD.encode(), SOURCE_FIELD.encode()
+_REFUSED, _SIZE = b"refused", b"size"  # an entry refused at the door (admitted_fields)
 
 Entry = tuple[bytes, dict[bytes, bytes]]
 Arg = str | int | bytes
@@ -153,28 +163,78 @@ def _invalid_reason(exc: ValidationError) -> str:
 def entry_args(entry_id: bytes, fields: dict[bytes, bytes]) -> tuple[str, list[Arg]]:
     """Type code and fields for one log entry; ``bad`` with a reason when it is invalid
     (model.limits: the checks made before any script sees an entry)."""
-    reason = entry_check(entry_id, fields, ENTRY_FIELD.encode())
+    if not fields or not id_in_range(entry_id):
+        return "bad", [entry_check(entry_id, fields, _EVENT) or "", *_bounded_copy(fields)]
+    return fields_args(fields)
+
+
+def fields_args(fields: dict[bytes, bytes]) -> tuple[str, list[Arg]]:
+    """``entry_args`` for fields whose ID is fine (or not yet known: ingress). An entry
+    stamped with its source (``by``, written by a worker only) may carry only events
+    that principal may send (model.principals); one the worker refused at the door
+    (``refused``) is dead-lettered with the worker's reason and its bounded copy."""
+    if _SOURCE in fields and _REFUSED in fields:
+        return "bad", _refused_args(fields)
+    reason = fields_check(fields, _EVENT, _SOURCE)
     if reason is None:
-        raw = fields[ENTRY_FIELD.encode()]
+        raw = fields[_EVENT]
         try:
-            return event_args(decode_event(raw))
+            event = decode_event(raw)
         except ValidationError as exc:
             reason = _invalid_reason(exc)
             if reason.endswith("json_invalid") and json_depth(raw) > MAX_JSON_DEPTH:
                 reason = f"too_deep: JSON nested beyond {MAX_JSON_DEPTH} levels"
-    return "bad", [reason, *_bounded_copy(fields)]
+        else:
+            source = fields.get(_SOURCE)
+            reason = None if source is None else refusal(text(source), event)
+            if reason is None:
+                return event_args(event)
+    return "bad", [reason[:MAX_REASON], *_bounded_copy(fields)]
+
+
+def admitted_fields(source: str, fields: dict[bytes, bytes]) -> list[bytes]:
+    """What the log gets for an entry taken from ``source``'s ingress: its event with the
+    source stamped; or, when the entry breaks the bounds, the reason and a bounded copy
+    (names prefixed ``f:``), so that a hostile entry is not copied into the log whole."""
+    stamp = [_SOURCE, source.encode()]
+    reason = fields_check(fields, _EVENT)
+    if reason is None:
+        return [*stamp, _EVENT, fields[_EVENT]]
+    count, size, copy = _copy(fields, b"f:")
+    return [*stamp, _REFUSED, reason.encode(), _SIZE, b"%d %d" % (count, size), *copy]
+
+
+def _as_fields(flat: list[bytes]) -> dict[bytes, bytes]:
+    """Flat name/value parts as a reader of the log gets them, repeated names kept."""
+    pairs = list(zip(flat[::2], flat[1::2], strict=True))
+    fields = dict(pairs)
+    return fields if len(fields) == len(pairs) else RepeatedFields(pairs)
+
+
+def _refused_args(fields: dict[bytes, bytes]) -> list[Arg]:
+    count, _, size = fields.get(_SIZE, b"").partition(b" ")
+    copy: list[Arg] = []
+    for name, value in field_pairs(fields):
+        if name.startswith(b"f:"):
+            copy += [name[2:], value]
+    numbers = [int(n) if n.isdigit() else 0 for n in (count, size)]
+    return [text(fields[_REFUSED])[:MAX_REASON], *numbers, *copy]
 
 
 def _bounded_copy(fields: dict[bytes, bytes]) -> list[Arg]:
     """What a dead letter keeps of an entry: how many fields and bytes it had, then its
     first DLQ_COPY_FIELDS pairs, each name and value cut to DLQ_COPY_BYTES (apply.lua's
     dead_letter says so when that cut anything)."""
+    count, size, kept = _copy(fields)
+    return [count, size, *kept]
+
+
+def _copy(fields: dict[bytes, bytes], prefix: bytes = b"") -> tuple[int, int, list[bytes]]:
     pairs = field_pairs(fields)
-    size = sum(len(k) + len(v) for k, v in pairs)
-    kept: list[Arg] = []
+    kept: list[bytes] = []
     for name, value in pairs[:DLQ_COPY_FIELDS]:
-        kept += [name[:DLQ_COPY_BYTES], value[:DLQ_COPY_BYTES]]
-    return [len(pairs), size, *kept]
+        kept += [prefix + name[:DLQ_COPY_BYTES], value[:DLQ_COPY_BYTES]]
+    return len(pairs), sum(len(k) + len(v) for k, v in pairs), kept
 
 
 class NotLeader(Exception):
@@ -358,12 +418,55 @@ def _script_entry(entry_id: bytes, kind: str, values: list[Arg]) -> list[Arg]:
     return [entry_id, kind, len(values), *values]
 
 
+# An entry taken from an ingress stream: its source (node:n1), ingress ID and fields.
+Taken = tuple[str, bytes, dict[bytes, bytes]]
+
+
 class Applier(_ScriptProjection):
-    """The dispatch projection: applies batches of one cell's log with apply.lua."""
+    """The dispatch projection: applies batches of one cell's log with apply.lua, and
+    admits entries from principals' ingress streams to the log (see ``admit``)."""
 
     role = "dispatch"
     script = "apply"
     group = APPLIER_GROUP
+
+    def _call_args(self, after: bytes, count: int, body: list[Arg]) -> list[Arg]:
+        return [*self._head, "log", after, count, *body]
+
+    def prepare_ingress(
+        self, taken: Sequence[Taken], start: int = 0, budget: int | None = None
+    ) -> Prepared:
+        """The arguments admitting ``taken[start:]`` (as many as ``budget`` pays for, see
+        ``prepare``): per entry what the log gets, then its kind and fields, worked out
+        from those log fields as a read of the log would (``fields_args``), so applying
+        it now or from the log is the same."""
+        body: list[Arg] = []
+        finalize_ms: list[int] = []
+        spent, position = 0, start
+        while position < len(taken) and (budget is None or spent < budget):
+            source, ingress_id, fields = taken[position]
+            log_fields = admitted_fields(source, fields)
+            kind, values = fields_args(_as_fields(log_fields))
+            spent += ENTRY_COST.get(kind, FULL_COST)
+            if kind == "fin":  # for dispatch statistics: when the gateway appended it
+                finalize_ms.append(int(ingress_id.split(b"-", 1)[0]))
+            body += [source, len(log_fields), *log_fields]
+            body += _script_entry(ingress_id, kind, values)
+            position += 1
+        count = position - start
+        return Prepared([*self._head, "ingress", b"", count, *body], count, finalize_ms)
+
+    async def admit(self, taken: Sequence[Taken], budget: int) -> list[Prepared]:
+        """Admit entries taken from ingress streams, in calls of ``budget`` each: each
+        entry once, appended to the log and applied there (apply.lua's run_ingress).
+        Raises EntryFailed as ``apply`` does, with the failed entry's log ID."""
+        calls: list[Prepared] = []
+        position = 0
+        while position < len(taken):
+            prepared = self.prepare_ingress(taken, position, budget)
+            position += prepared.count
+            self._returned(prepared, await self.run(prepared), calls)
+        return calls
 
     def stream_of(self, keys: CellKeys) -> str:
         return keys.log
@@ -376,7 +479,7 @@ class Applier(_ScriptProjection):
         return kind, _script_entry(entry_id, kind, values)
 
     def result(self, reply: list[Any]) -> BatchResult:
-        applied, skipped, dead = (int(x) for x in reply)
+        applied, skipped, dead = (int(x) for x in reply[:3])
         return BatchResult(applied, skipped, dead)
 
     async def dead_letter(self, entry: Entry, reason: str) -> None:

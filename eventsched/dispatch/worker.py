@@ -1,7 +1,8 @@
 """Workers: any number join a cell's consumer groups; for each role of each cell one
 holds the lease and works, the others stand by.
 
-Roles per cell: ``dispatch`` (apply.lua over the log), ``groups`` (groups.lua over the
+Roles per cell: ``dispatch`` (apply.lua over the log, and over what confined principals
+sent to their ingress streams: dispatch.ingress), ``groups`` (groups.lua over the
 decisions stream) and ``ticker`` (appends a tick to the log every ``tick_ms``). A worker
 that takes a role first claims every pending entry of the role's group (XAUTOCLAIM,
 dead-lettering entries trimmed before anyone applied them), applies them in ID order,
@@ -14,7 +15,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any
 
 import anyio
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -32,6 +34,7 @@ from eventsched.dispatch.applier import (
     Projection,
     retrieved,
 )
+from eventsched.dispatch.ingress import Bells, Ingress
 from eventsched.dispatch.job_log import follow_decisions
 from eventsched.dispatch.lease import Lease
 from eventsched.dispatch.retention import retain, trim_inboxes
@@ -41,7 +44,7 @@ from eventsched.model.settings import DecisionSettings
 from eventsched.projections.stats import StatsBuilder
 from eventsched.store.client import RedisClient
 from eventsched.store.scripts import register
-from eventsched.store.streams import StreamReply, parse_id, text, xreadgroup_raw
+from eventsched.store.streams import StreamReply, parse_id, text, xrange_raw, xreadgroup_raw
 
 __all__ = [
     "DEFAULT_BATCH",
@@ -113,6 +116,16 @@ async def ensure_group(client: RedisClient, stream: str, group: str) -> None:
             raise
 
 
+async def _until(stop: anyio.Event, task: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``task`` until ``stop``, then cancel it: for tasks that hold no batch in hand
+    (following, listening, waiting for ingress), which end at once instead of waiting
+    out a blocking read."""
+    async with anyio.create_task_group() as group:
+        group.start_soon(task)
+        await stop.wait()
+        group.cancel_scope.cancel()
+
+
 class _Role:
     """One projection of one cell, as this worker works it."""
 
@@ -123,6 +136,7 @@ class _Role:
         self._claim = register(worker.client, "claim")
         self.cursor = "0"  # "0": this consumer's pending entries first; then ">"
         self.taken = False
+        self.taken_event = anyio.Event()  # set while taken: the ingress task waits on it
         self._ahead: asyncio.Future[StreamReply] | None = None
 
     @property
@@ -156,6 +170,7 @@ class _Role:
                 projection.keys.meta, "settings", self.worker.settings.model_dump_json()
             )
         self.cursor, self.taken = "0", True
+        self.taken_event.set()
         log.info("%s: taken over by %s", self.label, self.worker.name)
 
     async def group_missing(self) -> bool:
@@ -168,6 +183,8 @@ class _Role:
     def lose(self) -> None:
         self.drop_read_ahead()
         self.taken = False
+        if self.taken_event.is_set():
+            self.taken_event = anyio.Event()
         self.lease.held = False
 
     def _read(self, block: bool) -> Awaitable[StreamReply]:
@@ -279,6 +296,7 @@ class Worker:
         ]
         self.ticks = "dispatch" in projections
         self.stats = {keys.cell: StatsBuilder() for keys in self.cells}
+        self.ingress = {keys.cell: Ingress(client, keys) for keys in self.cells}
 
     async def drain(self) -> int:
         """Take every role now and apply everything in the streams without blocking;
@@ -295,6 +313,9 @@ class Worker:
                     await role.take_over()
                 try:
                     read += await role.step(block=False)
+                    if isinstance(role.projection, Applier):
+                        self.ingress[role.projection.keys.cell].missed()
+                        read += await self._admit(role)
                 except NotLeader:
                     role.lose()  # lost since it was taken: take it again, or raise above
                     reading_new = False
@@ -320,9 +341,13 @@ class Worker:
                     group.start_soon(self._run_role, role, stop)
                 for keys in self.cells if self.ticks else ():
                     group.start_soon(self._run_ticker, keys, stop)
-                for role in self.roles:
-                    if isinstance(role.projection, Applier):
-                        group.start_soon(self._follow, role, stop)
+                dispatching = [role for role in self.roles if isinstance(role.projection, Applier)]
+                for role in dispatching:
+                    group.start_soon(self._follow, role, stop)
+                    group.start_soon(self._run_ingress, role, stop)
+                if dispatching:
+                    cells = [self.ingress[role.projection.keys.cell] for role in dispatching]
+                    group.start_soon(_until, stop, Bells(self.client, cells).listen)
         finally:
             with anyio.CancelScope(shield=True):
                 await self.release()
@@ -369,6 +394,54 @@ class Worker:
                 backoff = min(max(backoff * 2, _BACKOFF_MIN_S), _BACKOFF_MAX_S)
                 role.lose()
                 await self._pause(stop, backoff)
+
+    async def _admit(self, role: _Role) -> int:
+        """Take one read of the cell's ingress streams and admit it; returns how many
+        entries were taken. An entry the script fails on is dead-lettered as in
+        ``_Role._apply``; the ones after it are in the log and apply from there."""
+        applier = role.projection
+        assert isinstance(applier, Applier)
+        taken = await self.ingress[applier.keys.cell].take()
+        try:
+            calls = await applier.admit(taken, self.batch_size * FULL_COST)
+        except EntryFailed as failed:
+            found = await xrange_raw(self.client, applier.keys.log, text(failed.entry_id), 1)
+            if found and found[0][0] == failed.entry_id:
+                await applier.dead_letter(found[0], f"apply_error: {failed.error}")
+            log.error(
+                "%s: entry %s dead-lettered: %s", role.label, text(failed.entry_id), failed.error
+            )
+            return len(taken)
+        stats = self.stats[applier.keys.cell]
+        for call in calls:
+            stats.dispatched_after(call.finalize_ms, call.applied_wall_ms)
+        return len(taken)
+
+    async def _run_ingress(self, role: _Role, stop: anyio.Event) -> None:
+        """While this worker holds the cell's dispatch role: admit what rang."""
+        ingress = self.ingress[role.projection.keys.cell]
+
+        async def serve() -> None:
+            backoff = 0.0
+            while True:
+                if not role.taken:
+                    ingress.missed()  # whoever holds the role next reads everything first
+                    await role.taken_event.wait()
+                    continue
+                try:
+                    await ingress.wait()
+                    await self._admit(role)
+                    backoff = 0.0
+                except NotLeader:
+                    role.lose()  # the role loop takes it again, or stands by
+                except (*_UNREACHABLE, ResponseError) as exc:
+                    if not backoff:  # one line per outage; the role loop handles the rest
+                        log.warning("%s: ingress not read (%s); retrying", role.label, exc)
+                    backoff = min(max(backoff * 2, _BACKOFF_MIN_S), _BACKOFF_MAX_S)
+                    ingress.missed()
+                    await anyio.sleep(backoff)
+
+        await _until(stop, serve)
 
     async def _trim(self, keys: CellKeys) -> None:
         """Now and then (by the dispatch role's holder): checkpoint the projections,
@@ -419,12 +492,7 @@ class Worker:
                 except (RedisError, OSError):
                     await self._pause(stop, _BACKOFF_MAX_S)  # the role loops log the outage
 
-        # Following holds no batch in hand: on stop it ends at once instead of waiting
-        # out its blocking read.
-        async with anyio.create_task_group() as group:
-            group.start_soon(follow)
-            await stop.wait()
-            group.cancel_scope.cancel()
+        await _until(stop, follow)
 
     async def _run_ticker(self, keys: CellKeys, stop: anyio.Event) -> None:
         lease = Lease(self.client, keys.lease("ticker"), self.name, self.lease_ms)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 __all__ = [
     "ENTRY_FIELD",
     "SCHEMA_VERSION",
+    "SOURCE_FIELD",
     "Event",
     "JobResult",
     "Lang",
@@ -41,6 +42,8 @@ __all__ = [
 
 SCHEMA_VERSION: Final = 1
 ENTRY_FIELD = "e"
+# The principal an entry was admitted from (model.principals), stamped by the worker.
+SOURCE_FIELD = "by"
 
 # Identifiers are restricted to characters that cannot break a key name, a hash tag
 # ("{", "}") or the separators the scripts use ("," ":" ">" "|").

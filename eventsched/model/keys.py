@@ -7,6 +7,7 @@ test runs) share one Redis without touching each other's keys:
     es:{c0}:log            the cell's event log (stream)
     es:{c0}:node:n1        a node record (hash)           built inside Lua
     es:{c0}:inbox:n1       the node's job inbox (stream)  built inside Lua
+    es:{c0}:in:node:n1     a confined principal's ingress (stream; model.principals)
 
 Keys of one node or one session are built inside the Lua scripts from ``cell_prefix``
 and the suffixes below; the scripts receive the prefix as ``ARGV[1]``. Any change here
@@ -59,6 +60,7 @@ SUFFIXES = {
     "output": "out:",  # stream: the session's ordered outcomes, ID 0-(index+1)
     "group": "grp:",  # hash: the session's current conversation group
     "job": "job:",  # hash: attempt, node, pool, state, deadline
+    "ingress": "in:",  # stream: what one confined principal sends (CellKeys.ingress)
 }
 
 # The fixed KEYS of each script, in order; each script's header lists the same names.
@@ -182,6 +184,23 @@ class CellKeys:
     def ended(self) -> str:
         """Sorted set: finished job id -> when it finished (event time ms), for expiry."""
         return self.prefix + "ended"
+
+    def ingress(self, source: str) -> str:
+        """Stream: what a confined principal (``node:n1``, ``gateway:g1``) sends; only
+        it may append here, and only the dispatch worker reads it."""
+        return self.prefix + SUFFIXES["ingress"] + source
+
+    @property
+    def bell(self) -> str:
+        """Pub/sub channel: a principal names its ingress here after appending, so
+        the worker reads the streams that have something rather than all of them."""
+        return self.prefix + "bell"
+
+    @property
+    def principals(self) -> str:
+        """Sorted set (scores 0): the ingress sources ``eventsched acl`` created, which
+        the worker sweeps after a restart for what no bell announced."""
+        return self.prefix + "principals"
 
     def lease(self, role: str) -> str:
         """String: the worker holding a role of the cell (dispatch, groups, ticker)."""

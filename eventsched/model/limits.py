@@ -24,6 +24,8 @@ __all__ = [
     "RepeatedFields",
     "entry_check",
     "field_pairs",
+    "fields_check",
+    "id_in_range",
     "json_depth",
 ]
 
@@ -63,7 +65,7 @@ def field_pairs(fields: dict[bytes, bytes]) -> list[tuple[bytes, bytes]]:
     return fields.pairs if isinstance(fields, RepeatedFields) else list(fields.items())
 
 
-def _id_in_range(entry_id: bytes) -> bool:
+def id_in_range(entry_id: bytes) -> bool:
     ms, _, seq = entry_id.partition(b"-")
     return ms.isdigit() and seq.isdigit() and int(ms) <= MAX_ID_MS and int(seq) <= MAX_ID_SEQ
 
@@ -90,20 +92,30 @@ def json_depth(raw: bytes) -> int:
     return deepest
 
 
-def entry_check(entry_id: bytes, fields: dict[bytes, bytes], name: bytes) -> str | None:
-    """Why the entry cannot be decoded (None when it may be): the reason a dead letter
-    gets. ``name`` is the one field a valid entry has."""
+def entry_check(
+    entry_id: bytes, fields: dict[bytes, bytes], name: bytes, stamp: bytes | None = None
+) -> str | None:
+    """Why the log entry cannot be decoded (None when it may be): the reason a dead
+    letter gets. ``name`` is the one field a valid entry has, ``stamp`` one more it may
+    have (the principal the worker admitted it from)."""
     if not fields:
         # Redis hands back a pending entry without fields once it has been trimmed.
         return "entry_deleted: trimmed before it was applied"
-    if not _id_in_range(entry_id):
+    if not id_in_range(entry_id):
         return f"id_out_of_range: ms above {MAX_ID_MS} or seq above {MAX_ID_SEQ}"
+    return fields_check(fields, name, stamp)
+
+
+def fields_check(fields: dict[bytes, bytes], name: bytes, stamp: bytes | None = None) -> str | None:
+    """``entry_check`` without the ID: for an ingress entry, whose ID never reaches the
+    log."""
     if isinstance(fields, RepeatedFields):
         counts = Counter(k for k, _ in fields.pairs)
         repeated = min(k for k, n in counts.items() if n > 1)
         return f"repeated_field: {repeated.decode('utf-8', 'backslashreplace')!r}"
     raw = fields.get(name)
-    if raw is None or len(fields) != 1:
+    expected = 2 if stamp is not None and stamp in fields else 1
+    if raw is None or len(fields) != expected:
         return f"malformed_entry: expected the single field {name.decode()!r}"
     if len(raw) > MAX_EVENT_BYTES:
         return f"entry_too_large: {len(raw)} bytes, at most {MAX_EVENT_BYTES}"

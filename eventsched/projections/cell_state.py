@@ -15,7 +15,7 @@ from typing import Any
 
 import anyio
 
-from eventsched.model.keys import CellKeys
+from eventsched.model.keys import SUFFIXES, CellKeys
 from eventsched.store.client import RedisClient
 from eventsched.store.scripts import register
 from eventsched.store.streams import entries_of, text
@@ -33,9 +33,10 @@ def _short(name: str, keys: CellKeys) -> str:
 
 
 # Not projection state: the log itself, stored checkpoints and trim points, the
-# statistics snapshot (wall-clock figures), which dead letters an operator requeued;
-# nor are the leases (who holds which role right now).
-_IGNORED = ("log", "checkpoints", "trims", "stats", "requeued")
+# statistics snapshot (wall-clock figures), which dead letters an operator requeued,
+# the principals ``eventsched acl`` registered; nor are the leases (who holds which
+# role right now) or the ingress streams (input not yet in the log).
+_IGNORED = ("log", "checkpoints", "trims", "stats", "requeued", "principals")
 
 
 async def dump_state(
@@ -56,6 +57,8 @@ async def dump_state(
     state: dict[str, Any] = {}
     for raw_name, raw_kind, value in reply[3:]:
         short, kind = _short(text(raw_name), keys), text(raw_kind)
+        if short.startswith(SUFFIXES["ingress"]):
+            continue
         if kind == "stream":
             # Inbox and dead-letter IDs come from the server's clock: compare fields.
             keep_ids = short.startswith(_ID_STREAMS)

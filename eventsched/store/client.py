@@ -13,6 +13,8 @@ import hiredis
 import redis
 import redis.asyncio as aioredis
 
+from eventsched.model.principals import Principal
+
 __all__ = [
     "MEMORY_URL",
     "URL_OPTIONS",
@@ -20,6 +22,7 @@ __all__ = [
     "Store",
     "connect",
     "is_memory_url",
+    "principal_of",
     "unlink_matching",
 ]
 
@@ -134,6 +137,13 @@ class Store:
 def connect(url: str = MEMORY_URL) -> RedisClient:
     """An asyncio client of the store at ``url`` (see ``Store``)."""
     return Store(url).client()
+
+
+def principal_of(client: RedisClient) -> Principal | None:
+    """The confined principal (a node, a gateway) the client's Redis user stands for;
+    None for any other user, the default one included (a trusted client)."""
+    username = client.connection_pool.connection_kwargs.get("username")
+    return Principal.from_username(username)
 
 
 async def unlink_matching(client: RedisClient, pattern: str, page: int = 500) -> int:

@@ -67,9 +67,14 @@ async def xrange_raw(
 
 
 async def xread_raw(
-    client: RedisClient, cursors: Mapping[str, str], block_ms: int | None
+    client: RedisClient,
+    cursors: Mapping[str, str],
+    block_ms: int | None,
+    count: int | None = None,
 ) -> StreamReply:
-    reply = await client.xread(dict(cursors), block=block_ms)  # type: ignore[arg-type]
+    """XREAD, entries as Redis holds them (see _parse_read)."""
+    client.set_response_callback("XREAD", _parse_read)  # idempotent, per client
+    reply = await client.xread(dict(cursors), count=count, block=block_ms)  # type: ignore[arg-type]
     return cast(StreamReply, reply or [])
 
 
