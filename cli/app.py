@@ -9,7 +9,7 @@ import typer
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from . import inspection, ops, replay, run
+from . import access, inspection, ops, replay, run
 
 __all__ = ["app", "main"]
 
@@ -24,6 +24,7 @@ run.register(app)
 ops.register(app)
 replay.register(app)
 inspection.register(app)
+access.register(app)
 
 
 _EXPECTED = (ValueError, ValidationError, RedisError, OSError)

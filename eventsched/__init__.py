@@ -12,8 +12,9 @@ from eventsched.clients.policy import FinalizePolicy
 from eventsched.clients.session import Session, SessionClient
 from eventsched.model.events import Services, StageTimings
 from eventsched.model.keys import CellKeys
+from eventsched.model.principals import Principal
 from eventsched.projections.groups import Outcome
-from eventsched.store.client import Store, connect
+from eventsched.store.client import Store, connect, principal_of
 
 __all__ = [
     "CellKeys",
@@ -23,10 +24,12 @@ __all__ = [
     "JobOutput",
     "Node",
     "Outcome",
+    "Principal",
     "Services",
     "Session",
     "SessionClient",
     "StageTimings",
     "Store",
     "connect",
+    "principal_of",
 ]

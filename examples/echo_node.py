@@ -3,6 +3,9 @@ returns made-up texts. Run several beside `eventsched worker`:
 
     python examples/echo_node.py --redis-url redis://127.0.0.1:6379 --node-id echo-1 \
         --langs en,zh --max-concurrency 4
+
+With a URL from ``eventsched acl add-node NODE_ID``, the node ID and the cell are the
+user's, and --node-id and --cell may be left out.
 """
 
 from __future__ import annotations
@@ -12,7 +15,16 @@ import signal
 
 import anyio
 
-from eventsched import CellKeys, Job, JobOutput, Node, Services, StageTimings, connect
+from eventsched import (
+    CellKeys,
+    Job,
+    JobOutput,
+    Node,
+    Services,
+    StageTimings,
+    connect,
+    principal_of,
+)
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -30,10 +42,15 @@ async def main(args: argparse.Namespace) -> None:
         )
 
     client = connect(args.redis_url)
+    principal = principal_of(client)  # a confined node's user names its node and cell
+    node_id = args.node_id or (principal.name if principal else None)
+    if node_id is None:
+        raise SystemExit("echo_node.py: --node-id is needed with this URL")
+    cell = args.cell or (principal.cell if principal else "c0")
     node = Node(
         client,
-        CellKeys(args.cell),
-        args.node_id,
+        CellKeys(cell, principal.namespace if principal else "es"),
+        node_id,
         Services(asr=langs, nmt=langs, tts=langs),
         args.max_concurrency,
         echo,
@@ -49,8 +66,8 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="An eventsched node that echoes.")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379")
-    parser.add_argument("--cell", default="c0")
-    parser.add_argument("--node-id", required=True)
+    parser.add_argument("--cell", help="default: the URL user's cell, else c0")
+    parser.add_argument("--node-id", help="default: the URL user's node")
     parser.add_argument("--langs", default="en,zh", help="every stage for these languages")
     parser.add_argument("--max-concurrency", type=int, default=4)
     parser.add_argument("--work-ms", type=int, default=30, help="time spent per job")

@@ -12,13 +12,15 @@ import uuid
 
 import anyio
 
-from eventsched import CellKeys, SessionClient, connect
+from eventsched import CellKeys, SessionClient, connect, principal_of
 
 
 async def main(args: argparse.Namespace) -> None:
     client = connect(args.redis_url)
     indexes: list[int] = []
-    async with SessionClient(client, CellKeys(args.cell)) as gateway:
+    principal = principal_of(client)  # a confined gateway's user names its cell
+    keys = CellKeys(args.cell or (principal.cell if principal else "c0"))
+    async with SessionClient(client, keys) as gateway:
         session = await gateway.open(f"demo-{uuid.uuid4().hex[:8]}", args.src, args.tgt)
 
         async def speak() -> None:
@@ -46,7 +48,7 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="An eventsched session, from the gateway side.")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379")
-    parser.add_argument("--cell", default="c0")
+    parser.add_argument("--cell", help="default: the URL user's cell, else c0")
     parser.add_argument("--src", default="en")
     parser.add_argument("--tgt", default="zh")
     parser.add_argument("--utterances", type=int, default=10)

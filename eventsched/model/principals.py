@@ -18,10 +18,15 @@ User names carry the principal, so a URL is all a client needs:
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from pydantic import ValidationError
+
 from eventsched.model.events import (
+    ENTRY_FIELD,
+    SOURCE_FIELD,
     Event,
     JobResult,
     NodeDeregistered,
@@ -31,6 +36,7 @@ from eventsched.model.events import (
     SessionClosed,
     SessionOpened,
     UtteranceFinalized,
+    decode_event,
 )
 
 __all__ = [
@@ -38,6 +44,7 @@ __all__ = [
     "GATEWAY_PATTERN",
     "NAMESPACE_ROLES",
     "Principal",
+    "lawful_event",
     "refusal",
     "session_prefix",
 ]
@@ -119,3 +126,18 @@ def refusal(source: str, event: Event) -> str | None:
     if claimed != name:
         return f"identity_mismatch: {source} sent {event.type} for node {claimed}"
     return None
+
+
+def lawful_event(fields: Mapping[str, str]) -> Event | None:
+    """The event a log entry holds, if it holds a valid one that its source (when it
+    came through an ingress) may send: what applying it acts on. None for an entry the
+    applier dead-letters, for readers of the log (audit, verify, replay, inspection)."""
+    raw = fields.get(ENTRY_FIELD)
+    if raw is None or set(fields) - {ENTRY_FIELD, SOURCE_FIELD}:
+        return None
+    try:
+        event = decode_event(raw)
+    except ValidationError:
+        return None
+    source = fields.get(SOURCE_FIELD)
+    return event if source is None or refusal(source, event) is None else None

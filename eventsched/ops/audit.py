@@ -14,10 +14,9 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
-from pydantic import ValidationError
-
-from eventsched.model.events import ENTRY_FIELD, NodeRegistered, UtteranceFinalized, decode_event
+from eventsched.model.events import NodeRegistered, UtteranceFinalized
 from eventsched.model.keys import CellKeys
+from eventsched.model.principals import lawful_event
 from eventsched.store.client import RedisClient
 from eventsched.store.streams import parse_id, read_stream
 
@@ -88,10 +87,7 @@ async def measure(
     # against the limit in force when it was decided, not the node's last one.
     registrations: list[tuple[tuple[int, int], str, int]] = []
     async for entry_id, fields in read_stream(client, keys.log):
-        try:
-            event = decode_event(fields.get(ENTRY_FIELD, ""))
-        except ValidationError:
-            continue
+        event = lawful_event(fields)
         if isinstance(event, UtteranceFinalized) and event.session_id in sessions:
             key = (event.session_id, event.utterance_index)
             resent += key in finalize_ms

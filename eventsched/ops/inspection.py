@@ -12,8 +12,9 @@ from typing import Any, cast
 
 from pydantic import ValidationError
 
-from eventsched.model.events import ENTRY_FIELD, PoolsConfigured, decode_event
+from eventsched.model.events import SOURCE_FIELD, PoolsConfigured
 from eventsched.model.keys import SUFFIXES, CellKeys
+from eventsched.model.principals import lawful_event
 from eventsched.projections.groups import SessionView, read_outcomes, read_session
 from eventsched.projections.snapshot import NodeView, read_node, read_snapshot
 from eventsched.store.client import RedisClient
@@ -239,11 +240,11 @@ async def job_detail(client: RedisClient, keys: CellKeys, job_id: str) -> dict[s
 
 def describe_event(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
     """One log entry decoded for `eventsched tail`."""
-    try:
-        event = decode_event(fields.get(ENTRY_FIELD, ""))
-    except ValidationError:
+    event = lawful_event(fields)
+    if event is None:  # dead-lettered when applied (dlq show says why)
         return {"id": entry_id, "type": "invalid", "fields": fields}
-    return {"id": entry_id, **event.model_dump(mode="json")}
+    by = {SOURCE_FIELD: fields[SOURCE_FIELD]} if SOURCE_FIELD in fields else {}
+    return {"id": entry_id, **by, **event.model_dump(mode="json")}
 
 
 class PoolFileError(ValueError):

@@ -19,9 +19,10 @@ from pydantic import ValidationError
 
 from eventsched.dispatch.retention import checkpoint_markers, deleted_below, load_checkpoint
 from eventsched.dispatch.worker import DEFAULT_BATCH, Worker, stored_settings
-from eventsched.model.events import ENTRY_FIELD, Event, NodeRegistered, canonical_json, decode_event
+from eventsched.model.events import ENTRY_FIELD, Event, NodeRegistered, canonical_json
 from eventsched.model.keys import DEFAULT_CELL, SUFFIXES, CellKeys
 from eventsched.model.limits import field_pairs
+from eventsched.model.principals import lawful_event
 from eventsched.model.settings import DecisionSettings
 from eventsched.ops.verify import rebuild_in_memory, start_groups
 from eventsched.projections.cell_state import read_state, render_state, restore_items, restore_state
@@ -362,12 +363,7 @@ async def record(
 def _event_of(entry: tuple[str, Fields]) -> Event | None:
     """The event an entry holds, in whatever JSON form it was written; None if none."""
     fields = entry[1]
-    if isinstance(fields, list) or set(fields) != {ENTRY_FIELD}:
-        return None
-    try:
-        return decode_event(fields[ENTRY_FIELD])
-    except ValidationError:
-        return None
+    return None if isinstance(fields, list) else lawful_event(fields)
 
 
 def _cut_streams(

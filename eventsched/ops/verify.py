@@ -21,9 +21,10 @@ from typing import Any, cast
 from eventsched.dispatch.applier import APPLIER_GROUP, GROUPS_GROUP
 from eventsched.dispatch.retention import deleted_below
 from eventsched.dispatch.worker import Worker, ensure_group, stored_settings
-from eventsched.model.events import ENTRY_FIELD, NodeRegistered, SessionOpened, decode_event
+from eventsched.model.events import NodeRegistered, SessionOpened
 from eventsched.model.keys import CellKeys
 from eventsched.model.limits import OUTPUT_MAX_LEN, field_pairs
+from eventsched.model.principals import lawful_event
 from eventsched.ops.audit import in_place, measure
 from eventsched.projections.cell_state import read_state, restore_state
 from eventsched.store.append import append_exact
@@ -118,10 +119,7 @@ def _trimmed_from(live: list[Any], rebuilt: list[Any]) -> bool:
 async def _participants(client: RedisClient, keys: CellKeys) -> tuple[list[str], list[str]]:
     sessions, nodes = set(), set()
     async for _, fields in read_stream(client, keys.log):
-        try:
-            event = decode_event(fields.get(ENTRY_FIELD, ""))
-        except ValueError:
-            continue
+        event = lawful_event(fields)
         if isinstance(event, SessionOpened):
             sessions.add(event.session_id)
         elif isinstance(event, NodeRegistered):
