@@ -8,7 +8,9 @@ in BRPOP on it wakes with it (no capacity, affinity, ordering, retries or replay
 to show the floor of any design with a Python process between the producer and the
 node, a bare relay (``bench.procs relay``): it wakes on a stream and runs a one-line
 script appending to the node's stream, deciding nothing. One job at a time, so each
-figure is latency, not queueing.
+figure is latency, not queueing. eventsched runs twice: trusted (the gateway appends to
+the log) and through the trust boundary (the gateway appends to its own ingress and
+rings the bell; the worker admits it to the log and applies it in one script call).
 
     python bench/plain_queue.py [--jobs 500]
 """
@@ -31,7 +33,7 @@ from bench.alone import percentile, print_figures, until
 from bench.procs import RELAY_IN, RELAY_OUT, spawn
 from eventsched.model.events import Event, encode_event
 from eventsched.model.keys import INBOX_GROUP, CellKeys
-from eventsched.store.append import append, append_many
+from eventsched.store.append import append_many, submit
 from eventsched.store.client import RedisClient, Store, unlink_matching
 from eventsched.store.streams import text, xread_raw, xreadgroup_raw
 from tests.harness import finalize, node, ok, session
@@ -71,30 +73,34 @@ async def _timed(
 
 
 async def _eventsched(
-    url: str, client: RedisClient, node_client: RedisClient, jobs: int
+    url: str, client: RedisClient, node_client: RedisClient, jobs: int, confined: bool
 ) -> list[float]:
-    namespace = "benchqueue"
+    """With ``confined``, the gateway and the node send from their ingress streams
+    (as the default user: Redis's ACL checks cost too little to tell apart here)."""
+    namespace = "benchtrust" if confined else "benchqueue"
     keys = CellKeys("c0", namespace)
+    gateway, node_source = ("gateway:gw", f"node:{NODE}") if confined else (None, None)
+    prefix = "gw." if confined else ""
     events: list[Event] = [node(NODE, max_concurrency=8)]
-    events += [session(f"s{i}") for i in range(jobs)]
+    events += [session(f"{prefix}s{i}") for i in range(jobs)]
     await append_many(client, keys, events)
     inbox = keys.inbox(NODE)
     with spawn("worker", url, namespace, keys.cell):
 
         async def fleet_applied() -> bool:
-            return await client.hget(keys.session(f"s{jobs - 1}"), "src") is not None
+            return await client.hget(keys.session(f"{prefix}s{jobs - 1}"), "src") is not None
 
         await until(fleet_applied, "the worker to apply the fleet")
 
         async def send(index: int) -> None:
-            await append(client, keys, finalize(f"s{index}", 0))
+            await submit(client, keys, gateway, finalize(f"{prefix}s{index}", 0))
 
         async def take() -> bool:
             reply = await xreadgroup_raw(node_client, INBOX_GROUP, NODE, {inbox: ">"}, 1, 1000)
             return bool(reply and reply[0][1])
 
         async def answer(index: int) -> None:  # the slot freed, as the node would
-            await append(client, keys, ok(f"s{index}:0", 1, NODE))
+            await submit(client, keys, node_source, ok(f"{prefix}s{index}:0", 1, NODE))
 
         return await _timed(jobs, send, take, answer)
 
@@ -137,18 +143,24 @@ async def measure(url: str, jobs: int) -> dict[str, float]:
     store = Store(url)
     client, node_client = store.client(), store.client()
     try:
-        ours = await _eventsched(url, client, node_client, jobs)
+        ours = await _eventsched(url, client, node_client, jobs, confined=False)
+        confined = await _eventsched(url, client, node_client, jobs, confined=True)
         plain = await _plain(client, node_client, jobs)
         relay = await _relay(url, client, node_client, jobs)
     finally:
-        for namespace in ("benchqueue", "benchrelay"):
+        for namespace in ("benchqueue", "benchtrust", "benchrelay"):
             await unlink_matching(client, f"{namespace}:*")
         await client.aclose()
         await node_client.aclose()
-    ours_p50, plain_p50, relay_p50 = (percentile(v, 0.5) for v in (ours, plain, relay))
+    ours_p50, confined_p50, plain_p50, relay_p50 = (
+        percentile(v, 0.5) for v in (ours, confined, plain, relay)
+    )
     return {
         "finalize_to_inbox_p50_ms": round(ours_p50, 3),
         "finalize_to_inbox_p99_ms": round(percentile(ours, 0.99), 3),
+        "finalize_to_inbox_confined_p50_ms": round(confined_p50, 3),
+        "finalize_to_inbox_confined_p99_ms": round(percentile(confined, 0.99), 3),
+        "trust_boundary_overhead_p50_ratio": round(confined_p50 / ours_p50, 2),
         "plain_queue_p50_ms": round(plain_p50, 3),
         "plain_queue_p99_ms": round(percentile(plain, 0.99), 3),
         "vs_plain_queue_p50_ratio": round(ours_p50 / plain_p50, 2),

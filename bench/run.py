@@ -27,6 +27,7 @@ if __package__ in (None, ""):  # run as a script: the checkout's root on the pat
 from bench import baseline, e2e, fleet, plain_queue, throughput
 from bench.alone import private_server
 from bench.dispatch_scale import measure as dispatch_scale
+from bench.ingress_scale import measure as ingress_scale
 from bench.replay_speed import synthetic
 from eventsched.model.keys import CellKeys
 from eventsched.ops.replay import replay
@@ -42,6 +43,7 @@ TARGETS = (
     ("finalize_to_inbox_p99_ms", "<=", 5),
     ("speedup_vs_baseline_10k", ">=", 20),
     ("vs_plain_queue_p50_ratio", "<=", 3),
+    ("trust_boundary_overhead_p50_ratio", "<=", 1.3),
     ("apply_dispatch_per_s", ">=", 15_000),
     ("fold_heartbeat_per_s", ">=", 30_000),
     ("e2e_p99_ms_at_2000", "<=", 20),
@@ -109,6 +111,7 @@ async def collect(url: str, quick: bool) -> dict[str, float]:
     )
     figures |= await baseline.compare(url, 200 if quick else 1000)
     figures |= await plain_queue.measure(url, 300 if quick else 2000)
+    figures |= await ingress_scale(url, 10_000)
     figures |= await throughput.measure(url, 20_000 if quick else 100_000)
     steps = await e2e.measure(
         url,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from eventsched.dispatch.applier import Applier, fields_args
+from eventsched.dispatch.applier import Applier, Taken, fields_args
 from eventsched.dispatch.ingress import PER_STREAM, Ingress
 from eventsched.dispatch.worker import Worker
 from eventsched.model.events import ENTRY_FIELD, Event, encode_event
@@ -196,3 +196,27 @@ async def test_a_running_worker_wakes_on_the_bell_and_verify_passes(cell: Cell) 
         stop.set()
     report = await verify_cell(cell.client, cell.keys)
     assert report.ok, report.problems
+
+
+async def test_a_hot_stream_is_read_by_the_blocking_read_from_where_it_was_left(
+    cell: Cell,
+) -> None:
+    ingress = Ingress(cell.client, cell.keys)
+    first = await send(cell, "gateway:g1", session("g1.s"))
+    assert [text(i) for _, i, _ in await ingress.take()] == first
+    # Still in the stream (not admitted): the blocking read starts after what was read.
+    second = await submit(cell.client, cell.keys, "gateway:g1", finalize("g1.s", 0))
+    assert [text(i) for _, i, _ in await ingress.take_hot(block_ms=None)] == [second]
+    ingress.ring("gateway:g1")  # held by the blocking read: no second read of it
+    assert ingress.pending == 0
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            later: list[Taken] = []
+
+            async def read() -> None:
+                later.extend(await ingress.take_hot(block_ms=5000))
+
+            group.start_soon(read)
+            # Before or after the read blocks, the same: it reads from an ID, not from "$".
+            third = await submit(cell.client, cell.keys, "gateway:g1", finalize("g1.s", 1))
+    assert [text(i) for _, i, _ in later] == [third]

@@ -395,13 +395,15 @@ class Worker:
                 role.lose()
                 await self._pause(stop, backoff)
 
-    async def _admit(self, role: _Role) -> int:
-        """Take one read of the cell's ingress streams and admit it; returns how many
-        entries were taken. An entry the script fails on is dead-lettered as in
-        ``_Role._apply``; the ones after it are in the log and apply from there."""
+    async def _admit(self, role: _Role, hot: bool = False) -> int:
+        """Take one read of the cell's ingress streams (the rung ones, or with ``hot``
+        the blocking read of the hot ones) and admit it; returns how many entries were
+        taken. An entry the script fails on is dead-lettered as in ``_Role._apply``; the
+        ones after it are in the log and apply from there."""
         applier = role.projection
         assert isinstance(applier, Applier)
-        taken = await self.ingress[applier.keys.cell].take()
+        ingress = self.ingress[applier.keys.cell]
+        taken = await (ingress.take_hot() if hot else ingress.take())
         try:
             calls = await applier.admit(taken, self.batch_size * FULL_COST)
         except EntryFailed as failed:
@@ -411,6 +413,7 @@ class Worker:
             log.error(
                 "%s: entry %s dead-lettered: %s", role.label, text(failed.entry_id), failed.error
             )
+            ingress.missed()  # what followed it in its read: from the start of each stream
             return len(taken)
         stats = self.stats[applier.keys.cell]
         for call in calls:
@@ -418,10 +421,11 @@ class Worker:
         return len(taken)
 
     async def _run_ingress(self, role: _Role, stop: anyio.Event) -> None:
-        """While this worker holds the cell's dispatch role: admit what rang."""
+        """While this worker holds the cell's dispatch role: admit what rang, and what
+        the hot streams' blocking read brings."""
         ingress = self.ingress[role.projection.keys.cell]
 
-        async def serve() -> None:
+        async def serve(hot: bool) -> None:
             backoff = 0.0
             while True:
                 if not role.taken:
@@ -429,8 +433,9 @@ class Worker:
                     await role.taken_event.wait()
                     continue
                 try:
-                    await ingress.wait()
-                    await self._admit(role)
+                    if not hot:
+                        await ingress.wait()
+                    await self._admit(role, hot)
                     backoff = 0.0
                 except NotLeader:
                     role.lose()  # the role loop takes it again, or stands by
@@ -441,7 +446,12 @@ class Worker:
                     ingress.missed()
                     await anyio.sleep(backoff)
 
-        await _until(stop, serve)
+        async def both() -> None:
+            async with anyio.create_task_group() as group:
+                group.start_soon(serve, False)
+                group.start_soon(serve, True)
+
+        await _until(stop, both)
 
     async def _trim(self, keys: CellKeys) -> None:
         """Now and then (by the dispatch role's holder): checkpoint the projections,
