@@ -12,7 +12,9 @@ cell's log and takes jobs from its inbox stream through the consumer group ``nod
 a node restarted under the same id gets its unacknowledged jobs again. A result is
 appended and its job acknowledged in one MULTI/EXEC (the inbox shares the log's hash
 tag); a retried transaction may append the result twice, and the scheduler ignores the
-second. docs/PROTOCOL.md is the contract.
+second. A node whose Redis user is its own (``eventsched acl add-node``) appends to its
+ingress stream instead and rings the cell's bell (docs/SECURITY.md); the user must be
+this node's of this cell. docs/PROTOCOL.md is the contract.
 """
 
 from __future__ import annotations
