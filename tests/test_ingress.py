@@ -12,12 +12,18 @@ import pytest
 from eventsched.dispatch.applier import Applier, Taken, fields_args
 from eventsched.dispatch.ingress import PER_STREAM, Ingress
 from eventsched.dispatch.worker import Worker
-from eventsched.model.events import ENTRY_FIELD, Event, encode_event
+from eventsched.model.events import (
+    ENTRY_FIELD,
+    Event,
+    NodeDeregistered,
+    NodeDraining,
+    encode_event,
+)
 from eventsched.model.limits import DLQ_COPY_BYTES, MAX_EVENT_BYTES
 from eventsched.ops.verify import verify_cell
 from eventsched.store.append import submit
 from eventsched.store.streams import parse_id, text, xrange_raw
-from tests.harness import Cell, beat, finalize, node, ok, session, wait_for
+from tests.harness import Cell, beat, error, finalize, node, ok, session, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -61,6 +67,7 @@ async def test_a_principal_speaks_for_itself_only(cell: Cell) -> None:
     # a node opening a session; a gateway finalizing another gateway's session.
     await send(cell, "node:n2", beat("n1", cpu=100))
     await send(cell, "node:n2", node("n1").model_copy(update={"max_concurrency": 64}))
+    await send(cell, "node:n2", NodeDraining(node_id="n1"), NodeDeregistered(node_id="n1"))
     await send(cell, "gateway:g2", finalize("g1.s", 0), session("g1.t"))
     await send(cell, "node:n1", session("g1.u"))
     await cell.apply()
@@ -69,6 +76,8 @@ async def test_a_principal_speaks_for_itself_only(cell: Cell) -> None:
         [
             "identity_mismatch: node:n2 sent node_heartbeat for node n1",
             "identity_mismatch: node:n2 sent node_registered for node n1",
+            "identity_mismatch: node:n2 sent node_draining for node n1",
+            "identity_mismatch: node:n2 sent node_deregistered for node n1",
             "not_owner: session g1.s is not gateway g2's",
             "not_owner: session g1.t is not gateway g2's",
             "identity_mismatch: node:n1 sent session_opened",
@@ -89,11 +98,16 @@ async def test_a_result_for_another_nodes_job_is_dead_lettered(cell: Cell) -> No
     assert await cell.dispatched_to() == {"g1.s:0": "n1"}
     await send(cell, "node:n2", ok("g1.s:0", 1, "n2"))  # n2 speaking for itself, not its job
     await send(cell, "node:n2", ok("g1.s:0", 1, "n1"))  # n2 speaking for n1
+    await send(cell, "node:n2", error("g1.s:0", 1, "n1"))  # MODEL_NOT_AVAILABLE, for n1
     await cell.apply()
     assert [d["reason"].split(":")[0] for d in await cell.dlq()] == [
         "not_owner",
         "identity_mismatch",
+        "identity_mismatch",
     ]  # one stream: in the order sent
+    assert not [
+        k for k, v in (await cell.hash(cell.keys.node("n1"))).items() if k.startswith("na:")
+    ]
     assert await cell.decisions("o") == []
     await send(cell, "node:n1", ok("g1.s:0", 1, "n1"))
     await cell.apply()
