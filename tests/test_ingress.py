@@ -9,6 +9,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
+from eventsched.dispatch import ingress as ingress_module
 from eventsched.dispatch.applier import Applier, Taken, fields_args
 from eventsched.dispatch.ingress import PER_STREAM, Ingress
 from eventsched.dispatch.worker import Worker
@@ -234,3 +235,19 @@ async def test_a_hot_stream_is_read_by_the_blocking_read_from_where_it_was_left(
             # Before or after the read blocks, the same: it reads from an ID, not from "$".
             third = await submit(cell.client, cell.keys, "gateway:g1", finalize("g1.s", 1))
     assert [text(i) for _, i, _ in later] == [third]
+
+
+async def test_a_stream_leaving_the_blocking_read_is_read_again_from_its_start(
+    cell: Cell, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ingress_module, "HOT_STREAMS", 1)
+    ingress = Ingress(cell.client, cell.keys)
+    first = await send(cell, "gateway:g1", session("g1.s"))
+    await ingress.take()  # (not admitted: still in the stream)
+    assert await ingress.take_hot(block_ms=None) == []  # g1 held from here
+    later = await submit(cell.client, cell.keys, "gateway:g1", finalize("g1.s", 0))
+    ingress.ring("gateway:g1")  # ignored: held
+    await send(cell, "gateway:g2", session("g2.s"))
+    ingress.ring("gateway:g2")
+    assert [source for source, _, _ in await ingress.take()] == ["gateway:g2"]  # g1 out
+    assert [text(i) for _, i, _ in await ingress.take()] == [*first, later]

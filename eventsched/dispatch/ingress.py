@@ -93,12 +93,19 @@ class Ingress:
         return len(self._active) + len(self._unswept)
 
     def missed(self) -> None:
-        """Bells may have gone unheard, or taken entries were not admitted: forget the
-        hot streams and sweep at once."""
+        """Bells may have gone unheard, or taken entries were not admitted: sweep at
+        once, and read the hot streams from their start again."""
         self.sweep_at = 0.0
+        for source in self._seen:
+            self._cool(source)
         self._seen.clear()
-        self._held = frozenset()
         self._woken.set()
+
+    def _cool(self, source: str) -> None:
+        """``source`` leaves the blocking read: its bells count again, and it is read
+        from its start once, for what came while they did not."""
+        self._held -= {source}
+        self._active.setdefault(source, 0)
 
     async def wait(self) -> None:
         """Until a bell rings or a sweep is due (the rung streams are kept above, so a
@@ -158,7 +165,9 @@ class Ingress:
             self._seen.pop(source, None)
             self._seen[source] = entry_id
         while len(self._seen) > HOT_STREAMS:
-            del self._seen[next(iter(self._seen))]
+            coldest = next(iter(self._seen))
+            del self._seen[coldest]
+            self._cool(coldest)
         if self._seen:
             self._heated.set()
         return sorted(taken, key=lambda entry: parse_id(text(entry[1])))
@@ -166,9 +175,9 @@ class Ingress:
     async def take_hot(self, block_ms: int | None = HOT_BLOCK_MS) -> list[Taken]:
         """One blocking read of the hot streams, from the newest entry seen in each:
         whatever came after it, as soon as it comes (or nothing after ``block_ms``)."""
-        if not self._seen:
-            await self._heated.wait()
+        while not self._seen:
             self._heated = anyio.Event()
+            await self._heated.wait()
         # Held until the next read: what comes meanwhile, that read returns at once.
         self._held = frozenset(self._seen)
         cursors = {self.keys.ingress(source): text(last) for source, last in self._seen.items()}
