@@ -4,23 +4,19 @@ a URL whose user may run ACL commands, the default user's say)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import Annotated
 
-import anyio
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from eventsched.model.keys import DEFAULT_CELL, DEFAULT_NAMESPACE, CellKeys
 from eventsched.ops import access
-from eventsched.store.client import RedisClient, Store
 
-from .common import DEFAULT_URL, AsJson, Cell, Namespace, RedisUrl
+from .common import DEFAULT_URL, AsJson, Cell, Namespace, RedisUrl, run_with_client
 
 __all__ = ["register"]
 
-T = TypeVar("T")
 
 acl_app = typer.Typer(
     help="Redis users that confine nodes and gateways (docs/SECURITY.md).",
@@ -28,15 +24,18 @@ acl_app = typer.Typer(
 )
 
 
-def _run(url: str, work: Callable[[RedisClient], Awaitable[T]]) -> T:
-    async def main() -> T:
-        client = Store(url).client()
-        try:
-            return await work(client)
-        finally:
-            await client.aclose()
+def _add_principal(redis_url: str, keys: CellKeys, role: str, name: str) -> None:
+    _created(
+        run_with_client(redis_url, lambda c: access.add_principal(c, redis_url, keys, role, name))
+    )
 
-    return anyio.run(main)
+
+def _add_trusted(redis_url: str, namespace: str, role: str, name: str) -> None:
+    _created(
+        run_with_client(
+            redis_url, lambda c: access.add_trusted(c, redis_url, namespace, role, name)
+        )
+    )
 
 
 def _created(made: access.Credentials) -> None:
@@ -54,7 +53,11 @@ def add_node(
 ) -> None:
     """A user for one GPU node: its own ingress and inbox, nothing else."""
     keys = CellKeys(cell, namespace)
-    _created(_run(redis_url, lambda c: access.add_principal(c, redis_url, keys, "node", node_id)))
+    _created(
+        run_with_client(
+            redis_url, lambda c: access.add_principal(c, redis_url, keys, "node", node_id)
+        )
+    )
 
 
 @acl_app.command("add-gateway")
@@ -67,7 +70,11 @@ def add_gateway(
     """A user for one gateway: its own ingress and the outputs of its sessions
     (named NAME.<id>)."""
     keys = CellKeys(cell, namespace)
-    _created(_run(redis_url, lambda c: access.add_principal(c, redis_url, keys, "gateway", name)))
+    _created(
+        run_with_client(
+            redis_url, lambda c: access.add_principal(c, redis_url, keys, "gateway", name)
+        )
+    )
 
 
 @acl_app.command("add-worker")
@@ -75,7 +82,11 @@ def add_worker(
     name: str, redis_url: RedisUrl = DEFAULT_URL, namespace: Namespace = DEFAULT_NAMESPACE
 ) -> None:
     """A user for workers of every cell of the namespace."""
-    _created(_run(redis_url, lambda c: access.add_trusted(c, redis_url, namespace, "worker", name)))
+    _created(
+        run_with_client(
+            redis_url, lambda c: access.add_trusted(c, redis_url, namespace, "worker", name)
+        )
+    )
 
 
 @acl_app.command("add-operator")
@@ -87,7 +98,11 @@ def add_operator(
 ) -> None:
     """A user for the CLI on every cell of the namespace."""
     role = "operator-ro" if read_only else "operator"
-    _created(_run(redis_url, lambda c: access.add_trusted(c, redis_url, namespace, role, name)))
+    _created(
+        run_with_client(
+            redis_url, lambda c: access.add_trusted(c, redis_url, namespace, role, name)
+        )
+    )
 
 
 @acl_app.command("list")
@@ -97,7 +112,7 @@ def acl_list(
     as_json: AsJson = False,
 ) -> None:
     """The namespace's users and their rules (never their passwords)."""
-    users = _run(redis_url, lambda c: access.list_users(c, namespace))
+    users = run_with_client(redis_url, lambda c: access.list_users(c, namespace))
     if as_json:
         print(json.dumps([user.__dict__ for user in users]))
         return
@@ -114,7 +129,7 @@ def acl_remove(
     username: str, redis_url: RedisUrl = DEFAULT_URL, namespace: Namespace = DEFAULT_NAMESPACE
 ) -> None:
     """Delete a user; Redis disconnects its clients at once."""
-    if not _run(redis_url, lambda c: access.remove_user(c, namespace, username)):
+    if not run_with_client(redis_url, lambda c: access.remove_user(c, namespace, username)):
         raise ValueError(f"no user {username}")
     print(f"user {username} removed")
 

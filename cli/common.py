@@ -11,7 +11,16 @@ import typer
 from eventsched.model.keys import CellKeys
 from eventsched.store.client import RedisClient, Store
 
-__all__ = ["DEFAULT_URL", "AsJson", "Cell", "Namespace", "NotFound", "RedisUrl", "run_on_cell"]
+__all__ = [
+    "DEFAULT_URL",
+    "AsJson",
+    "Cell",
+    "Namespace",
+    "NotFound",
+    "RedisUrl",
+    "run_on_cell",
+    "run_with_client",
+]
 
 T = TypeVar("T")
 
@@ -29,19 +38,28 @@ class NotFound(ValueError):
     """Something asked for does not exist (exit 1, one line)."""
 
 
+def run_with_client(url: str, work: Callable[[RedisClient], Awaitable[T]]) -> T:
+    """Run ``work`` with a client of its own."""
+
+    async def main() -> T:
+        client = Store(url).client()
+        try:
+            return await work(client)
+        finally:
+            await client.aclose()
+
+    return anyio.run(main)
+
+
 def run_on_cell(
     url: str, cell: str, namespace: str, work: Callable[[RedisClient, CellKeys], Awaitable[T]]
 ) -> T:
     """Run ``work`` on an existing cell with a client of its own."""
     keys = CellKeys(cell, namespace)
 
-    async def main() -> T:
-        client = Store(url).client()
-        try:
-            if not await client.exists(keys.log):
-                raise NotFound(f"unknown cell {namespace}:{{{cell}}} (it has no log)")
-            return await work(client, keys)
-        finally:
-            await client.aclose()
+    async def on_cell(client: RedisClient) -> T:
+        if not await client.exists(keys.log):
+            raise NotFound(f"unknown cell {namespace}:{{{cell}}} (it has no log)")
+        return await work(client, keys)
 
-    return anyio.run(main)
+    return run_with_client(url, on_cell)
