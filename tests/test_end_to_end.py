@@ -94,11 +94,31 @@ def test_cli_errors_are_one_readable_line(args: tuple[str, ...], message: str) -
 
 
 @pytest.mark.skipif(not REAL_AVAILABLE, reason="processes talk to a real Redis")
-def test_the_examples_run_as_separate_processes(tmp_path: Path) -> None:
-    """A worker, two echo nodes and the session client, each its own process."""
+def _acl_url(admin_url: str, *args: str) -> str:
+    made = subprocess.run(
+        [sys.executable, "-m", "eventsched", "acl", *args, "--redis-url", admin_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return made.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("confined", [False, True], ids=["trusted", "confined"])
+def test_the_examples_run_as_separate_processes(tmp_path: Path, confined: bool) -> None:
+    """A worker, two echo nodes and the session client, each its own process; confined,
+    each with the URL ``eventsched acl`` printed for it, taken as it is."""
     server = RedisProcess(tmp_path)
     server.start()
     examples = Path(__file__).parent.parent / "examples"
+    if confined:
+        worker_url = _acl_url(server.url, "add-worker", "w1")
+        node_args = [["--redis-url", _acl_url(server.url, "add-node", f"echo-{i}")] for i in (1, 2)]
+        gateway_url = _acl_url(server.url, "add-gateway", "gw1")
+    else:
+        worker_url = gateway_url = server.url
+        node_args = [["--redis-url", server.url, "--node-id", f"echo-{i}"] for i in (1, 2)]
     worker = subprocess.Popen(
         [
             sys.executable,
@@ -106,25 +126,16 @@ def test_the_examples_run_as_separate_processes(tmp_path: Path) -> None:
             "from eventsched.cli.app import main; main()",
             "worker",
             "--redis-url",
-            server.url,
+            worker_url,
         ],
         stderr=subprocess.DEVNULL,
     )
     nodes = [
         subprocess.Popen(
-            [
-                sys.executable,
-                str(examples / "echo_node.py"),
-                "--redis-url",
-                server.url,
-                "--node-id",
-                f"echo-{index}",
-                "--langs",
-                "en,zh",
-            ],
+            [sys.executable, str(examples / "echo_node.py"), *args, "--langs", "en,zh"],
             stderr=subprocess.DEVNULL,
         )
-        for index in (1, 2)
+        for args in node_args
     ]
     try:
         done = subprocess.run(
@@ -132,7 +143,7 @@ def test_the_examples_run_as_separate_processes(tmp_path: Path) -> None:
                 sys.executable,
                 str(examples / "session_client.py"),
                 "--redis-url",
-                server.url,
+                gateway_url,
                 "--utterances",
                 "20",
                 "--gap-ms",
