@@ -1,0 +1,53 @@
+-- ingress.lua: admitting entries from confined principals' ingress streams; apply.lua
+-- includes it after its handlers (it uses read_entry, apply_entry, K_META, K_LOG, GROUP,
+-- P and S_INGRESS from there). No KEYS or ARGV of its own.
+
+-- Ingress: entries a worker took from principals' ingress streams, each with the fields
+-- the log gets (the source stamped, see dispatch/ingress.py). An entry is admitted once:
+-- deleting it from its ingress says it was still there. It is appended to the log with
+-- a server-assigned ID (no ID a client chose reaches the log) and, when nothing else in
+-- the log waits to be applied, applied at that ID in this same call, the log group
+-- moved past it. Otherwise it waits in the log behind what is there, and the group
+-- delivers it in order; so the log stays the one ordered input either way.
+local function run_ingress(pos)
+  local applied = redis.call('HGET', K_META, 'applied') or '0-0'
+  local newest = redis.call('XREVRANGE', K_LOG, '+', '-', 'COUNT', 1)[1]
+  local caught_up = newest == nil or newest[1] == applied
+  local count = tonumber(ARGV[pos])
+  pos = pos + 1
+  local done, skipped, waiting, failed_id, failure = 0, 0, 0, nil, nil
+  for _ = 1, count do
+    local source, nlog = ARGV[pos], tonumber(ARGV[pos + 1])
+    local log_fields = {}
+    for i = 1, nlog do log_fields[i] = ARGV[pos + 1 + i] end
+    local ingress_id, entry, id
+    ingress_id, entry, pos = read_entry(pos + 2 + nlog)
+    if redis.call('XDEL', P .. S_INGRESS .. source, ingress_id) == 0 then
+      skipped = skipped + 1 -- admitted before
+    else
+      id = redis.call('XADD', K_LOG, '*', unpack(log_fields))
+      if caught_up then
+        local ok, err = pcall(apply_entry, id, entry)
+        if ok then
+          applied, done = id, done + 1
+        else
+          failed_id = id
+          failure = type(err) == 'table' and tostring(err.err) or tostring(err)
+          caught_up = false
+        end
+      end
+      if not caught_up then waiting = waiting + 1 end
+    end
+  end
+  if done > 0 then
+    redis.call('HSET', K_META, 'applied', applied)
+    local info = redis.call('XINFO', 'STREAM', K_LOG)
+    local added = 0
+    for i = 1, #info, 2 do
+      if info[i] == 'entries-added' then added = info[i + 1] end
+    end
+    -- NOGROUP (flushed) is left to the worker's log reads, which make the group again.
+    redis.pcall('XGROUP', 'SETID', K_LOG, GROUP, applied, 'ENTRIESREAD', added - waiting)
+  end
+  return done, skipped, failed_id, failure, waiting
+end
