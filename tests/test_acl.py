@@ -24,7 +24,8 @@ from eventsched.ops import access
 from eventsched.ops.verify import verify_cell
 from eventsched.store.client import Store
 from eventsched.store.streams import read_stream
-from tests.harness import beat, error, node, ok
+from tests.harness import beat, error, node, ok, wait_for
+from tests.live import steady
 from tests.servers import RedisProcess
 
 pytestmark = pytest.mark.anyio
@@ -185,9 +186,14 @@ async def test_confined_nodes_and_a_gateway_run_end_to_end_and_forgeries_do_noth
             worker = Worker(worker_client, [keys], name="w", tick_ms=50)
             group.start_soon(worker.run, stop)
             async with (
-                Node(clients["n1"], keys, "n1", services, 8, echo, heartbeat_s=0.2),
+                Node(clients["n1"], keys, "n1", services, 8, echo, heartbeat_s=0.2, load=steady),
                 SessionClient(clients["g1"], keys) as gateway,
             ):
+
+                async def registered() -> bool:
+                    return await worker_client.hget(keys.node("n1"), "st") == b"up"
+
+                await wait_for(registered)  # else the first finalizes find no node
                 session = await gateway.open("talk", "en", "zh")
                 assert session.session_id == "g1.talk"
                 # n2, with its own user, forges what the audit found: a result and an
@@ -241,3 +247,24 @@ def test_the_rules_give_each_principal_its_own_keys() -> None:
     assert "%W~es:{c0}:in:node:n1 +xadd" in rules and "~es:{c0}:inbox:n1 " in rules
     assert "out:" not in rules and "~es:*" not in rules
     assert "%R~es:{c0}:out:g1.* +xread" in " ".join(access.rules_for("gateway", KEYS, "g1"))
+
+
+async def test_a_confined_client_must_be_the_principal_its_user_is(urls: dict[str, str]) -> None:
+    node_client, gateway_client = Store(urls["n1"]).client(), Store(urls["g1"]).client()
+    services = Services(asr=["en"], nmt=["en", "zh"], tts=["zh"])
+
+    async def echo(job: Any) -> JobOutput:
+        return JobOutput()
+
+    try:
+        with pytest.raises(ValueError, match="is not node n2"):
+            Node(node_client, KEYS, "n2", services, 1, echo)
+        with pytest.raises(ValueError, match="belongs to cell c0"):
+            Node(node_client, CellKeys("c1"), "n1", services, 1, echo)
+        with pytest.raises(ValueError, match="is not gateway"):
+            SessionClient(node_client, KEYS)
+        assert SessionClient(gateway_client, KEYS).session_name("x") == "g1.x"
+        assert SessionClient(gateway_client, KEYS).session_name("g1.x") == "g1.x"
+    finally:
+        await node_client.aclose()
+        await gateway_client.aclose()
