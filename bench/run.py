@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from contextlib import nullcontext
@@ -149,7 +150,9 @@ if __name__ == "__main__":
     parser.add_argument("--json", action="store_true", help="one JSON object as the last line")
     parser.add_argument(
         "--redis-url",
-        help="a quiet Redis to run against (default: a private redis-server started here)",
+        default=os.environ.get("EVENTSCHED_REDIS_URL"),
+        help="a quiet Redis to run against (default: $EVENTSCHED_REDIS_URL, else a private"
+        " redis-server started here)",
     )
     arguments = parser.parse_args()
     anyio.run(main, arguments.quick, arguments.json, arguments.redis_url)

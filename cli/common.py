@@ -25,12 +25,22 @@ __all__ = [
 T = TypeVar("T")
 
 DEFAULT_URL = "redis://127.0.0.1:6379"
+# Every command finds its Redis, cell and namespace the same way: the flag, else the
+# environment variable, else the default (docs/CLI.md).
 RedisUrl = Annotated[
     str,
-    typer.Option("--redis-url", envvar="EVENTSCHED_REDIS_URL", help="redis://host:port/db"),
+    typer.Option(
+        "--redis-url",
+        envvar="EVENTSCHED_REDIS_URL",
+        help="redis://host:port/db, rediss://, unix:// or memory:// (docs/CLI.md)",
+    ),
 ]
-Cell = Annotated[str, typer.Option(help="the cell")]
-Namespace = Annotated[str, typer.Option(help="key namespace in front of each cell's tag")]
+Cell = Annotated[str, typer.Option(envvar="EVENTSCHED_CELL", help="the cell")]
+Cells = Annotated[str, typer.Option(envvar="EVENTSCHED_CELL", help="the cells, comma-separated")]
+Namespace = Annotated[
+    str,
+    typer.Option(envvar="EVENTSCHED_NAMESPACE", help="key namespace in front of each cell's tag"),
+]
 AsJson = Annotated[bool, typer.Option("--json", help="JSON (schema: docs/CLI.md)")]
 
 

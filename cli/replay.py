@@ -20,7 +20,9 @@ from eventsched.ops.replay import (
     record,
     replay,
 )
-from eventsched.store.client import MEMORY_URL, Store
+from eventsched.store.client import MEMORY_URL, RedisClient
+
+from .common import DEFAULT_URL, Cell, Namespace, RedisUrl, run_on_cell
 
 __all__ = ["register"]
 
@@ -45,9 +47,7 @@ def replay_command(
         bool, typer.Option("--check", help="compare with the goldens; exit 1 on a mismatch")
     ] = False,
     update: Annotated[bool, typer.Option("--update", help="rewrite the goldens")] = False,
-    redis_url: Annotated[str, typer.Option("--redis-url", help="store to replay on")] = (
-        MEMORY_URL
-    ),
+    redis_url: RedisUrl = MEMORY_URL,
     batch: Annotated[int, typer.Option(min=1, max=10_000, help="entries per apply")] = (
         DEFAULT_BATCH
     ),
@@ -89,9 +89,9 @@ def replay_command(
 
 def record_command(
     out: Annotated[Path, typer.Option("--out", help="the fixture to write (.jsonl)")],
-    redis_url: Annotated[str, typer.Option("--redis-url")] = "redis://127.0.0.1:6379",
-    cell: Annotated[str, typer.Option(help="the cell to record")] = DEFAULT_CELL,
-    namespace: Annotated[str, typer.Option(help="key namespace")] = DEFAULT_NAMESPACE,
+    redis_url: RedisUrl = DEFAULT_URL,
+    cell: Cell = DEFAULT_CELL,
+    namespace: Namespace = DEFAULT_NAMESPACE,
     since: Annotated[
         str | None, typer.Option(help="start after this log ID (from a snapshot)")
     ] = None,
@@ -102,15 +102,11 @@ def record_command(
     if out.suffix != ".jsonl":
         raise ValueError("the fixture must be a .jsonl file")
 
-    async def capture() -> tuple[Fixture, str]:
-        client = Store(redis_url).client()
-        try:
-            comments = [f"recorded from {namespace}:{{{cell}}} at {redis_url}"]
-            return await record(client, CellKeys(cell, namespace), out.stem, comments, since, until)
-        finally:
-            await client.aclose()
+    async def capture(client: RedisClient, keys: CellKeys) -> tuple[Fixture, str]:
+        comments = [f"recorded from {namespace}:{{{cell}}} at {redis_url}"]
+        return await record(client, keys, out.stem, comments, since, until)
 
-    fixture, golden = anyio.run(capture)
+    fixture, golden = run_on_cell(redis_url, cell, namespace, capture)
     out.write_text(fixture.to_text(), encoding="utf-8")
     golden_path(out).write_text(golden, encoding="utf-8")
     print(f"recorded {len(fixture.entries)} events into {out} and {golden_path(out)}")

@@ -30,10 +30,10 @@ from eventsched.sim.loadgen import LoadSpec, run_load
 from eventsched.sim.loadgen import Progress as LoadProgress
 from eventsched.store.client import MEMORY_URL, Store
 
+from .common import DEFAULT_URL, Cell, Cells, Namespace, RedisUrl
+
 __all__ = ["register"]
 
-RedisUrl = Annotated[str, typer.Option("--redis-url", help="redis://host:port/db or memory://")]
-Namespace = Annotated[str, typer.Option(help="key namespace in front of each cell's tag")]
 Nodes = Annotated[int, typer.Option(min=1, max=100_000, help="simulated nodes")]
 Sessions = Annotated[int, typer.Option(min=1, max=100_000, help="simulated sessions")]
 Utterances = Annotated[int, typer.Option(min=1, max=100_000, help="utterances per session")]
@@ -79,8 +79,8 @@ def _run_with_progress(
 
 
 def worker(
-    redis_url: RedisUrl = "redis://127.0.0.1:6379",
-    cells: Annotated[str, typer.Option(help="comma-separated cells to work")] = DEFAULT_CELL,
+    redis_url: RedisUrl = DEFAULT_URL,
+    cells: Cells = DEFAULT_CELL,
     all_cells: Annotated[bool, typer.Option("--all-cells", help="every cell with a log")] = False,
     namespace: Namespace = DEFAULT_NAMESPACE,
     name: Annotated[str, typer.Option(help="consumer name (default: host-pid)")] = "",
@@ -143,8 +143,8 @@ def worker(
 
 
 def loadgen(
-    redis_url: RedisUrl = "redis://127.0.0.1:6379",
-    cell: Annotated[str, typer.Option(help="cell to load")] = DEFAULT_CELL,
+    redis_url: RedisUrl = DEFAULT_URL,
+    cell: Cell = DEFAULT_CELL,
     namespace: Namespace = DEFAULT_NAMESPACE,
     nodes: Nodes = 20,
     sessions: Sessions = 40,
@@ -169,7 +169,7 @@ def loadgen(
 
 def demo(
     redis_url: RedisUrl = MEMORY_URL,
-    cell: Annotated[str, typer.Option(help="cell to use")] = DEFAULT_CELL,
+    cell: Cell = DEFAULT_CELL,
     namespace: Namespace = DEFAULT_NAMESPACE,
     nodes: Nodes = 20,
     sessions: Sessions = 40,

@@ -1,0 +1,133 @@
+"""One configuration story: every command finds its Redis, cell and namespace from the
+flag, else EVENTSCHED_REDIS_URL / EVENTSCHED_CELL / EVENTSCHED_NAMESPACE, else the
+default; and ``--version``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+import redis
+from eventsched.cli.app import app
+from typer.testing import CliRunner
+
+from tests.conftest import REAL_AVAILABLE, REAL_URL
+
+FIXTURE = Path(__file__).parent.parent / "replay_fixtures" / "01_two_way_conversation.jsonl"
+# Every command that reads or writes a cell, with what it needs besides the cell.
+CELL_COMMANDS = [
+    ["stats"],
+    ["top", "--once"],
+    ["streams"],
+    ["nodes"],
+    ["pools"],
+    ["sessions"],
+    ["jobs"],
+    ["node", "show", "n1"],
+    ["session", "show", "s1"],
+    ["job", "show", "s1:0"],
+    ["tail", "--count", "1"],
+    ["verify"],
+    ["rebuild", "--projection", "groups"],
+    ["dlq", "list"],
+    ["dlq", "show", "1-0"],
+    ["dlq", "requeue", "1-0"],
+    ["record", "--out", "recorded.jsonl"],
+]
+UNREACHABLE = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+
+
+@pytest.mark.parametrize("args", CELL_COMMANDS, ids=" ".join)
+def test_every_cell_command_takes_its_redis_cell_and_namespace_from_the_environment(
+    args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    unreachable = runner.invoke(app, args, env={"EVENTSCHED_REDIS_URL": UNREACHABLE})
+    assert "127.0.0.1:1" in str(unreachable.exception)
+    named = runner.invoke(
+        app,
+        args,
+        env={
+            "EVENTSCHED_REDIS_URL": "memory://config-story",
+            "EVENTSCHED_CELL": "cz9",
+            "EVENTSCHED_NAMESPACE": "nsenv",
+        },
+    )
+    assert "unknown cell nsenv:{cz9}" in str(named.exception)
+    flagged = runner.invoke(
+        app,
+        [*args, "--redis-url", "memory://config-story", "--cell", "cflag"],
+        env={"EVENTSCHED_REDIS_URL": UNREACHABLE, "EVENTSCHED_CELL": "cz9"},
+    )
+    assert "unknown cell es:{cflag}" in str(flagged.exception)  # the flag wins
+
+
+def test_the_other_commands_take_the_url_from_the_environment(tmp_path: Path) -> None:
+    runner = CliRunner()
+    for args in (["acl", "list"], ["replay", str(FIXTURE)]):
+        result = runner.invoke(app, args, env={"EVENTSCHED_REDIS_URL": UNREACHABLE})
+        assert "127.0.0.1:1" in str(result.exception), args
+
+
+def test_the_version_comes_from_the_package_metadata() -> None:
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output == f"eventsched {version('eventsched')}\n"
+
+
+def _command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "eventsched", *args]
+
+
+@pytest.mark.skipif(not REAL_AVAILABLE, reason=f"no real Redis at {REAL_URL}")
+def test_worker_loadgen_and_demo_use_the_database_the_environment_names() -> None:
+    """The newcomer's case: the variables set, no flags; everything lands in db 9."""
+    namespace = f"t{uuid.uuid4().hex[:12]}"
+    base = REAL_URL.rsplit("/", 1)[0] if REAL_URL.count("/") > 2 else REAL_URL
+    db9 = redis.Redis.from_url(f"{base}/9")
+    db0 = redis.Redis.from_url(f"{base}/0")
+    env = {
+        **os.environ,
+        "EVENTSCHED_REDIS_URL": f"{base}/9",
+        "EVENTSCHED_NAMESPACE": namespace,
+        "EVENTSCHED_CELL": "cenv",
+    }
+    worker = subprocess.Popen(_command("worker"), env=env, stderr=subprocess.DEVNULL)
+    try:
+        load = subprocess.run(
+            _command("loadgen", "--nodes", "2", "--sessions", "2", "--utterances", "2", "--json"),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert load.returncode == 0, load.stderr
+        assert json.loads(load.stdout.strip().splitlines()[-1])["finalized"] == 4
+        demo_env = {**env, "EVENTSCHED_CELL": "cdemo"}
+        demo = subprocess.run(
+            _command("demo", "--nodes", "2", "--sessions", "1", "--utterances", "1", "--json"),
+            env=demo_env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert demo.returncode == 0, demo.stderr
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+        for cell in ("cenv", "cdemo"):
+            assert db9.exists(f"{namespace}:{{{cell}}}:log")
+            assert not db0.exists(f"{namespace}:{{{cell}}}:log")
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        for key in db9.scan_iter(match=f"{namespace}:*", count=1000):
+            db9.unlink(key)
+        db9.close()
+        db0.close()
