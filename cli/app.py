@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from importlib.metadata import version
 from typing import Annotated
@@ -11,7 +10,7 @@ import typer
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from . import access, inspection, ops, replay, run
+from . import access, inspection, logs, ops, replay, run
 
 __all__ = ["app", "main"]
 
@@ -54,7 +53,7 @@ _EXPECTED = (ValueError, ValidationError, RedisError, OSError)
 
 def main() -> None:
     """Entry point: errors become one readable line and exit status 1, never a traceback."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logs.configure()
     try:
         app()  # handles usage errors itself, then exits
     except (*_EXPECTED, BaseExceptionGroup) as exc:

@@ -30,6 +30,7 @@ from eventsched.sim.loadgen import LoadSpec, run_load
 from eventsched.sim.loadgen import Progress as LoadProgress
 from eventsched.store.client import MEMORY_URL, Store
 
+from . import logs
 from .common import DEFAULT_URL, Cell, Cells, Namespace, RedisUrl
 
 __all__ = ["register"]
@@ -97,12 +98,15 @@ def worker(
             " jobs and idle sessions (0: keep everything)",
         ),
     ] = DEFAULT_RETAIN_S,
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True)] = 0,
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-v", count=True, help="-v: roles taken and lost, -vv: more")
+    ] = 0,
+    log_format: Annotated[str, typer.Option(help="text, or json: one object per line")] = "text",
 ) -> None:
     """Work the cells' roles until SIGTERM or SIGINT: the batch in hand is finished and
     the leases are released; a second signal exits at once."""
-    logging.getLogger("eventsched").setLevel(
-        logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
+    logs.configure(
+        log_format, logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
     )
     if redis_url.startswith(MEMORY_URL):
         raise ValueError("a worker serves other processes: give a redis:// URL")

@@ -88,7 +88,8 @@ def _command(*args: str) -> list[str]:
 
 @pytest.mark.skipif(not REAL_AVAILABLE, reason=f"no real Redis at {REAL_URL}")
 def test_worker_loadgen_and_demo_use_the_database_the_environment_names() -> None:
-    """The newcomer's case: the variables set, no flags; everything lands in db 9."""
+    """The newcomer's case: the variables set, no flags; everything lands in db 9. The
+    worker logs, one JSON object per line, the roles it takes and its clean stop."""
     namespace = f"t{uuid.uuid4().hex[:12]}"
     base = REAL_URL.rsplit("/", 1)[0] if REAL_URL.count("/") > 2 else REAL_URL
     db9 = redis.Redis.from_url(f"{base}/9")
@@ -99,7 +100,12 @@ def test_worker_loadgen_and_demo_use_the_database_the_environment_names() -> Non
         "EVENTSCHED_NAMESPACE": namespace,
         "EVENTSCHED_CELL": "cenv",
     }
-    worker = subprocess.Popen(_command("worker"), env=env, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen(
+        _command("worker", "-v", "--log-format", "json"),
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         load = subprocess.run(
             _command("loadgen", "--nodes", "2", "--sessions", "2", "--utterances", "2", "--json"),
@@ -120,7 +126,13 @@ def test_worker_loadgen_and_demo_use_the_database_the_environment_names() -> Non
         )
         assert demo.returncode == 0, demo.stderr
         worker.send_signal(signal.SIGTERM)
-        assert worker.wait(timeout=30) == 0
+        _, logged = worker.communicate(timeout=30)
+        assert worker.returncode == 0
+        lines = [json.loads(line) for line in logged.splitlines()]  # each one JSON object
+        messages = [line["message"] for line in lines]
+        assert all(line["ts"].endswith("+00:00") and line["level"] for line in lines)
+        for said in ("cenv/dispatch: taken over", "cenv/ticker: taken", "stopped, leases"):
+            assert any(said in message for message in messages), (said, messages)
         for cell in ("cenv", "cdemo"):
             assert db9.exists(f"{namespace}:{{{cell}}}:log")
             assert not db0.exists(f"{namespace}:{{{cell}}}:log")

@@ -351,6 +351,7 @@ class Worker:
         finally:
             with anyio.CancelScope(shield=True):
                 await self.release()
+            log.info("worker %s: stopped, leases released", self.name)
 
     async def _pause(self, stop: anyio.Event, seconds: float) -> None:
         with anyio.move_on_after(seconds):
@@ -361,6 +362,8 @@ class Worker:
         while not stop.is_set():
             try:
                 if not await role.lease.keep():
+                    if role.taken:
+                        log.warning("%s: lease lost; standing by", role.label)
                     role.lose()
                     await self._pause(stop, self.lease_ms / 3000)
                     continue
@@ -506,6 +509,7 @@ class Worker:
 
     async def _run_ticker(self, keys: CellKeys, stop: anyio.Event) -> None:
         lease = Lease(self.client, keys.lease("ticker"), self.name, self.lease_ms)
+        label, ticking = f"{keys.cell}/ticker", False
         try:
             while not stop.is_set():
                 try:
@@ -513,6 +517,9 @@ class Worker:
                         await self.client.xadd(keys.log, {ENTRY_FIELD: _TICK})
                 except _UNREACHABLE:
                     lease.held = False  # the role loops log the outage once
+                if lease.held != ticking:
+                    ticking = lease.held
+                    log.info("%s: %s by %s", label, "taken" if ticking else "lost", self.name)
                 await self._pause(stop, self.tick_ms / 1000)
         finally:
             with anyio.CancelScope(shield=True):
