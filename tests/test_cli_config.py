@@ -107,24 +107,25 @@ def test_worker_loadgen_and_demo_use_the_database_the_environment_names() -> Non
         text=True,
     )
     try:
-        load = subprocess.run(
-            _command("loadgen", "--nodes", "2", "--sessions", "2", "--utterances", "2", "--json"),
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
-        assert load.returncode == 0, load.stderr
-        assert json.loads(load.stdout.strip().splitlines()[-1])["finalized"] == 4
-        demo_env = {**env, "EVENTSCHED_CELL": "cdemo"}
-        demo = subprocess.run(
-            _command("demo", "--nodes", "2", "--sessions", "1", "--utterances", "1", "--json"),
-            env=demo_env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
-        assert demo.returncode == 0, demo.stderr
+        for command, cell, sessions in (("loadgen", "cenv", 2), ("demo", "cdemo", 1)):
+            ran = subprocess.run(
+                _command(
+                    command,
+                    "--nodes",
+                    "2",
+                    "--sessions",
+                    str(sessions),
+                    "--utterances",
+                    "2",
+                    "--json",
+                ),
+                env={**env, "EVENTSCHED_CELL": cell},
+                capture_output=True,
+                text=True,
+                timeout=180,
+            )
+            assert ran.returncode == 0, ran.stderr
+            assert json.loads(ran.stdout.strip().splitlines()[-1])["lost"] == 0
         worker.send_signal(signal.SIGTERM)
         _, logged = worker.communicate(timeout=30)
         assert worker.returncode == 0
