@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from importlib.metadata import version
 from typing import Annotated
@@ -49,6 +50,8 @@ access.register(app)
 
 
 _EXPECTED = (ValueError, ValidationError, RedisError, OSError)
+# What Redis says to a client that did not authenticate, in its versions' words.
+_NEEDS_AUTH = re.compile(r"NOAUTH|Authentication required|HELLO must be called with the client")
 
 
 def main() -> None:
@@ -61,6 +64,8 @@ def main() -> None:
         if cause is None:
             raise
         message = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+        if _NEEDS_AUTH.search(message):
+            message = "Redis wants a user and password: put user:password@ in the URL"
         print(f"eventsched: error: {message}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:

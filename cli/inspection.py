@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from eventsched.dispatch.worker import find_cells
-from eventsched.model.events import NodeDraining
+from eventsched.model.events import EVENT_TYPES, NodeDraining
 from eventsched.model.keys import DEFAULT_CELL, DEFAULT_NAMESPACE, CellKeys
 from eventsched.ops import inspection
 from eventsched.projections.stats import read_stats
@@ -302,6 +302,8 @@ def tail(
     count: Annotated[int, typer.Option(min=1, help="events shown before following")] = 20,
 ) -> None:
     """The log decoded, one line (JSON) per event: the newest COUNT, then new ones."""
+    if event_type is not None and event_type not in (*EVENT_TYPES, "invalid"):
+        raise ValueError(f"unknown event type {event_type!r}: {', '.join(EVENT_TYPES)}, invalid")
 
     def show(entry: dict[str, Any]) -> None:
         if event_type is None or entry["type"] == event_type:

@@ -73,13 +73,14 @@ def replay_command(
         elif check_goldens:
             expected = golden.read_text(encoding="utf-8") if golden.exists() else None
             problem = check(result, expected)
-            verdict = "ok" if problem is None else "DIFFERS"
+            verdict = "ok" if problem is None else "DIFFERS" if expected is not None else problem
             print(
                 f"{result.name}: {result.events} events, {result.output_lines} outputs, {verdict}"
             )
             if problem is not None:
                 failed.append(result.name)
-                print(problem)
+                if expected is not None:
+                    print(problem)
         else:
             print(result.output, end="")
     if as_json:

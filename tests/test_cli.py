@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import redis
 from eventsched.cli.app import app
 from typer.testing import CliRunner
 
@@ -17,6 +20,7 @@ from eventsched.model.keys import CellKeys
 from eventsched.ops.replay import load_fixture, play
 from eventsched.store.client import Store, is_memory_url
 from tests.conftest import new_namespace, remove_namespace
+from tests.servers import RedisProcess
 
 ROOT = Path(__file__).parent.parent
 FIXTURE = ROOT / "replay_fixtures" / "06_model_not_available_storm.jsonl"
@@ -144,3 +148,50 @@ def test_a_bad_pool_file_appends_nothing(cell_url: tuple[str, str], tmp_path: Pa
     assert result.exit_code == 1
     assert "pools.toml:1: pools.0.languages.0" in str(result.exception)
     assert _invoke("tail", *common, "--count", "1") == before
+
+
+def test_malformed_arguments_are_named(cell_url: tuple[str, str]) -> None:
+    url, namespace = cell_url
+    where = ["--redis-url", url, "--namespace", namespace]
+    for args, said in (
+        (["dlq", "show", "garbage"], "malformed dead-letter ID 'garbage'"),
+        (["dlq", "requeue", "1-x"], "malformed dead-letter ID '1-x'"),
+        (["tail", "--type", "bogus"], "unknown event type 'bogus': node_registered"),
+    ):
+        result = CliRunner().invoke(app, [*args, *where])
+        assert said in str(result.exception), args
+
+
+def test_replay_names_the_file_and_the_header_it_expects(tmp_path: Path) -> None:
+    binary = tmp_path / "binary.jsonl"
+    binary.write_bytes(b"\x00\xff\xfe")
+    headless = tmp_path / "headless.jsonl"
+    headless.write_text('{"event": {"type": "tick", "v": 1}, "t": 1}\n', encoding="utf-8")
+    for path, said in ((binary, "not UTF-8"), (headless, '"format": "eventsched-replay/1"')):
+        result = CliRunner().invoke(app, ["replay", str(path)])
+        assert str(path) in str(result.exception) and said in str(result.exception)
+    no_golden = tmp_path / "new.jsonl"
+    no_golden.write_text(FIXTURE.read_text(encoding="utf-8"), encoding="utf-8")
+    result = CliRunner().invoke(app, ["replay", "--check", str(no_golden)])
+    assert result.exit_code == 1 and "no golden file" in result.stdout
+    assert "DIFFERS" not in result.stdout
+
+
+def test_a_redis_that_wants_a_password_is_named_in_words(tmp_path: Path) -> None:
+    server = RedisProcess(tmp_path)
+    server.start()
+    try:
+        with redis.Redis.from_url(server.url) as admin:
+            admin.config_set("requirepass", "sekrit")
+        done = subprocess.run(
+            [sys.executable, "-m", "eventsched", "nodes", "--redis-url", server.url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 1
+        assert done.stderr == (
+            "eventsched: error: Redis wants a user and password: put user:password@ in the URL\n"
+        )
+    finally:
+        server.stop()

@@ -191,3 +191,15 @@ async def test_commands_hiredis_will_not_pack_fail_as_redis_py_says(client: Redi
         assert await client.get(key) == "é".encode()
     finally:
         await client.delete(key)
+
+
+async def test_a_rebuild_refuses_while_a_worker_holds_the_groups_role(cell: Cell) -> None:
+    await _conversation(cell)
+    before = await cell.outputs("s1")
+    await cell.client.set(cell.keys.lease("groups"), "test-worker", px=60_000)  # running
+    with pytest.raises(ValueError, match="worker test-worker holds the groups role of c0"):
+        await rebuild_groups(cell.client, cell.keys, cell.settings, holder="operator")
+    assert await cell.outputs("s1") == before  # nothing was touched
+    await cell.client.delete(cell.keys.lease("groups"))  # the worker stopped
+    assert await rebuild_groups(cell.client, cell.keys, cell.settings, holder="operator") > 0
+    assert not await cell.client.exists(cell.keys.lease("groups"))  # given back

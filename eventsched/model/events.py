@@ -8,12 +8,13 @@ out-of-bounds values are rejected; the applier dead-letters what does not valida
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 __all__ = [
     "ENTRY_FIELD",
+    "EVENT_TYPES",
     "SCHEMA_VERSION",
     "SOURCE_FIELD",
     "Event",
@@ -239,6 +240,10 @@ Event = Annotated[
 ]
 
 _EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+# Every event's ``type``, in the order of the union above.
+EVENT_TYPES: Final = tuple(
+    kind.model_fields["type"].default for kind in get_args(get_args(Event)[0])
+)
 
 
 def canonical_json(value: Any) -> str:

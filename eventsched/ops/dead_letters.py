@@ -8,6 +8,7 @@ leaves it out."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from eventsched.model.keys import CellKeys
@@ -18,6 +19,7 @@ from eventsched.store.streams import read_stream, text
 __all__ = ["DeadLetter", "find", "list_dead", "requeue"]
 
 FIELD_PREFIX = "f:"
+_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,15 @@ async def list_dead(client: RedisClient, keys: CellKeys, limit: int = 100) -> li
     return found
 
 
+def _checked(dlq_id: str) -> str:
+    """A dead letter's ID as the stream has it (``<ms>-<seq>``), or a ValueError."""
+    if not _ID.match(dlq_id):
+        raise ValueError(f"malformed dead-letter ID {dlq_id!r}: expected <ms>-<seq>, as listed")
+    return dlq_id
+
+
 async def find(client: RedisClient, keys: CellKeys, dlq_id: str) -> DeadLetter | None:
+    _checked(dlq_id)
     async for found_id, raw in read_stream(client, keys.dlq, dlq_id):
         return _dead_letter(found_id, raw) if found_id == dlq_id else None
     return None
@@ -63,7 +73,8 @@ async def requeue(client: RedisClient, keys: CellKeys, dlq_id: str) -> str:
     """Append a dead letter's original fields to the log again, byte for byte (as a new
     entry, at the current time), and note it requeued, in one script. Returns the new
     log ID. Fix what made it invalid first, or it comes right back."""
-    reply = await register(client, "requeue")(keys=keys.script_keys("requeue"), args=[dlq_id])
+    script = register(client, "requeue")
+    reply = await script(keys=keys.script_keys("requeue"), args=[_checked(dlq_id)])
     if int(reply[0]) == 1:
         return text(reply[1])
     why, detail = text(reply[1]), text(reply[2])

@@ -10,6 +10,7 @@ from eventsched.dispatch.worker import Worker, ensure_group
 from eventsched.model.keys import SUFFIXES, CellKeys
 from eventsched.model.settings import DecisionSettings
 from eventsched.store.client import RedisClient, unlink_matching
+from eventsched.store.streams import text
 
 __all__ = ["GROUP_STATE_SUFFIXES", "rebuild_groups"]
 
@@ -23,17 +24,23 @@ async def rebuild_groups(
     holder: str = "rebuild",
     lease_ms: int = 2000,
 ) -> int:
-    """Rebuild; returns how many decisions were folded. The groups lease is taken over
-    from whoever holds it: fencing refuses the old holder's next batch, and it takes the
-    role back after this releases it."""
+    """Rebuild; returns how many decisions were folded. The groups role's lease is taken
+    for the rebuild, and only when no worker holds it (a worker whose group vanished
+    under its read would stumble): a ValueError names the holder otherwise. Workers take
+    the role back once this releases it."""
     if await deleted_below(client, keys, keys.decisions) is not None:
         raise ValueError(
             "the decisions stream was trimmed: the group state cannot be refolded from it"
         )
-    await client.set(keys.lease("groups"), holder, px=lease_ms)
     worker = Worker(
         client, [keys], settings, name=holder, lease_ms=lease_ms, projections=("groups",)
     )
+    if not await worker.roles[0].lease.keep():
+        current = await client.get(keys.lease("groups"))
+        raise ValueError(
+            f"worker {text(current or b'?')} holds the groups role of {keys.cell}: stop it"
+            " (or let its lease expire) and rebuild again"
+        )
     try:
         for suffix in GROUP_STATE_SUFFIXES:
             await unlink_matching(client, f"{keys.prefix}{SUFFIXES[suffix]}*")

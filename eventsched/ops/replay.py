@@ -171,7 +171,11 @@ def load_fixture(path: Path) -> Fixture:
     previous_ms, previous_id, seq = -1, (0, 0), 0
     # Lines end at "\n" only: JSON text may hold U+2028, U+2029 or U+0085 raw, which
     # str.splitlines would also break at.
-    for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
+    try:
+        content = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise FixtureError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    for number, line in enumerate(content.split("\n"), start=1):
         stripped = line.strip()
         if not stripped:
             continue
@@ -182,8 +186,11 @@ def load_fixture(path: Path) -> Fixture:
         if not header_seen:
             try:
                 header = json.loads(stripped)
-                if header.get("format") != FORMAT:
-                    raise FixtureError(f"{path}:line {number}: format must be {FORMAT!r}")
+                if not isinstance(header, dict) or header.get("format") != FORMAT:
+                    raise FixtureError(
+                        f"{path}:line {number}: the first line must be the header, a JSON"
+                        f' object with "format": "{FORMAT}" (and "cell", "settings")'
+                    )
                 fixture.cell = str(header.get("cell", DEFAULT_CELL))
                 fixture.settings = DecisionSettings.model_validate(header.get("settings", {}))
                 fixture.with_state = header.get("outputs", "all") != "streams"
