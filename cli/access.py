@@ -13,12 +13,20 @@ from rich.table import Table
 from eventsched.model.keys import DEFAULT_CELL, DEFAULT_NAMESPACE, CellKeys
 from eventsched.ops import access
 
-from .common import DEFAULT_URL, AsJson, Cell, Namespace, RedisUrl, run_with_client
+from .common import (
+    DEFAULT_URL,
+    AsJson,
+    Cell,
+    Namespace,
+    RedisUrl,
+    command_group,
+    run_with_client,
+)
 
 __all__ = ["register"]
 
 
-acl_app = typer.Typer(
+acl_app = command_group(
     help="Redis users that confine nodes and gateways (docs/SECURITY.md).",
     no_args_is_help=True,
 )

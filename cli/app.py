@@ -12,10 +12,11 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from . import access, inspection, logs, ops, replay, run
+from .common import command_group
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(
+app = command_group(
     name="eventsched",
     help="An event-sourced scheduler for real-time speech translation, on Redis Streams.",
     no_args_is_help=True,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import anyio
 import typer
@@ -42,6 +42,12 @@ Namespace = Annotated[
     typer.Option(envvar="EVENTSCHED_NAMESPACE", help="key namespace in front of each cell's tag"),
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="JSON (schema: docs/CLI.md)")]
+
+
+def command_group(**options: Any) -> typer.Typer:
+    """A typer app (or sub-app) with plain click output: a usage error is one line after
+    the usage, as README promises, and help shows no rich panels or ``<bool>`` metavars."""
+    return typer.Typer(rich_markup_mode=None, **options)
 
 
 class NotFound(ValueError):

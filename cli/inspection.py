@@ -23,16 +23,25 @@ from eventsched.store.append import append
 from eventsched.store.client import RedisClient, Store
 from eventsched.store.streams import read_stream, text, xread_raw
 
-from .common import DEFAULT_URL, AsJson, Cell, Namespace, NotFound, RedisUrl, run_on_cell
+from .common import (
+    DEFAULT_URL,
+    AsJson,
+    Cell,
+    Namespace,
+    NotFound,
+    RedisUrl,
+    command_group,
+    run_on_cell,
+)
 
 __all__ = ["register"]
 
 Limit = Annotated[int, typer.Option(min=1, help="at most this many rows")]
 
-node_app = typer.Typer(help="One node: show, drain.", no_args_is_help=True)
-pools_app = typer.Typer(help="Pools: list, apply a configuration.", invoke_without_command=True)
-session_app = typer.Typer(help="One session.", no_args_is_help=True)
-job_app = typer.Typer(help="One job.", no_args_is_help=True)
+node_app = command_group(help="One node: show, drain.", no_args_is_help=True)
+pools_app = command_group(help="Pools: list, apply a configuration.", invoke_without_command=True)
+session_app = command_group(help="One session.", no_args_is_help=True)
+job_app = command_group(help="One job.", no_args_is_help=True)
 
 
 AllCells = Annotated[

@@ -16,11 +16,11 @@ from eventsched.ops.rebuild import rebuild_groups
 from eventsched.ops.verify import VerifyReport, verify_cell
 from eventsched.store.client import RedisClient
 
-from .common import DEFAULT_URL, AsJson, Cell, Namespace, RedisUrl, run_on_cell
+from .common import DEFAULT_URL, AsJson, Cell, Namespace, RedisUrl, command_group, run_on_cell
 
 __all__ = ["register"]
 
-dlq_app = typer.Typer(help="The cell's dead-letter stream.", no_args_is_help=True)
+dlq_app = command_group(help="The cell's dead-letter stream.", no_args_is_help=True)
 
 
 def verify(

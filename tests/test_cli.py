@@ -195,3 +195,17 @@ def test_a_redis_that_wants_a_password_is_named_in_words(tmp_path: Path) -> None
         )
     finally:
         server.stop()
+
+
+def test_a_usage_error_is_plain_and_help_has_no_bool_metavars() -> None:
+    wrong = subprocess.run(
+        [sys.executable, "-m", "eventsched", "nodes", "--bogus"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert wrong.returncode == 2
+    assert wrong.stderr.splitlines()[-1] == "Error: No such option: --bogus"
+    assert not any(box in wrong.stderr for box in "╭│╰")
+    helped = CliRunner().invoke(app, ["worker", "--help"])
+    assert "--all-cells" in helped.stdout and "<bool>" not in helped.stdout
