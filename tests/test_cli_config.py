@@ -144,3 +144,28 @@ def test_worker_loadgen_and_demo_use_the_database_the_environment_names() -> Non
             db9.unlink(key)
         db9.close()
         db0.close()
+
+
+@pytest.mark.skipif(not REAL_AVAILABLE, reason=f"no real Redis at {REAL_URL}")
+def test_loadgen_without_a_worker_says_so_within_seconds() -> None:
+    namespace = f"t{uuid.uuid4().hex[:12]}"
+    env = {**os.environ, "EVENTSCHED_REDIS_URL": REAL_URL, "EVENTSCHED_NAMESPACE": namespace}
+    load = subprocess.Popen(
+        _command("loadgen", "--nodes", "1", "--sessions", "1", "--utterances", "1"),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    client = redis.Redis.from_url(REAL_URL)
+    try:
+        assert load.stderr is not None
+        first = load.stderr.readline()  # blocks until the line comes (the test's timeout)
+        assert "nothing is applying the log of" in first and "worker" in first
+        assert load.poll() is None  # it says so and goes on waiting
+    finally:
+        load.kill()
+        load.communicate()  # reaps it and closes its pipe
+        for key in client.scan_iter(match=f"{namespace}:*", count=1000):
+            client.unlink(key)
+        client.close()

@@ -19,12 +19,14 @@ before an earlier one.
 
 from __future__ import annotations
 
+import logging
 import random
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import anyio
+from redis.exceptions import RedisError
 
 from eventsched.clients.node import Job, JobFailed, JobOutput, Node
 from eventsched.clients.retry import patiently
@@ -33,8 +35,13 @@ from eventsched.model.events import NodeRegistered, Services, SessionOpened, Sta
 from eventsched.model.keys import CellKeys
 from eventsched.ops.audit import RunReport, measure
 from eventsched.store.client import RedisClient
+from eventsched.store.streams import last_id, text
 
-__all__ = ["LoadSpec", "Progress", "run_load"]
+__all__ = ["NOTHING_APPLIED_S", "LoadSpec", "Progress", "run_load"]
+
+log = logging.getLogger("eventsched.loadgen")
+
+NOTHING_APPLIED_S = 3.0  # a log growing unapplied this long: no worker, most likely
 
 # Language sets of the simulated fleet; a node serves every pair within its set.
 PROFILES = (("en", "zh"), ("en", "ja"), ("en", "es"), ("en", "ja", "zh"), ("de", "en"))
@@ -94,6 +101,29 @@ def _plan(spec: LoadSpec, rng: random.Random) -> _Plan:
             SessionOpened(session_id=f"s-{plan.run_id}-{i}", src_lang=src, tgt_lang=tgt)
         )
     return plan
+
+
+async def _watch_applying(client: RedisClient, keys: CellKeys) -> None:
+    """Say so, once, when the log grows and nothing applies it for NOTHING_APPLIED_S: a
+    load with no worker beside it would otherwise wait out its timeout in silence."""
+    since: float | None = None
+    while True:
+        await anyio.sleep(0.5)
+        try:
+            applied = await client.hget(keys.meta, "applied")
+            newest = await last_id(client, keys.log)
+        except (RedisError, OSError):
+            continue  # an outage: the clients ride it out, and this waits with them
+        if newest is None or (applied is not None and text(applied) == newest):
+            since = None
+        elif since is None:
+            since = anyio.current_time()
+        elif anyio.current_time() - since >= NOTHING_APPLIED_S:
+            log.warning(
+                "nothing is applying the log of %s (is a worker running on this Redis?)",
+                keys.log,
+            )
+            return
 
 
 async def run_load(
@@ -189,8 +219,9 @@ async def run_load(
         gateway = SessionClient(
             client, keys, block_ms=50, resend_after_s=spec.resend_s, max_sends=spec.max_sends
         )
-        async with gateway:
-            # The run ends when every finalize has ended and every dead node is back.
+        # The run ends when every finalize has ended and every dead node is back.
+        async with gateway, anyio.create_task_group() as watching:
+            watching.start_soon(_watch_applying, client, keys)
             with anyio.move_on_after(spec.timeout_s):
                 async with anyio.create_task_group() as story:
                     for registration in plan.nodes:
@@ -198,6 +229,7 @@ async def run_load(
                             story.start_soon(die_and_return, registration, fleet)
                     for opened in plan.sessions:
                         story.start_soon(speak, gateway, opened)
+            watching.cancel_scope.cancel()
         async with anyio.create_task_group() as farewell:
             for node in list(nodes.values()):
                 farewell.start_soon(node.drain)
