@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from eventsched.dispatch.worker import find_cells
-from eventsched.model.events import EVENT_TYPES, NodeDraining
+from eventsched.model.events import EVENT_TYPES, NodeDraining, NodeUndrained
 from eventsched.model.keys import DEFAULT_CELL, DEFAULT_NAMESPACE, CellKeys
 from eventsched.ops import inspection
 from eventsched.projections.stats import read_stats
@@ -38,7 +38,7 @@ __all__ = ["register"]
 
 Limit = Annotated[int, typer.Option(min=1, help="at most this many rows")]
 
-node_app = command_group(help="One node: show, drain.", no_args_is_help=True)
+node_app = command_group(help="One node: show, drain, undrain.", no_args_is_help=True)
 pools_app = command_group(help="Pools: list, apply a configuration.", invoke_without_command=True)
 session_app = command_group(help="One session.", no_args_is_help=True)
 job_app = command_group(help="One job.", no_args_is_help=True)
@@ -181,6 +181,26 @@ def node_drain(
 
     print(
         f"drain of {node_id} appended as log entry {run_on_cell(redis_url, cell, namespace, work)}"
+    )
+
+
+@node_app.command("undrain")
+def node_undrain(
+    node_id: str,
+    redis_url: RedisUrl = DEFAULT_URL,
+    cell: Cell = DEFAULT_CELL,
+    namespace: Namespace = DEFAULT_NAMESPACE,
+) -> None:
+    """Append an undrain event: a draining node is offered work again."""
+
+    async def work(client: RedisClient, keys: CellKeys) -> str:
+        if await inspection.node_detail(client, keys, node_id) is None:
+            raise NotFound(f"no node {node_id}")
+        return await append(client, keys, NodeUndrained(node_id=node_id))
+
+    print(
+        f"undrain of {node_id} appended as log entry"
+        f" {run_on_cell(redis_url, cell, namespace, work)}"
     )
 
 

@@ -45,7 +45,7 @@
 --          gets, those fields, then as above with the entry's ingress ID as its id
 --   reg   node max_concurrency pool_langs pairs gpu
 --   hb    node cpu_pct gpu_pct mem_pct running_count
---   drain node            dereg node            tick (no fields)
+--   drain node            undrain node          dereg node            tick (no fields)
 --   pools count, then per pool: name order langs
 --   open  session src tgt
 --   fin   session index cut audio_ref duration_ms
@@ -311,6 +311,20 @@ end
 
 function handlers.drain(f)
   set_state(f[1], 'drain')
+end
+
+-- A drain taken back: a draining node is offered work again; a lost one that was
+-- draining comes back up when it beats again. Any other state stays as it is.
+function handlers.undrain(f)
+  local nk = P .. S_NODE .. f[1]
+  local state = redis.call('HGET', nk, 'st')
+  if not state then
+    dead_letter_entry('unknown_node')
+  elseif state == 'drain' then
+    set_state(f[1], 'up')
+  else
+    redis.call('HDEL', nk, 'drained')
+  end
 end
 
 function handlers.dereg(f)

@@ -209,3 +209,13 @@ def test_a_usage_error_is_plain_and_help_has_no_bool_metavars() -> None:
     assert not any(box in wrong.stderr for box in "╭│╰")
     helped = CliRunner().invoke(app, ["worker", "--help"])
     assert "--all-cells" in helped.stdout and "<bool>" not in helped.stdout
+
+
+def test_node_undrain_appends_the_event_for_a_known_node(cell_url: tuple[str, str]) -> None:
+    url, namespace = cell_url
+    where = ["--redis-url", url, "--namespace", namespace]
+    assert "undrain of n1 appended as log entry" in _invoke("node", "undrain", "n1", *where)
+    tail = _invoke("tail", "--count", "1", *where)
+    assert json.loads(tail)["type"] == "node_undrained"
+    missing = CliRunner().invoke(app, ["node", "undrain", "nope", *where])
+    assert "no node nope" in str(missing.exception)

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from eventsched.model.events import NodeDeregistered, NodeDraining, Pool, PoolsConfigured
+from eventsched.model.events import (
+    NodeDeregistered,
+    NodeDraining,
+    NodeUndrained,
+    Pool,
+    PoolsConfigured,
+    Tick,
+)
 from eventsched.store.streams import read_stream
 from tests.harness import Cell, beat, error, finalize, node, ok, session
 
@@ -162,6 +169,26 @@ async def test_step5_a_draining_node_gets_no_new_jobs(cell: Cell) -> None:
     await cell.step(NodeDraining(node_id="n1"))
     await cell.step(finalize("s1", 0))
     assert (await cell.decisions("d"))[0]["node"] == "n2"
+
+
+async def test_step5_an_undrained_node_gets_jobs_again(cell: Cell) -> None:
+    await cell.step(node("n1"), session("s1"), NodeDraining(node_id="n1"))
+    await cell.step(finalize("s1", 0))
+    assert (await cell.decisions())[-1]["reason"] == "no_capacity"
+    await cell.step(NodeUndrained(node_id="n1"), NodeUndrained(node_id="ghost"))
+    assert (await cell.hash(cell.keys.node("n1")))["st"] == "up"
+    assert [d["reason"] for d in await cell.dlq()] == ["unknown_node"]
+    cell.advance(200)
+    await cell.step(finalize("s1", 1))
+    assert (await cell.decisions())[-1]["node"] == "n1"
+    # Lost while draining, undrained, back: up, not draining.
+    await cell.step(NodeDraining(node_id="n1"))
+    cell.advance(cell.settings.node_lost_ms + 1)
+    await cell.step(Tick())
+    await cell.step(NodeUndrained(node_id="n1"))
+    assert (await cell.hash(cell.keys.node("n1")))["st"] == "lost"
+    await cell.step(beat("n1"))
+    assert (await cell.hash(cell.keys.node("n1")))["st"] == "up"
 
 
 async def test_step5_a_node_with_a_stale_heartbeat_is_skipped(cell: Cell) -> None:

@@ -28,6 +28,7 @@ from eventsched.model.events import (
     NodeDraining,
     NodeHeartbeat,
     NodeRegistered,
+    NodeUndrained,
     PoolsConfigured,
     SessionClosed,
     SessionOpened,
@@ -114,6 +115,8 @@ def event_args(event: Event) -> tuple[str, list[Arg]]:
             ]
         case NodeDraining():
             return "drain", [event.node_id]
+        case NodeUndrained():
+            return "undrain", [event.node_id]
         case NodeDeregistered():
             return "dereg", [event.node_id]
         case PoolsConfigured():

@@ -25,6 +25,7 @@ __all__ = [
     "NodeHeartbeat",
     "NodeId",
     "NodeRegistered",
+    "NodeUndrained",
     "Pool",
     "PoolsConfigured",
     "Services",
@@ -136,6 +137,13 @@ class NodeDraining(_Event):
     node_id: NodeId
 
 
+class NodeUndrained(_Event):
+    """An operator takes a drain back: the node is offered work again."""
+
+    type: Literal["node_undrained"] = "node_undrained"
+    node_id: NodeId
+
+
 class NodeDeregistered(_Event):
     type: Literal["node_deregistered"] = "node_deregistered"
     node_id: NodeId
@@ -229,6 +237,7 @@ Event = Annotated[
     NodeRegistered
     | NodeHeartbeat
     | NodeDraining
+    | NodeUndrained
     | NodeDeregistered
     | PoolsConfigured
     | SessionOpened

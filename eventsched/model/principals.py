@@ -33,6 +33,7 @@ from eventsched.model.events import (
     NodeDraining,
     NodeHeartbeat,
     NodeRegistered,
+    NodeUndrained,
     SessionClosed,
     SessionOpened,
     UtteranceFinalized,
@@ -111,7 +112,14 @@ def refusal(source: str, event: Event) -> str | None:
     finalizes and closes its own sessions only; neither sends ticks or pools."""
     role, _, name = source.partition(":")
     match event:
-        case NodeRegistered() | NodeHeartbeat() | NodeDraining() | NodeDeregistered() | JobResult():
+        case (
+            NodeRegistered()
+            | NodeHeartbeat()
+            | NodeDraining()
+            | NodeUndrained()
+            | NodeDeregistered()
+            | JobResult()
+        ):
             claimed = event.node_id
         case SessionOpened() | UtteranceFinalized() | SessionClosed():
             if role != "gateway":
