@@ -119,7 +119,7 @@ async def test_recordings_can_start_from_a_snapshot_and_stop_early(
     ("text", "message"),
     [
         ("", "no header line"),
-        ('{"format": "other"}\n', "format must be"),
+        ('{"format": "other"}\n', "the first line must be the header"),
         ('{"format": "eventsched-replay/1"}\n{"t": 5}\n', "line 2: needs 'event'"),
         ('{"format": "eventsched-replay/1"}\n{"t": 5, "raw": {}}\n', "line 2: needs 'event'"),
         ('{"format": "eventsched-replay/1"}\n{"event": {}}\n', "line 2: needs a positive"),
