@@ -7,6 +7,8 @@ from typing import Annotated, Any, TypeVar
 
 import anyio
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from eventsched.model.keys import CellKeys
 from eventsched.store.client import RedisClient, Store
@@ -48,6 +50,23 @@ def command_group(**options: Any) -> typer.Typer:
     """A typer app (or sub-app) with plain click output: a usage error is one line after
     the usage, as README promises, and help shows no rich panels or ``<bool>`` metavars."""
     return typer.Typer(rich_markup_mode=None, **options)
+
+
+def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    table = Table(title=title)
+    for position, column in enumerate(columns):
+        if _is_identifier(column):
+            widest = max([len(column), *(len(row[position]) for row in rows)])
+            table.add_column(column, no_wrap=True, min_width=widest)
+        else:
+            table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+
+
+def _is_identifier(column: str) -> bool:
+    return column in ("cell", "stream") or column.endswith("_id")
 
 
 class NotFound(ValueError):

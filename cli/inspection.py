@@ -31,6 +31,7 @@ from .common import (
     NotFound,
     RedisUrl,
     command_group,
+    print_table,
     run_on_cell,
 )
 
@@ -74,15 +75,15 @@ def _rows(
 
 
 def _emit(rows: Any, as_json: bool, title: str, columns: list[str]) -> None:
+    """Rows as JSON, or as a table headed by the same names (a ``cell`` column first
+    for ``--all-cells``): identifiers are never cut, so what a row shows is what
+    ``show`` takes; other columns fold when the terminal is narrow."""
     if as_json:
         print(json.dumps(rows, ensure_ascii=False, sort_keys=True))
         return
-    table = Table(title=title)
-    for column in columns:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*(_cell(row.get(column)) for column in columns))
-    Console().print(table)
+    if rows and "cell" in rows[0] and "cell" not in columns:
+        columns = ["cell", *columns]
+    print_table(title, columns, [[_cell(row.get(column)) for column in columns] for row in rows])
 
 
 def _cell(value: Any) -> str:
@@ -146,6 +147,7 @@ def nodes(
         "mem_pct",
         "heartbeat_age_ms",
         "pools",
+        "pairs",
     ]
     _emit(rows, as_json, "nodes", columns)
 

@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from eventsched.dispatch.worker import stored_settings
 from eventsched.model.keys import DEFAULT_CELL, DEFAULT_NAMESPACE, CellKeys
@@ -16,7 +15,16 @@ from eventsched.ops.rebuild import rebuild_groups
 from eventsched.ops.verify import VerifyReport, verify_cell
 from eventsched.store.client import RedisClient
 
-from .common import DEFAULT_URL, AsJson, Cell, Namespace, RedisUrl, command_group, run_on_cell
+from .common import (
+    DEFAULT_URL,
+    AsJson,
+    Cell,
+    Namespace,
+    RedisUrl,
+    command_group,
+    print_table,
+    run_on_cell,
+)
 
 __all__ = ["register"]
 
@@ -79,12 +87,8 @@ def dlq_list(
     if as_json:
         print(json.dumps([letter.__dict__ for letter in found]))
         return
-    table = Table(title=f"dead letters of {namespace}:{{{cell}}}")
-    for column in ("id", "log id", "reason"):
-        table.add_column(column)
-    for letter in found:
-        table.add_row(letter.dlq_id, letter.log_id, letter.reason)
-    Console().print(table)
+    rows = [[letter.dlq_id, letter.log_id, letter.reason] for letter in found]
+    print_table(f"dead letters of {namespace}:{{{cell}}}", ["dlq_id", "log_id", "reason"], rows)
 
 
 @dlq_app.command("show")

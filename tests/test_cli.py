@@ -219,3 +219,19 @@ def test_node_undrain_appends_the_event_for_a_known_node(cell_url: tuple[str, st
     assert json.loads(tail)["type"] == "node_undrained"
     missing = CliRunner().invoke(app, ["node", "undrain", "nope", *where])
     assert "no node nope" in str(missing.exception)
+
+
+def test_tables_never_cut_identifiers_and_name_columns_as_the_json_does(
+    cell_url: tuple[str, str],
+) -> None:
+    url, namespace = cell_url
+    where = ["--redis-url", url, "--namespace", namespace]
+    narrow = {"COLUMNS": "60"}
+    ids = [row["job_id"] for row in json.loads(_invoke("jobs", "--json", *where))]
+    table = CliRunner().invoke(app, ["jobs", *where], env=narrow).stdout
+    assert ids and all(job_id in table for job_id in ids)  # whole, on one line each
+    listed = CliRunner().invoke(app, ["nodes", "--all-cells", *where], env={"COLUMNS": "200"})
+    header = listed.stdout.splitlines()[2].replace("┃", " ").split()
+    assert header[:2] == ["cell", "node_id"] and header[-1] == "pairs"
+    letters = CliRunner().invoke(app, ["dlq", "list", *where]).stdout
+    assert "dlq_id" in letters and "log_id" in letters
