@@ -7,7 +7,9 @@ import logging
 import os
 import signal
 import socket
+import tomllib
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Annotated
 
 import anyio
@@ -79,7 +81,51 @@ def _run_with_progress(
     _report(Console(), anyio.run(main), as_json)
 
 
+# What a worker's --config file may set: its own options, by their names.
+_WORKER_FILE_KEYS = (
+    "redis_url",
+    "cells",
+    "all_cells",
+    "namespace",
+    "name",
+    "batch",
+    "lease_ms",
+    "tick_ms",
+    "retain",
+    "verbose",
+    "log_format",
+)
+
+
+def _read_config(context: typer.Context, path: Path | None) -> Path | None:
+    """Load a TOML file as the command's defaults: a flag, then an environment variable,
+    still wins over it (click consults the default map after both)."""
+    if path is None:
+        return None
+    try:
+        found = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise typer.BadParameter(f"{path}: {exc}") from None
+    table = found.get("worker", found)
+    unknown = sorted(set(table) - set(_WORKER_FILE_KEYS))
+    if unknown:
+        raise typer.BadParameter(
+            f"{path}: unknown key {unknown[0]!r}; known: {', '.join(_WORKER_FILE_KEYS)}"
+        )
+    context.default_map = {**(context.default_map or {}), **table}
+    return path
+
+
 def worker(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            is_eager=True,
+            callback=_read_config,
+            help="a TOML file of these options (flag > environment > file > default)",
+        ),
+    ] = None,
     redis_url: RedisUrl = DEFAULT_URL,
     cells: Cells = DEFAULT_CELL,
     all_cells: Annotated[bool, typer.Option("--all-cells", help="every cell with a log")] = False,

@@ -169,3 +169,28 @@ def test_loadgen_without_a_worker_says_so_within_seconds() -> None:
         for key in client.scan_iter(match=f"{namespace}:*", count=1000):
             client.unlink(key)
         client.close()
+
+
+def test_a_worker_config_file_sits_between_the_environment_and_the_defaults(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "worker.toml"
+    config.write_text(f'[worker]\nredis_url = "{UNREACHABLE}"\nall_cells = true\n')
+    runner = CliRunner()
+    unset = {"EVENTSCHED_REDIS_URL": None}
+    from_file = runner.invoke(app, ["worker", "--config", str(config)], env=unset)
+    assert "127.0.0.1:1" in str(from_file.exception)  # the file over the default
+    env_url = "redis://127.0.0.1:2/0"
+    from_env = runner.invoke(
+        app, ["worker", "--config", str(config)], env={"EVENTSCHED_REDIS_URL": env_url}
+    )
+    assert "127.0.0.1:2" in str(from_env.exception)  # the environment over the file
+    from_flag = runner.invoke(
+        app,
+        ["worker", "--config", str(config), "--redis-url", "memory://"],
+        env={"EVENTSCHED_REDIS_URL": env_url},
+    )
+    assert "give a redis:// URL" in str(from_flag.exception)  # the flag over both
+    config.write_text("[worker]\nlease = 5\n")
+    wrong = runner.invoke(app, ["worker", "--config", str(config)])
+    assert wrong.exit_code == 2 and "unknown key 'lease'" in wrong.output
