@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -268,3 +269,19 @@ async def test_a_confined_client_must_be_the_principal_its_user_is(urls: dict[st
     finally:
         await node_client.aclose()
         await gateway_client.aclose()
+
+
+def test_users_are_saved_when_the_server_has_an_acl_file(tmp_path: Path) -> None:
+    acl_file = tmp_path / "users.acl"
+    acl_file.write_text("")  # Redis wants it to exist
+    server = RedisProcess(tmp_path, "--aclfile", str(acl_file))
+    server.start()
+    try:
+        made = cli("acl", "add-gateway", "eu1", "--redis-url", server.url)
+        assert "saved to the ACL file" in made.stdout
+        assert "user es~c0~gateway~eu1 on" in acl_file.read_text()
+        server.stop()
+        server.start()  # the user outlives a restart
+        assert sync(made.stdout.strip().splitlines()[-1]).ping()
+    finally:
+        server.stop()
