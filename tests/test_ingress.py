@@ -10,7 +10,8 @@ import anyio
 import pytest
 
 from eventsched.dispatch import ingress as ingress_module
-from eventsched.dispatch.applier import Applier, Taken, fields_args
+from eventsched.dispatch.applier import Applier, Taken
+from eventsched.dispatch.entries import fields_args
 from eventsched.dispatch.ingress import PER_STREAM, Ingress
 from eventsched.dispatch.worker import Worker
 from eventsched.model.events import (
