@@ -44,7 +44,7 @@
 --          ingress: per entry the source (node:n1), the count of the fields the log
 --          gets, those fields, then as above with the entry's ingress ID as its id
 --   reg   node max_concurrency pool_langs pairs gpu
---   hb    node cpu_pct gpu_pct mem_pct running_count
+--   hb    node cpu_pct gpu_pct ('' without a GPU) mem_pct running_count
 --   drain node            undrain node          dereg node            tick (no fields)
 --   pools count, then per pool: name order langs
 --   open  session src tgt

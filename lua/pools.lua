@@ -69,7 +69,9 @@ end
 local function sync_membership(node_id)
   local nk = P .. S_NODE .. node_id
   local f = redis.call('HMGET', nk, 'st', 'cpu', 'gpu', 'mem', 'run', 'mc', 'pools', 'inpool')
-  local wanted = f[1] == 'up' and tonumber(f[2]) <= CPU_MAX and tonumber(f[3]) <= GPU_MAX
+  -- gpu '' is a node without a GPU: the GPU threshold does not apply to it
+  local wanted = f[1] == 'up' and tonumber(f[2]) <= CPU_MAX
+    and (f[3] == '' or tonumber(f[3]) <= GPU_MAX)
     and tonumber(f[4]) <= MEM_MAX
   if wanted and f[8] ~= '1' then
     local score = load_score(tonumber(f[5]), tonumber(f[6]))

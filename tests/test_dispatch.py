@@ -7,6 +7,7 @@ import pytest
 from eventsched.model.events import (
     NodeDeregistered,
     NodeDraining,
+    NodeHeartbeat,
     NodeUndrained,
     Pool,
     PoolsConfigured,
@@ -431,3 +432,13 @@ async def test_a_late_utterance_is_served_and_delivered_after_the_later_ones(cel
     await cell.step(ok("s1:3", 1, "n1"))
     assert (await output_entries(cell, "s1"))[-1][0] == "4-0"
     assert await cell.dlq() == []
+
+
+async def test_step5_the_gpu_threshold_passes_over_a_node_without_a_gpu(cell: Cell) -> None:
+    cell.configure(gpu_max_pct=50)
+    await cell.step(node("busy"), node("cpu-only"), session("s1"))
+    no_gpu = NodeHeartbeat(node_id="cpu-only", cpu_pct=10, gpu_pct=None, mem_pct=10)
+    await cell.step(beat("busy", gpu=90), no_gpu)
+    await cell.step(finalize("s1", 0))
+    assert (await cell.decisions("d"))[0]["node"] == "cpu-only"
+    assert (await cell.hash(cell.keys.node("cpu-only")))["gpu"] == ""

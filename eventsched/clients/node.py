@@ -31,6 +31,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from eventsched.clients.gpu import gpu_load
 from eventsched.clients.retry import patiently
 from eventsched.model.events import (
     Event,
@@ -105,9 +106,9 @@ class JobFailed(Exception):
 Handler = Callable[[Job], Awaitable[JobOutput]]
 
 
-def machine_load() -> tuple[int, int, int]:
+def machine_load() -> tuple[int, int | None, int]:
     """CPU, GPU and memory use in percent, as well as this machine can tell (Linux:
-    load average over cores, MemAvailable; no GPU probe here, so 0)."""
+    load average over cores, MemAvailable; the GPU through NVML, None without one)."""
     try:
         cpu = min(100, round(100 * os.getloadavg()[0] / (os.cpu_count() or 1)))
     except OSError:
@@ -120,7 +121,7 @@ def machine_load() -> tuple[int, int, int]:
                 name, _, rest = line.partition(":")
                 info[name] = int(rest.split()[0])
         mem = round(100 * (1 - info["MemAvailable"] / info["MemTotal"]))
-    return cpu, 0, mem
+    return cpu, gpu_load(), mem
 
 
 class Node:
@@ -135,7 +136,7 @@ class Node:
         semantic_languages: list[str] | None = None,
         gpu: str = "",
         heartbeat_s: float = 1.0,
-        load: Callable[[], tuple[int, int, int]] = machine_load,
+        load: Callable[[], tuple[int, int | None, int]] = machine_load,
     ) -> None:
         self.client = client
         self.keys = keys

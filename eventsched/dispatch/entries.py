@@ -73,7 +73,7 @@ def event_args(event: Event) -> tuple[str, list[Arg]]:
             return "hb", [
                 event.node_id,
                 event.cpu_pct,
-                event.gpu_pct,
+                "" if event.gpu_pct is None else event.gpu_pct,
                 event.mem_pct,
                 len(event.running_jobs),
             ]

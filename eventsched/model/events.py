@@ -127,7 +127,7 @@ class NodeHeartbeat(_Event):
     type: Literal["node_heartbeat"] = "node_heartbeat"
     node_id: NodeId
     cpu_pct: Percent
-    gpu_pct: Percent
+    gpu_pct: Percent | None  # null: the node has no GPU (not the same as 0 %)
     mem_pct: Percent
     running_jobs: Annotated[list[JobId], Field(max_length=1024)] = []
 

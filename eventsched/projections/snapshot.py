@@ -20,7 +20,7 @@ class NodeView:
     running: int
     heartbeat_ms: int
     cpu_pct: int
-    gpu_pct: int
+    gpu_pct: int | None  # None: no GPU
     mem_pct: int
     pools: tuple[str, ...]
     pairs: tuple[str, ...]
@@ -53,7 +53,7 @@ def _node_view(node_id: str, raw: dict[str, str]) -> NodeView:
         running=int(raw["run"]),
         heartbeat_ms=int(raw["hb"]),
         cpu_pct=int(raw["cpu"]),
-        gpu_pct=int(raw["gpu"]),
+        gpu_pct=int(raw["gpu"]) if raw["gpu"] else None,
         mem_pct=int(raw["mem"]),
         pools=tuple(p for p in raw.get("pools", "").split(",") if p),
         pairs=tuple(p for p in raw["pairs"].split(",") if p),
