@@ -167,6 +167,17 @@ def node_show(
     _show(found, f"node {node_id}", as_json)
 
 
+def _to_node(url: str, cell: str, namespace: str, event: NodeDraining | NodeUndrained) -> str:
+    """Append an operator's event about a known node; its log ID."""
+
+    async def work(client: RedisClient, keys: CellKeys) -> str:
+        if await inspection.node_detail(client, keys, event.node_id) is None:
+            raise NotFound(f"no node {event.node_id}")
+        return await append(client, keys, event)
+
+    return run_on_cell(url, cell, namespace, work)
+
+
 @node_app.command("drain")
 def node_drain(
     node_id: str,
@@ -175,15 +186,8 @@ def node_drain(
     namespace: Namespace = DEFAULT_NAMESPACE,
 ) -> None:
     """Append a drain event: the node gets no new jobs and finishes its running ones."""
-
-    async def work(client: RedisClient, keys: CellKeys) -> str:
-        if await inspection.node_detail(client, keys, node_id) is None:
-            raise NotFound(f"no node {node_id}")
-        return await append(client, keys, NodeDraining(node_id=node_id))
-
-    print(
-        f"drain of {node_id} appended as log entry {run_on_cell(redis_url, cell, namespace, work)}"
-    )
+    entry_id = _to_node(redis_url, cell, namespace, NodeDraining(node_id=node_id))
+    print(f"drain of {node_id} appended as log entry {entry_id}")
 
 
 @node_app.command("undrain")
@@ -194,16 +198,8 @@ def node_undrain(
     namespace: Namespace = DEFAULT_NAMESPACE,
 ) -> None:
     """Append an undrain event: a draining node is offered work again."""
-
-    async def work(client: RedisClient, keys: CellKeys) -> str:
-        if await inspection.node_detail(client, keys, node_id) is None:
-            raise NotFound(f"no node {node_id}")
-        return await append(client, keys, NodeUndrained(node_id=node_id))
-
-    print(
-        f"undrain of {node_id} appended as log entry"
-        f" {run_on_cell(redis_url, cell, namespace, work)}"
-    )
+    entry_id = _to_node(redis_url, cell, namespace, NodeUndrained(node_id=node_id))
+    print(f"undrain of {node_id} appended as log entry {entry_id}")
 
 
 @pools_app.callback()
