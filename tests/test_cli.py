@@ -211,9 +211,14 @@ def test_a_usage_error_is_plain_and_help_has_no_bool_metavars() -> None:
     assert "--all-cells" in helped.stdout and "<bool>" not in helped.stdout
 
 
-def test_node_undrain_appends_the_event_for_a_known_node(cell_url: tuple[str, str]) -> None:
+def test_node_drain_and_undrain_append_their_events_for_a_known_node(
+    cell_url: tuple[str, str],
+) -> None:
     url, namespace = cell_url
     where = ["--redis-url", url, "--namespace", namespace]
+    assert "drain of n1 appended as log entry" in _invoke("node", "drain", "n1", *where)
+    drained = _invoke("tail", "--count", "1", *where)
+    assert json.loads(drained)["type"] == "node_draining"
     assert "undrain of n1 appended as log entry" in _invoke("node", "undrain", "n1", *where)
     tail = _invoke("tail", "--count", "1", *where)
     assert json.loads(tail)["type"] == "node_undrained"
