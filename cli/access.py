@@ -32,18 +32,12 @@ acl_app = command_group(
 )
 
 
-def _add_principal(redis_url: str, keys: CellKeys, role: str, name: str) -> None:
-    _created(
-        run_with_client(redis_url, lambda c: access.add_principal(c, redis_url, keys, role, name))
-    )
+def _add_principal(url: str, keys: CellKeys, role: str, name: str) -> None:
+    _created(run_with_client(url, lambda c: access.add_principal(c, url, keys, role, name)))
 
 
-def _add_trusted(redis_url: str, namespace: str, role: str, name: str) -> None:
-    _created(
-        run_with_client(
-            redis_url, lambda c: access.add_trusted(c, redis_url, namespace, role, name)
-        )
-    )
+def _add_trusted(url: str, namespace: str, role: str, name: str) -> None:
+    _created(run_with_client(url, lambda c: access.add_trusted(c, url, namespace, role, name)))
 
 
 def _created(made: access.Credentials) -> None:
@@ -60,12 +54,7 @@ def add_node(
     namespace: Namespace = DEFAULT_NAMESPACE,
 ) -> None:
     """A user for one GPU node: its own ingress and inbox, nothing else."""
-    keys = CellKeys(cell, namespace)
-    _created(
-        run_with_client(
-            redis_url, lambda c: access.add_principal(c, redis_url, keys, "node", node_id)
-        )
-    )
+    _add_principal(redis_url, CellKeys(cell, namespace), "node", node_id)
 
 
 @acl_app.command("add-gateway")
@@ -77,12 +66,7 @@ def add_gateway(
 ) -> None:
     """A user for one gateway: its own ingress and the outputs of its sessions
     (named NAME.<id>)."""
-    keys = CellKeys(cell, namespace)
-    _created(
-        run_with_client(
-            redis_url, lambda c: access.add_principal(c, redis_url, keys, "gateway", name)
-        )
-    )
+    _add_principal(redis_url, CellKeys(cell, namespace), "gateway", name)
 
 
 @acl_app.command("add-worker")
@@ -90,11 +74,7 @@ def add_worker(
     name: str, redis_url: RedisUrl = DEFAULT_URL, namespace: Namespace = DEFAULT_NAMESPACE
 ) -> None:
     """A user for workers of every cell of the namespace."""
-    _created(
-        run_with_client(
-            redis_url, lambda c: access.add_trusted(c, redis_url, namespace, "worker", name)
-        )
-    )
+    _add_trusted(redis_url, namespace, "worker", name)
 
 
 @acl_app.command("add-operator")
@@ -105,12 +85,7 @@ def add_operator(
     read_only: Annotated[bool, typer.Option("--read-only", help="reads only (not verify)")] = False,
 ) -> None:
     """A user for the CLI on every cell of the namespace."""
-    role = "operator-ro" if read_only else "operator"
-    _created(
-        run_with_client(
-            redis_url, lambda c: access.add_trusted(c, redis_url, namespace, role, name)
-        )
-    )
+    _add_trusted(redis_url, namespace, "operator-ro" if read_only else "operator", name)
 
 
 @acl_app.command("list")
