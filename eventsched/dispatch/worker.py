@@ -227,10 +227,22 @@ class _Role:
                 self._ahead.add_done_callback(retrieved)
             calls = await self._apply(entries)
             if isinstance(projection, Applier):
-                stats = self.worker.stats[projection.keys.cell]
-                for call in calls:
-                    stats.dispatched_after(call.finalize_ms, call.applied_wall_ms)
+                self.count_dispatches(calls)
         return read
+
+    def count_dispatches(self, calls: Sequence[Prepared]) -> None:
+        """The dispatch statistics of applied calls (the dispatch role's)."""
+        stats = self.worker.stats[self.projection.keys.cell]
+        for call in calls:
+            stats.dispatched_after(call.finalize_ms, call.applied_wall_ms)
+
+    async def set_aside(self, entry: Entry | None, failed: EntryFailed) -> None:
+        """Dead-letter an entry the script failed on (``apply_error`` and the error), in
+        place of applying it, and say so."""
+        if entry is not None:
+            assert isinstance(self.projection, Applier)
+            await self.projection.dead_letter(entry, f"apply_error: {failed.error}")
+        log.error("%s: entry %s dead-lettered: %s", self.label, text(failed.entry_id), failed.error)
 
     async def _apply(self, entries: Sequence[Entry]) -> list[Prepared]:
         """Apply entries in calls. When the script raises on one (a case no check
@@ -247,13 +259,7 @@ class _Role:
                 if not isinstance(projection, Applier):
                     raise  # decisions come from apply.lua alone: a bug, not bad input
                 position = [entry_id for entry_id, _ in entries].index(failed.entry_id)
-                await projection.dead_letter(entries[position], f"apply_error: {failed.error}")
-                log.error(
-                    "%s: entry %s dead-lettered: %s",
-                    self.label,
-                    text(failed.entry_id),
-                    failed.error,
-                )
+                await self.set_aside(entries[position], failed)
                 entries = entries[position + 1 :]
         return calls
 
@@ -411,16 +417,12 @@ class Worker:
             calls = await applier.admit(taken, self.batch_size * FULL_COST)
         except EntryFailed as failed:
             found = await xrange_raw(self.client, applier.keys.log, text(failed.entry_id), 1)
-            if found and found[0][0] == failed.entry_id:
-                await applier.dead_letter(found[0], f"apply_error: {failed.error}")
-            log.error(
-                "%s: entry %s dead-lettered: %s", role.label, text(failed.entry_id), failed.error
+            await role.set_aside(
+                found[0] if found and found[0][0] == failed.entry_id else None, failed
             )
             ingress.missed()  # what followed it in its read: from the start of each stream
             return len(taken)
-        stats = self.stats[applier.keys.cell]
-        for call in calls:
-            stats.dispatched_after(call.finalize_ms, call.applied_wall_ms)
+        role.count_dispatches(calls)
         return len(taken)
 
     async def _run_ingress(self, role: _Role, stop: anyio.Event) -> None:
