@@ -149,7 +149,7 @@ async def compare(url: str, jobs: int) -> dict[str, float]:
         sessions = [s.session_id for s in fleet.sessions(2 * jobs)]
         # build's worker ("bench") holds the lease; hold it long enough for every call
         await Lease(client, keys.dispatch_lease, "bench", 600_000).keep()
-        applier = Applier(client, keys, fleet.SETTINGS, holder="bench")
+        applier = Applier(client, keys, holder="bench")
         ours = []
         for session in sessions[:jobs]:
             entry_id = await append(client, keys, finalize(session, 0))

@@ -29,7 +29,6 @@ from bench.alone import private_server
 from eventsched.dispatch.worker import DEFAULT_BATCH, Worker
 from eventsched.model.events import Event
 from eventsched.model.keys import CellKeys
-from eventsched.model.settings import DecisionSettings
 from eventsched.store.client import RedisClient, Store, unlink_matching
 from eventsched.store.streams import text
 from tests.harness import finalize, ok
@@ -45,15 +44,11 @@ async def _evalsha_usec(client: RedisClient) -> tuple[int, int]:
     return int(entry["usec"]), int(entry["calls"])
 
 
-async def _apply_measured(
-    client: RedisClient, keys: CellKeys, batch: int, settings: DecisionSettings
-) -> tuple[int, int]:
+async def _apply_measured(client: RedisClient, keys: CellKeys, batch: int) -> tuple[int, int]:
     """Apply everything pending with batches of ``batch``; returns (usec, calls)."""
     usec_before, calls_before = await _evalsha_usec(client)
     # The dispatch projection alone: groups.lua's folds would count in the same figures.
-    worker = Worker(
-        client, [keys], settings, name="bench", batch_size=batch, projections=("dispatch",)
-    )
+    worker = Worker(client, [keys], name="bench", batch_size=batch, projections=("dispatch",))
     await worker.drain()
     usec_after, calls_after = await _evalsha_usec(client)
     return usec_after - usec_before, calls_after - calls_before
@@ -62,20 +57,19 @@ async def _apply_measured(
 async def measure(url: str, size: int, rounds: int = 5) -> dict[str, float]:
     client = Store(url).client()
     keys = CellKeys("c0", f"bench{size}")
-    settings = fleet.SETTINGS
     sessions = [s.session_id for s in fleet.sessions(SESSIONS)]
     figures: dict[str, float] = {}
     try:
         await fleet.build(client, keys, size, SESSIONS)
         beats: list[Event] = list(fleet.beats(size, size))
         await fleet.append_chunked(client, keys, beats)
-        usec, _ = await _apply_measured(client, keys, 64, settings)
+        usec, _ = await _apply_measured(client, keys, 64)
         figures["heartbeat_us"] = usec / len(beats)
 
         finalize_usec = finalize_calls = result_usec = placed = 0
         for index in range(rounds):
             await fleet.append_chunked(client, keys, [finalize(s, index) for s in sessions])
-            usec, calls = await _apply_measured(client, keys, DEFAULT_BATCH, settings)
+            usec, calls = await _apply_measured(client, keys, DEFAULT_BATCH)
             finalize_usec, finalize_calls = finalize_usec + usec, finalize_calls + calls
             async with client.pipeline(transaction=False) as pipe:
                 for session in sessions:
@@ -88,7 +82,7 @@ async def measure(url: str, size: int, rounds: int = 5) -> dict[str, float]:
             ]
             placed += len(results)
             await fleet.append_chunked(client, keys, results)
-            usec, _ = await _apply_measured(client, keys, 32, settings)
+            usec, _ = await _apply_measured(client, keys, 32)
             result_usec += usec
         decisions = rounds * len(sessions)
         figures["finalize_us"] = finalize_usec / decisions

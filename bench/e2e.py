@@ -92,7 +92,7 @@ async def measure(url: str, rates: list[int], seconds: float) -> list[Step]:
     client: RedisClient = Store(url).client()
     steps = [Step(rate) for rate in rates]
     try:
-        await fleet.append_chunked(client, keys, [fleet.POOLS])
+        await fleet.append_chunked(client, keys, [fleet.SETTINGS_CHANGED, fleet.POOLS])
         with (
             spawn("worker", url, namespace, keys.cell),
             spawn("nodes", url, namespace, keys.cell, str(NODES)),

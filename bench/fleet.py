@@ -19,6 +19,7 @@ from eventsched.model.events import (
     PoolsConfigured,
     Services,
     SessionOpened,
+    SettingsChanged,
 )
 from eventsched.model.keys import CellKeys
 from eventsched.model.settings import DecisionSettings
@@ -29,6 +30,7 @@ __all__ = [
     "PAIRS",
     "POOLS",
     "SETTINGS",
+    "SETTINGS_CHANGED",
     "append_chunked",
     "apply",
     "beats",
@@ -42,6 +44,8 @@ __all__ = [
 # Benchmarks drive sessions far faster than people speak, and run for minutes with
 # heartbeats only where a figure needs them: neither limit is what is being measured.
 SETTINGS = DecisionSettings(rate_burst=10_000, rate_per_s=10_000, heartbeat_fresh_ms=3_600_000)
+# What puts them in force: the first entry of every benchmark cell's log.
+SETTINGS_CHANGED = SettingsChanged(settings=SETTINGS.differences())
 
 POOLS = PoolsConfigured(
     pools=[
@@ -139,11 +143,9 @@ async def append_chunked(client: RedisClient, keys: CellKeys, events: Sequence[E
     return ids
 
 
-async def apply(client: RedisClient, keys: CellKeys, settings: DecisionSettings = SETTINGS) -> None:
+async def apply(client: RedisClient, keys: CellKeys) -> None:
     """Apply everything appended (dispatch projection only)."""
-    await Worker(
-        client, [keys], settings, name="bench", batch_size=256, projections=("dispatch",)
-    ).drain()
+    await Worker(client, [keys], name="bench", batch_size=256, projections=("dispatch",)).drain()
 
 
 async def build(
@@ -151,13 +153,13 @@ async def build(
     keys: CellKeys,
     node_count: int,
     session_count: int,
-    settings: DecisionSettings = SETTINGS,
     max_concurrency: int | None = None,
 ) -> None:
-    """Pools, then the fleet and the sessions, applied (dispatch projection only)."""
+    """Settings and pools, then the fleet and the sessions, applied (dispatch projection
+    only)."""
     await ensure_group(client, keys.log, APPLIER_GROUP)
-    events: list[Event] = [POOLS]
+    events: list[Event] = [SETTINGS_CHANGED, POOLS]
     events += nodes(node_count, max_concurrency=max_concurrency)
     events += sessions(session_count)
     await append_chunked(client, keys, events)
-    await apply(client, keys, settings)
+    await apply(client, keys)

@@ -29,6 +29,7 @@ import anyio
 if __package__ in (None, ""):  # run as a script: the checkout's root on the path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import fleet
 from bench.alone import percentile, print_figures, until
 from bench.procs import RELAY_IN, RELAY_OUT, spawn
 from eventsched.model.events import Event, encode_event
@@ -81,7 +82,7 @@ async def _eventsched(
     keys = CellKeys("c0", namespace)
     gateway, node_source = ("gateway:gw", f"node:{NODE}") if confined else (None, None)
     prefix = "gw." if confined else ""
-    events: list[Event] = [node(NODE, max_concurrency=8)]
+    events: list[Event] = [fleet.SETTINGS_CHANGED, node(NODE, max_concurrency=8)]
     events += [session(f"{prefix}s{i}") for i in range(jobs)]
     await append_many(client, keys, events)
     inbox = keys.inbox(NODE)

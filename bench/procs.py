@@ -65,7 +65,6 @@ async def worker(url: str, namespace: str, cells: str, projections: str) -> None
     runner = Worker(
         client,
         keys,
-        fleet.SETTINGS,
         name=f"bench-{os.getpid()}",
         projections=projections.split(","),
     )

@@ -11,7 +11,7 @@ import typer
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from . import access, inspection, logs, ops, replay, run
+from . import access, inspection, logs, ops, replay, run, tuning
 from .common import command_group
 
 __all__ = ["app", "main"]
@@ -48,6 +48,7 @@ ops.register(app)
 replay.register(app)
 inspection.register(app)
 access.register(app)
+tuning.register(app)
 
 
 _EXPECTED = (ValueError, ValidationError, RedisError, OSError)

@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from eventsched.dispatch.worker import stored_settings
 from eventsched.model.keys import DEFAULT_CELL, DEFAULT_NAMESPACE, CellKeys
 from eventsched.ops import dead_letters
 from eventsched.ops.rebuild import rebuild_groups
@@ -64,7 +63,7 @@ def rebuild(
         raise ValueError("only the groups projection can be rebuilt (dispatch hands off jobs)")
 
     async def work(client: RedisClient, keys: CellKeys) -> int:
-        return await rebuild_groups(client, keys, await stored_settings(client, keys))
+        return await rebuild_groups(client, keys)
 
     folded = run_on_cell(redis_url, cell, namespace, work)
     print(f"rebuilt groups of {namespace}:{{{cell}}} from {folded} decisions")

@@ -23,7 +23,6 @@ from eventsched.dispatch.worker import (
     DEFAULT_RETAIN_S,
     Worker,
     find_cells,
-    retention_settings,
 )
 from eventsched.model.keys import DEFAULT_CELL, DEFAULT_NAMESPACE, CellKeys
 from eventsched.ops.audit import RunReport
@@ -140,8 +139,9 @@ def worker(
         int,
         typer.Option(
             min=0,
-            help="checkpoint, trim acknowledged entries older than S s, expire finished"
-            " jobs and idle sessions (0: keep everything)",
+            help="checkpoint, and trim acknowledged entries older than S s (0: keep"
+            " everything); finished jobs and idle sessions expire by the cell's"
+            " expire_after_ms setting",
         ),
     ] = DEFAULT_RETAIN_S,
     verbose: Annotated[
@@ -168,7 +168,6 @@ def worker(
         runner = Worker(
             client,
             chosen,
-            retention_settings(retain),
             consumer,
             batch,
             lease_ms=lease_ms,

@@ -27,15 +27,15 @@
 -- KEYS[10] dispatch_lease the role's lease; the batch is refused unless ARGV[3] holds it
 -- KEYS[11] idle           sorted set: session id -> its last activity ms (expiry on)
 -- KEYS[12] ended          sorted set: finished job id -> when it finished ms (expiry on)
+-- KEYS[13] settings       hash: the settings settings_changed events set, by name, and
+--                         since (the log ID of the latest change)
 --
 -- ARGV[1]  cell prefix, e.g. "es:{c0}:"; per-node/session keys are built from it and
 --          share the cell's hash tag
 -- ARGV[2]  consumer group to XACK
 -- ARGV[3]  holder (worker name)
--- ARGV[4..17] settings: rate_per_s rate_burst max_attempts job_timeout_ms
---          heartbeat_fresh_ms node_lost_ms unavailable_window_ms cpu_max_pct
---          gpu_max_pct mem_max_pct scan_limit expire_after_ms
---          quarantine_after_timeouts quarantine_ms
+-- ARGV[4..17] the defaults of the settings the settings hash does not hold (the log
+--          never changed them), named as in SETTING_NAMES below
 -- ARGV[18] where the entries come from: 'log' (read from the log's group) or
 --          'ingress' (read from principals' ingress streams, see run_ingress)
 -- ARGV[19] log: the ID the tracking marker must have reached ('' for none; see
@@ -51,6 +51,7 @@
 --   fin   session index cut audio_ref duration_ms
 --   res   job attempt node ok error asr nmt tts tts_ms timings_json
 --   close session
+--   set   count, then per setting changed: name value (sorted by name)
 --   bad   reason nfields nbytes, then the first field name/value pairs (bounded)
 -- Returns {applied, skipped_as_already_applied, dead_lettered, appended_unapplied},
 -- {-1} when the lease is not held, {-2} when the marker falls short of ARGV[19], or
@@ -61,23 +62,41 @@
 
 local K_LOG, K_META, K_DEC, K_DLQ, K_POOLS, K_LIDX, K_NODES, K_DEADLINES, K_ALIVE, K_LEASE =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
-local K_IDLE, K_ENDED = KEYS[11], KEYS[12]
+local K_IDLE, K_ENDED, K_SETTINGS = KEYS[11], KEYS[12], KEYS[13]
 local P, GROUP, HOLDER = ARGV[1], ARGV[2], ARGV[3]
-local RATE = tonumber(ARGV[4])
-local BURST = tonumber(ARGV[5])
-local MAX_ATTEMPTS = tonumber(ARGV[6])
-local TIMEOUT_MS = tonumber(ARGV[7])
-local FRESH_MS = tonumber(ARGV[8])
-local LOST_MS = tonumber(ARGV[9])
-local UNAVAILABLE_MS = tonumber(ARGV[10])
-local CPU_MAX = tonumber(ARGV[11])
-local GPU_MAX = tonumber(ARGV[12])
-local MEM_MAX = tonumber(ARGV[13])
-local SCAN_LIMIT = tonumber(ARGV[14])
-local EXPIRE_MS = tonumber(ARGV[15])
-local QUARANTINE_AFTER = tonumber(ARGV[16])
-local QUARANTINE_MS = tonumber(ARGV[17])
 if not holds_lease(K_LEASE, HOLDER) then return {-1} end
+
+-- The settings in force: the cell's settings hash over the defaults in ARGV[4..17], in
+-- this order (settings.py as_argv, tested). A settings_changed entry changes them for
+-- the entries after it in this same call (handlers.set), so a batch of any size
+-- decides as one entry at a time would.
+local SETTING_NAMES = {'rate_per_s', 'rate_burst', 'max_attempts', 'job_timeout_ms',
+  'heartbeat_fresh_ms', 'node_lost_ms', 'unavailable_window_ms', 'cpu_max_pct',
+  'gpu_max_pct', 'mem_max_pct', 'scan_limit', 'expire_after_ms',
+  'quarantine_after_timeouts', 'quarantine_ms'}
+local in_force = {}
+local RATE, BURST, MAX_ATTEMPTS, TIMEOUT_MS, FRESH_MS, LOST_MS, UNAVAILABLE_MS
+local CPU_MAX, GPU_MAX, MEM_MAX, SCAN_LIMIT, EXPIRE_MS, QUARANTINE_AFTER, QUARANTINE_MS
+
+local function use_settings()
+  local s = in_force
+  RATE, BURST, MAX_ATTEMPTS, TIMEOUT_MS = s.rate_per_s, s.rate_burst, s.max_attempts,
+    s.job_timeout_ms
+  FRESH_MS, LOST_MS, UNAVAILABLE_MS = s.heartbeat_fresh_ms, s.node_lost_ms,
+    s.unavailable_window_ms
+  CPU_MAX, GPU_MAX, MEM_MAX, SCAN_LIMIT = s.cpu_max_pct, s.gpu_max_pct, s.mem_max_pct,
+    s.scan_limit
+  EXPIRE_MS, QUARANTINE_AFTER, QUARANTINE_MS = s.expire_after_ms,
+    s.quarantine_after_timeouts, s.quarantine_ms
+end
+
+do
+  local stored = redis.call('HMGET', K_SETTINGS, unpack(SETTING_NAMES))
+  for i, name in ipairs(SETTING_NAMES) do
+    in_force[name] = tonumber(stored[i] or ARGV[3 + i])
+  end
+  use_settings()
+end
 
 -- Work one tick may do, so a tick after a long silence cannot hold Redis for long;
 -- what is left is done by the next ticks.
@@ -539,6 +558,33 @@ function handlers.close(f)
   end
   redis.call('HSET', sk, 'closed', '1')
   touch(f[1])
+end
+
+-- Settings changed from here on. The event's values are in bounds (settings.py); the
+-- rule between settings is checked on what they make with the ones in force, and a
+-- change that breaks it is dead-lettered whole. A `c` decision carries
+-- group_max_utterances to groups.lua, which reads the decisions stream only.
+function handlers.set(f)
+  local changed = {}
+  for _, name in ipairs(SETTING_NAMES) do changed[name] = in_force[name] end
+  for i = 2, 2 * tonumber(f[1]), 2 do changed[f[i]] = tonumber(f[i + 1]) end
+  local least = 2 * changed.max_attempts * changed.job_timeout_ms
+  if changed.expire_after_ms > 0 and changed.expire_after_ms < least then
+    dead_letter_entry(string.format('settings_conflict: expire_after_ms must be 0 or at'
+      .. ' least 2 x max_attempts x job_timeout_ms (%d)', least))
+    return
+  end
+  local write = {K_SETTINGS, 'since', now_id}
+  local group_max
+  for i = 2, 2 * tonumber(f[1]), 2 do
+    write[#write + 1] = f[i]
+    write[#write + 1] = f[i + 1]
+    if f[i] == 'group_max_utterances' then group_max = f[i + 1] end
+  end
+  redis.call('HSET', unpack(write))
+  in_force = changed
+  use_settings()
+  if group_max then decide('k', 'c', 'gmax', group_max, 'at', now_id) end
 end
 
 function handlers.bad(f)

@@ -13,18 +13,20 @@
 -- of the decision (the log ID that caused it), never a clock.
 --
 -- KEYS[1] decisions     the stream folded here (XACK target)
--- KEYS[2] meta          hash: groups_applied (this projection's tracking marker)
+-- KEYS[2] meta          hash: groups_applied (this projection's tracking marker) and
+--                       group_max (group_max_utterances, once a c decision changed it)
 -- KEYS[3] groups_lease  the role's lease; the batch is refused unless ARGV[3] holds it
 --
 -- ARGV[1] cell prefix ("es:{c0}:"); per-session keys are built from it
 -- ARGV[2] consumer group to XACK
 -- ARGV[3] holder (worker name)
--- ARGV[4] group_max_utterances
+-- ARGV[4] group_max_utterances by default (until a c decision changes it)
 -- ARGV[5] the ID the tracking marker must have reached ('' for none; see run_batch)
 -- ARGV[6] entry count, then per entry: id, field count n, then n name/value strings
 --   decision kinds used: d (att 1 = finalized), x (rejected), f (failed), o (ok),
 --   n (notice: a finalize the cell could not take, written as st=notice),
---   e (the session expired: its outputs and group state go)
+--   e (the session expired: its outputs and group state go),
+--   c (settings changed: gmax is group_max_utterances from then on)
 -- Returns {applied, skipped_as_already_applied, {session, index, ...} delivered}, {-1}
 -- when the lease is not held, {-2} when the marker falls short of ARGV[5], or
 -- {-3, id, error} when the decision `id` raised (see run_batch).
@@ -33,8 +35,8 @@
 
 local K_DEC, K_META, K_LEASE = KEYS[1], KEYS[2], KEYS[3]
 local P, GROUP, HOLDER = ARGV[1], ARGV[2], ARGV[3]
-local GROUP_MAX = tonumber(ARGV[4])
 if not holds_lease(K_LEASE, HOLDER) then return {-1} end
+local GROUP_MAX = tonumber(redis.call('HGET', K_META, 'group_max') or ARGV[4])
 
 -- Key suffixes; keys.py SUFFIXES holds the same strings (tested).
 local S_INFL, S_HELD, S_OUT, S_GRP = 'infl:', 'held:', 'out:', 'grp:'
@@ -171,6 +173,11 @@ function handlers.e(e)
     redis.call('DEL', P .. S_HELD .. e.sid .. ':' .. index)
   end
   redis.call('DEL', infl, P .. S_OUT .. e.sid, P .. S_GRP .. e.sid)
+end
+
+function handlers.c(e)
+  GROUP_MAX = tonumber(e.gmax)
+  redis.call('HSET', K_META, 'group_max', e.gmax)
 end
 
 local function read_entry(pos)

@@ -16,11 +16,12 @@ from eventsched.model.events import (
     NodeRegistered,
     Services,
     SessionOpened,
+    SettingsChanged,
     UtteranceFinalized,
     encode_event,
 )
 from eventsched.model.keys import CellKeys
-from eventsched.model.settings import DecisionSettings
+from eventsched.model.settings import DEFAULTS
 from eventsched.store.append import append_many
 from eventsched.store.client import RedisClient
 from eventsched.store.streams import read_hash, read_stream, text
@@ -106,19 +107,18 @@ def beat(node_id: str, cpu: int = 10, gpu: int = 10, mem: int = 10) -> NodeHeart
 class Cell:
     """One cell in one namespace, with a logical clock for the IDs it appends."""
 
-    def __init__(
-        self, client: RedisClient, keys: CellKeys, settings: DecisionSettings | None = None
-    ) -> None:
+    def __init__(self, client: RedisClient, keys: CellKeys) -> None:
         self.client = client
         self.keys = keys
         self.now_ms = START_MS
-        self.settings = settings or DecisionSettings()
+        self.settings = DEFAULTS  # what the log put in force (configure)
         self._worker: Worker | None = None
 
-    def configure(self, **changes: int) -> None:
-        """Change decision settings; takes effect from the next apply."""
-        self.settings = self.settings.model_copy(update=changes)
-        self._worker = None
+    async def configure(self, **changes: int) -> None:
+        """Change decision settings as an operator does: a settings_changed event at the
+        current event time, in force for the entries after it."""
+        self.settings = self.settings.changed(changes)
+        await self.append(SettingsChanged(settings=changes))
 
     def advance(self, ms: int) -> None:
         self.now_ms += ms
@@ -136,7 +136,7 @@ class Cell:
 
     async def apply(self) -> int:
         if self._worker is None:
-            self._worker = Worker(self.client, [self.keys], self.settings, name="test-worker")
+            self._worker = Worker(self.client, [self.keys], name="test-worker")
         return await self._worker.drain()
 
     async def step(self, *events: Event) -> None:

@@ -12,10 +12,11 @@ import anyio
 from eventsched.clients.node import Job, JobOutput
 from eventsched.clients.session import Session
 from eventsched.dispatch.worker import Worker
-from eventsched.model.events import Services
+from eventsched.model.events import Services, SettingsChanged
 from eventsched.model.keys import CellKeys
 from eventsched.model.settings import DecisionSettings
 from eventsched.projections import Outcome, read_node
+from eventsched.store.append import append
 from eventsched.store.client import RedisClient, Store
 from tests.conftest import new_namespace, remove_namespace
 from tests.harness import wait_for
@@ -57,9 +58,11 @@ class Cell:
 @asynccontextmanager
 async def running_cell(store_url: str) -> AsyncIterator[Cell]:
     cell = Cell(Store(store_url), CellKeys("c0", new_namespace()))
-    worker = Worker(cell.client(), [cell.keys], QUICK, lease_ms=500, block_ms=20, tick_ms=50)
+    client = cell.client()
+    worker = Worker(client, [cell.keys], lease_ms=500, block_ms=20, tick_ms=50)
     stop = anyio.Event()
     try:
+        await append(client, cell.keys, SettingsChanged(settings=QUICK.differences()))
         async with anyio.create_task_group() as group:
             group.start_soon(worker.run, stop)
             yield cell

@@ -137,6 +137,17 @@ class CellModel:
 
     # ------------------------------------------------------------ sessions
 
+    def change_settings(self, changes: dict[str, int]) -> None:
+        """A settings_changed event: in force from here on, unless it breaks the rule
+        between settings (dead-lettered, nothing changes)."""
+        try:
+            self.s = self.s.changed(changes)
+        except ValueError as exc:
+            self.dead.append(f"settings_conflict: {exc}")
+            return
+        if "group_max_utterances" in changes:
+            self.decisions.append({"k": "c"})
+
     def open(self, session_id: str) -> None:
         if session_id not in self.sessions:
             self.sessions[session_id] = _Session(self.s.rate_burst * 1000, self.now)

@@ -88,7 +88,7 @@ async def test_calls_are_cut_by_cost_and_apply_every_entry_in_order(cell: Cell) 
     await cell.append(*[beat("n1")] * 6, finalize("s1", 0), *[beat("n1")] * 2, finalize("s1", 1))
     entries = await xrange_raw(cell.client, cell.keys.log)
     await cell.client.xreadgroup(APPLIER_GROUP, "test-worker", {cell.keys.log: ">"})
-    applier = Applier(cell.client, cell.keys, cell.settings, holder="test-worker")
+    applier = Applier(cell.client, cell.keys, holder="test-worker")
     # a budget of one finalize: four heartbeats, or what runs up to a finalize
     calls = await applier.apply_in_calls(entries[2:], budget=4)
     assert [c.count for c in calls] == [4, 3, 3]
@@ -119,7 +119,7 @@ async def test_a_call_sent_ahead_is_refused_until_the_one_before_it_applied(cell
     await cell.append(finalize("s1", 0), finalize("s1", 1))
     entries = await xrange_raw(cell.client, cell.keys.log)
     await cell.client.xreadgroup(APPLIER_GROUP, "test-worker", {cell.keys.log: ">"})
-    applier = Applier(cell.client, cell.keys, cell.settings, holder="test-worker")
+    applier = Applier(cell.client, cell.keys, holder="test-worker")
     second = applier.prepare(entries, 3, after=entries[2][0])
     with pytest.raises(OutOfOrder):
         await applier.run(second)  # it overtook the first: nothing applied
@@ -137,7 +137,7 @@ async def test_calls_in_flight_behind_a_refused_one_fail_quietly(
     entries = await xrange_raw(cell.client, cell.keys.log)
     await cell.client.xreadgroup(APPLIER_GROUP, "test-worker", {cell.keys.log: ">"})
     await cell.client.set(cell.keys.dispatch_lease, "someone-else")
-    applier = Applier(cell.client, cell.keys, cell.settings, holder="test-worker")
+    applier = Applier(cell.client, cell.keys, holder="test-worker")
     with pytest.raises(NotLeader):
         await applier.apply_in_calls(entries[2:], budget=4)
     for _ in range(3):  # let the call behind it finish, and be collected

@@ -32,7 +32,7 @@ async def _cell_with_choices(cell: Cell) -> None:
 
 
 async def test_the_old_path_picks_what_eventsched_picks(cell: Cell) -> None:
-    twin = Cell(cell.client, CellKeys("c0", f"{cell.keys.namespace}twin"), cell.settings)
+    twin = Cell(cell.client, CellKeys("c0", f"{cell.keys.namespace}twin"))
     try:
         for each in (cell, twin):
             await _cell_with_choices(each)

@@ -240,3 +240,56 @@ def test_tables_never_cut_identifiers_and_name_columns_as_the_json_does(
     assert header[:2] == ["cell", "node_id"] and header[-1] == "pairs"
     letters = CliRunner().invoke(app, ["dlq", "list", *where]).stdout
     assert "dlq_id" in letters and "log_id" in letters
+
+
+def test_settings_are_shown_and_changed_through_the_log(
+    cell_url: tuple[str, str], tmp_path: Path
+) -> None:
+    url, namespace = cell_url
+    common = ["--redis-url", url, "--namespace", namespace]
+    shown = json.loads(_invoke("settings", "show", *common, "--json"))
+    # the fixture's header: in force before its first entry, changed by no log entry
+    assert shown["since"] is None
+    assert shown["settings"]["node_lost_ms"] == 60_000 and shown["defaults"]["node_lost_ms"] == 5000
+    assert "node_lost_ms" in _invoke("settings", "show", *common)
+    said = _invoke("settings", "set", "rate_burst=2", *common, "--wait", "0")
+    assert said.startswith("settings_changed ") and said.split("\n")[0].endswith(": rate_burst=2")
+    assert "not applied within 0 s" in said  # no worker here: it waits in the log
+    good = tmp_path / "settings.toml"
+    good.write_text("job_timeout_ms = 2000\nrate_burst = 2\n")
+    assert ": job_timeout_ms=2000 rate_burst=2" in _invoke(
+        "settings", "apply", str(good), *common, "--wait", "0"
+    )
+    tail = [json.loads(line) for line in _invoke("tail", *common, "--count", "2").splitlines()]
+    assert [e["settings"] for e in tail] == [
+        {"rate_burst": 2},
+        {"job_timeout_ms": 2000, "rate_burst": 2},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "content", "said"),
+    [
+        (["set", "bogus=1"], None, "unknown setting 'bogus'"),
+        (["set", "rate_burst=0"], None, "rate_burst: 0 is not an integer from 1 to 10000"),
+        (["set", "rate_burst=2.5"], None, "rate_burst: '2.5' is not an integer"),
+        (["set", "expire_after_ms=1000"], None, "expire_after_ms must be 0 or at least"),
+        (["apply"], "rate_burst = ", "settings.toml: not TOML"),
+        (["apply"], "[limits]\nrate_burst = 2\n", "unknown setting 'limits'"),
+        (["apply"], "rate_burst = true\n", "rate_burst: True is not an integer"),
+        (["apply"], "", "settings.toml: sets no setting"),
+    ],
+)
+def test_a_bad_setting_is_named_and_appends_nothing(
+    cell_url: tuple[str, str], tmp_path: Path, args: list[str], content: str | None, said: str
+) -> None:
+    url, namespace = cell_url
+    common = ["--redis-url", url, "--namespace", namespace]
+    if content is not None:
+        (tmp_path / "settings.toml").write_text(content)
+        args = [*args, str(tmp_path / "settings.toml")]
+    before = _invoke("tail", *common, "--count", "1")
+    result = CliRunner().invoke(app, ["settings", *args, *common])
+    assert result.exit_code == 1
+    assert said in str(result.exception) and "\n" not in str(result.exception)
+    assert _invoke("tail", *common, "--count", "1") == before

@@ -40,6 +40,9 @@ CELL_COMMANDS = [
     ["dlq", "show", "1-0"],
     ["dlq", "requeue", "1-0"],
     ["record", "--out", "recorded.jsonl"],
+    ["settings", "show"],
+    ["settings", "set", "rate_burst=2"],
+    ["settings", "apply", "settings.toml"],
 ]
 UNREACHABLE = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 
@@ -49,6 +52,7 @@ def test_every_cell_command_takes_its_redis_cell_and_namespace_from_the_environm
     args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "settings.toml").write_text("rate_burst = 2\n")
     runner = CliRunner()
     unreachable = runner.invoke(app, args, env={"EVENTSCHED_REDIS_URL": UNREACHABLE})
     assert "127.0.0.1:1" in str(unreachable.exception)

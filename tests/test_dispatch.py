@@ -69,7 +69,7 @@ async def test_step1_a_repeated_finalize_creates_no_second_job(cell: Cell) -> No
 
 
 async def test_step2_the_rate_limit_counts_job_creations_in_event_time(cell: Cell) -> None:
-    cell.configure(rate_per_s=10, rate_burst=3)
+    await cell.configure(rate_per_s=10, rate_burst=3)
     await cell.step(node("n1", max_concurrency=50), session("s1"))
     await cell.step(*(finalize("s1", i) for i in range(4)))
     assert [d["k"] for d in await cell.decisions()] == ["d", "d", "d", "x"]
@@ -193,7 +193,7 @@ async def test_step5_an_undrained_node_gets_jobs_again(cell: Cell) -> None:
 
 
 async def test_step5_a_node_with_a_stale_heartbeat_is_skipped(cell: Cell) -> None:
-    cell.configure(heartbeat_fresh_ms=5000)
+    await cell.configure(heartbeat_fresh_ms=5000)
     await cell.step(node("n1"), session("s1"))
     cell.advance(3000)
     await cell.step(node("n2"))
@@ -336,7 +336,7 @@ async def test_a_retry_never_returns_to_the_node_that_failed_it(cell: Cell) -> N
 
 
 async def test_retries_stop_at_max_attempts_and_the_failure_is_delivered(cell: Cell) -> None:
-    cell.configure(max_attempts=2)
+    await cell.configure(max_attempts=2)
     await cell.step(node("n1"), node("n2"), node("n3"), session("s1"))
     await cell.step(finalize("s1", 0))
     await cell.step(error("s1:0", 1, "n1"))
@@ -435,7 +435,7 @@ async def test_a_late_utterance_is_served_and_delivered_after_the_later_ones(cel
 
 
 async def test_step5_the_gpu_threshold_passes_over_a_node_without_a_gpu(cell: Cell) -> None:
-    cell.configure(gpu_max_pct=50)
+    await cell.configure(gpu_max_pct=50)
     await cell.step(node("busy"), node("cpu-only"), session("s1"))
     no_gpu = NodeHeartbeat(node_id="cpu-only", cpu_pct=10, gpu_pct=None, mem_pct=10)
     await cell.step(beat("busy", gpu=90), no_gpu)

@@ -20,7 +20,7 @@ async def _ordering_scenario(
     client = Store(store_url).client()
     namespace = new_namespace()
     cell = Cell(client, CellKeys("c0", namespace))
-    cell.configure(rate_burst=100, max_attempts=1)
+    await cell.configure(rate_burst=100, max_attempts=1)
     try:
         # The node has a slot for each of the first `dispatched` utterances; the rest are
         # rejected at once (no_capacity, or no_pool when there is no node at all).
@@ -101,7 +101,7 @@ async def test_groups_collect_a_turn_and_track_tts_playback(cell: Cell) -> None:
 
 @pytest.mark.anyio
 async def test_a_group_is_cut_at_its_size_limit(cell: Cell) -> None:
-    cell.configure(group_max_utterances=2)
+    await cell.configure(group_max_utterances=2)
     await cell.step(node("n1", max_concurrency=8), session("s1"))
     await cell.step(*(finalize("s1", i, reason="max_length") for i in range(5)))
     await cell.step(*(ok(f"s1:{i}", 1, "n1") for i in range(5)))

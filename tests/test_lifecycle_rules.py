@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from eventsched.dispatch.worker import retention_settings
 from eventsched.model.events import NodeDeregistered, NodeDraining, SessionClosed, Tick
 from eventsched.model.limits import OUTPUT_MAX_LEN
 from eventsched.model.settings import DecisionSettings
@@ -16,7 +15,7 @@ pytestmark = pytest.mark.anyio
 
 
 async def test_a_draining_node_lost_and_back_still_drains(cell: Cell) -> None:
-    cell.configure(node_lost_ms=1000, heartbeat_fresh_ms=60_000)
+    await cell.configure(node_lost_ms=1000, heartbeat_fresh_ms=60_000)
     await cell.step(node("n1"), session("s1"), NodeDraining(node_id="n1"))
     cell.advance(1001)
     await cell.step(Tick())
@@ -54,7 +53,7 @@ async def test_a_result_that_cannot_be_the_jobs_leaves_a_dead_letter(
 
 
 async def test_late_and_duplicate_results_change_nothing_and_leave_no_letter(cell: Cell) -> None:
-    cell.configure(max_attempts=3)
+    await cell.configure(max_attempts=3)
     await cell.step(node("n1"), node("n2"), session("s1"), finalize("s1", 0))
     await cell.step(error("s1:0", 1, "n1"))  # retried on n2 as attempt 2
     await cell.step(ok("s1:0", 1, "n1"))  # the old attempt's late answer
@@ -82,7 +81,7 @@ async def test_late_and_duplicate_results_change_nothing_and_leave_no_letter(cel
 async def test_a_failure_says_why_it_went_no_further_and_what_ended_it(
     cell: Cell, cause: str, max_attempts: int, reason: str, err: str
 ) -> None:
-    cell.configure(
+    await cell.configure(
         max_attempts=max_attempts, job_timeout_ms=1000, node_lost_ms=2000, heartbeat_fresh_ms=60_000
     )
     await cell.step(node("n1"), session("s1"), finalize("s1", 0))
@@ -116,7 +115,7 @@ async def test_finished_jobs_and_idle_sessions_expire_in_event_time(cell: Cell) 
     activity, the session and everything of it goes (sess, utt, out, grp, infl), a
     decision says so, and a later finalize is noticed unknown_session. A session whose
     job is still running does not expire: the job ends first and counts as activity."""
-    cell.configure(job_timeout_ms=1000, max_attempts=1, expire_after_ms=2000)
+    await cell.configure(job_timeout_ms=1000, max_attempts=1, expire_after_ms=2000)
     client = cell.client
     await cell.step(node("n1", max_concurrency=4), session("s1"), session("s2"))
     await cell.step(finalize("s1", 0), finalize("s2", 0))
@@ -146,8 +145,6 @@ def test_expiry_must_outlast_every_attempt() -> None:
     with pytest.raises(ValueError, match="expire_after_ms"):
         DecisionSettings(job_timeout_ms=1000, max_attempts=3, expire_after_ms=5999)
     assert DecisionSettings(expire_after_ms=0).expire_after_ms == 0
-    # The worker's --retain sets it: the window, the floor when longer, 0 for 0.
-    assert [retention_settings(s).expire_after_ms for s in (0, 30, 600)] == [0, 90_000, 600_000]
 
 
 async def test_an_output_stream_keeps_its_newest_entries(cell: Cell) -> None:
@@ -161,7 +158,7 @@ async def test_an_output_stream_keeps_its_newest_entries(cell: Cell) -> None:
 
 
 async def test_a_black_hole_node_is_quarantined_after_timeouts_in_a_row(cell: Cell) -> None:
-    cell.configure(
+    await cell.configure(
         job_timeout_ms=1000, max_attempts=1, quarantine_after_timeouts=2, quarantine_ms=5000
     )
     await cell.step(node("n1", max_concurrency=4), session("s1"))
@@ -191,7 +188,7 @@ async def test_a_black_hole_node_is_quarantined_after_timeouts_in_a_row(cell: Ce
 async def test_a_repeat_after_its_job_record_expired_is_still_ignored(cell: Cell) -> None:
     """The state machine found it: the record of s1:0 expired while s1 lived on, and a
     repeat of 0 was served a second time. The session now keeps a note instead."""
-    cell.configure(job_timeout_ms=1000, max_attempts=1, expire_after_ms=2000)
+    await cell.configure(job_timeout_ms=1000, max_attempts=1, expire_after_ms=2000)
     await cell.step(node("n1", max_concurrency=4), session("s1"), finalize("s1", 0))
     await cell.step(ok("s1:0", 1, "n1"))
     cell.advance(1500)

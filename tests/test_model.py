@@ -20,11 +20,12 @@ from eventsched.model.events import (
     NodeDraining,
     NodeHeartbeat,
     SessionClosed,
+    SettingsChanged,
     Tick,
     UtteranceFinalized,
 )
 from eventsched.model.keys import CellKeys
-from eventsched.model.settings import DecisionSettings
+from eventsched.model.settings import DEFAULTS, DecisionSettings
 from eventsched.ops.verify import verify_cell
 from eventsched.store.client import Store, unlink_matching
 from tests.conftest import new_namespace
@@ -46,6 +47,15 @@ SETTINGS = DecisionSettings(
     quarantine_after_timeouts=1,
     quarantine_ms=5000,  # the least these attempts allow: sessions do expire in a run
 )
+# Settings a run changes, three values each; with expire_after_ms 12,000, a job_timeout_ms
+# of 7,000 or a max_attempts of 3 (with 3,000) breaks the rule between settings.
+CHANGES = {
+    "rate_burst": (1, 2, 4),
+    "rate_per_s": (1, 2, 5),
+    "job_timeout_ms": (1000, 3000, 7000),
+    "max_attempts": (1, 2, 3),
+    "group_max_utterances": (1, 3, 5),
+}
 # Around the freshness, lost and deadline bounds, and past the expiry.
 SILENCES = [1, 100, 500, 999, 1000, 1001, 2500, 2501, 3000, 3001, 4000, 4001, 6000, 12_001]
 NODES = ("n1", "n2")
@@ -61,9 +71,10 @@ class CellMachine(RuleBasedStateMachine):
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.client = Store(self.store_url).client()
-        self.cell = Cell(self.client, CellKeys("c0", new_namespace()), SETTINGS)
-        self.model = CellModel(SETTINGS)
+        self.cell = Cell(self.client, CellKeys("c0", new_namespace()))
+        self.model = CellModel(DEFAULTS)
         self.model.now = self.cell.now_ms
+        self.change_settings(SETTINGS.differences())
         self.registered: set[str] = set()
 
     def _run(self, work: Coroutine[Any, Any, T]) -> T:
@@ -121,6 +132,22 @@ class CellMachine(RuleBasedStateMachine):
         """Every node silent until lost, then this one beats again."""
         self.time_passes(SETTINGS.node_lost_ms + 1)
         self.heartbeat(node_id, overloaded=False)
+
+    @rule(
+        changes=st.dictionaries(
+            st.sampled_from(sorted(CHANGES)),
+            st.integers(),
+            min_size=1,
+            max_size=2,
+        ).map(lambda drawn: {name: CHANGES[name][value % 3] for name, value in drawn.items()})
+    )
+    def change_settings(self, changes: dict[str, int]) -> None:
+        """Some changes break the rule between settings (an expiry shorter than the
+        attempts allow) and are dead-lettered."""
+        self.model.change_settings(changes)
+        self._run(self.cell.append(SettingsChanged(settings=changes)))
+        self._run(self.cell.apply())
+        self._compare()
 
     # ---------------------------------------------------------------- sessions
 

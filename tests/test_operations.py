@@ -31,7 +31,7 @@ pytestmark = pytest.mark.anyio
 
 
 async def _conversation(cell: Cell) -> None:
-    cell.configure(max_attempts=2)
+    await cell.configure(max_attempts=2)
     await cell.step(node("n1", max_concurrency=4), node("n2"), session("s1"), session("s2"))
     for index in range(4):
         cell.advance(150)
@@ -76,7 +76,7 @@ async def test_rebuilding_the_group_state_gives_the_same_outputs(cell: Cell) -> 
     before = {s: await cell.outputs(s) for s in ("s1", "s2")}
     groups_before = await cell.hash(keys.group("s1"))
     await cell.client.delete(keys.output("s1"), keys.group("s1"))
-    folded = await rebuild_groups(cell.client, keys, cell.settings, holder="test-worker")
+    folded = await rebuild_groups(cell.client, keys, holder="test-worker")
     assert folded == len(await cell.decisions())
     assert {s: await cell.outputs(s) for s in ("s1", "s2")} == before
     assert await cell.hash(keys.group("s1")) == groups_before
@@ -161,7 +161,7 @@ async def test_retention_trims_below_a_checkpoint_and_recordings_start_after_it(
     with pytest.raises(ValueError, match="trimmed"):
         await record(cell.client, cell.keys, "all")
     with pytest.raises(ValueError, match="decisions stream was trimmed"):
-        await rebuild_groups(cell.client, cell.keys, cell.settings, holder="test-worker")
+        await rebuild_groups(cell.client, cell.keys, holder="test-worker")
     fixture, golden = await record(cell.client, cell.keys, "tail", since=log_ids[0])
     assert fixture.snapshot and fixture.entries[0][0] == log_ids[1]
     assert check(await replay(fixture), golden) is None
@@ -198,8 +198,8 @@ async def test_a_rebuild_refuses_while_a_worker_holds_the_groups_role(cell: Cell
     before = await cell.outputs("s1")
     await cell.client.set(cell.keys.lease("groups"), "test-worker", px=60_000)  # running
     with pytest.raises(ValueError, match="worker test-worker holds the groups role of c0"):
-        await rebuild_groups(cell.client, cell.keys, cell.settings, holder="operator")
+        await rebuild_groups(cell.client, cell.keys, holder="operator")
     assert await cell.outputs("s1") == before  # nothing was touched
     await cell.client.delete(cell.keys.lease("groups"))  # the worker stopped
-    assert await rebuild_groups(cell.client, cell.keys, cell.settings, holder="operator") > 0
+    assert await rebuild_groups(cell.client, cell.keys, holder="operator") > 0
     assert not await cell.client.exists(cell.keys.lease("groups"))  # given back

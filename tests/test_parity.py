@@ -23,7 +23,7 @@ pytestmark = pytest.mark.anyio
 
 
 async def _scenario(cell: Cell) -> None:
-    cell.configure(max_attempts=2, rate_burst=4)
+    await cell.configure(max_attempts=2, rate_burst=4)
     await cell.step(
         node("a1", max_concurrency=2),
         node("a2", langs=("en", "ja", "zh"), max_concurrency=3),

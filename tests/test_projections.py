@@ -43,7 +43,7 @@ async def test_the_snapshot_reads_nodes_pools_and_the_index(cell: Cell) -> None:
 
 
 async def test_the_session_view_and_its_outcomes(cell: Cell) -> None:
-    cell.configure(max_attempts=1)
+    await cell.configure(max_attempts=1)
     await cell.step(node("n1", max_concurrency=4), session("s1"))
     await cell.step(*(finalize("s1", i, reason="max_length") for i in range(3)))
     cell.advance(100)

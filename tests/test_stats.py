@@ -45,8 +45,8 @@ async def test_a_running_worker_publishes_a_snapshot_that_the_cli_shows(
     # Windows are aligned to 5 s of event time: start just after a boundary.
     ahead = int(time.time() * 1000) + 60_000
     cell.now_ms = ahead - ahead % 5000 + 5000
-    cell.configure(node_lost_ms=600_000, heartbeat_fresh_ms=600_000)
-    worker = Worker(cell.client, [cell.keys], cell.settings, lease_ms=500, block_ms=20, tick_ms=50)
+    await cell.configure(node_lost_ms=600_000, heartbeat_fresh_ms=600_000)
+    worker = Worker(cell.client, [cell.keys], lease_ms=500, block_ms=20, tick_ms=50)
     stop = anyio.Event()
     async with anyio.create_task_group() as group:
         group.start_soon(worker.run, stop)

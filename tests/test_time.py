@@ -13,7 +13,7 @@ pytestmark = pytest.mark.anyio
 
 
 async def test_a_job_past_its_deadline_is_retried_elsewhere(cell: Cell) -> None:
-    cell.configure(job_timeout_ms=1000, heartbeat_fresh_ms=60_000, node_lost_ms=60_000)
+    await cell.configure(job_timeout_ms=1000, heartbeat_fresh_ms=60_000, node_lost_ms=60_000)
     await cell.step(node("n1"), node("n2"), session("s1"))
     await cell.step(finalize("s1", 0))
     cell.advance(1000)
@@ -32,7 +32,7 @@ async def test_a_job_past_its_deadline_is_retried_elsewhere(cell: Cell) -> None:
 
 
 async def test_a_job_that_keeps_timing_out_fails_as_timed_out(cell: Cell) -> None:
-    cell.configure(job_timeout_ms=500, max_attempts=2, node_lost_ms=60_000)
+    await cell.configure(job_timeout_ms=500, max_attempts=2, node_lost_ms=60_000)
     await cell.step(node("n1"), node("n2"), session("s1"))
     await cell.step(finalize("s1", 0))
     for _ in range(2):
@@ -51,7 +51,7 @@ async def test_a_job_that_keeps_timing_out_fails_as_timed_out(cell: Cell) -> Non
 
 
 async def test_a_silent_node_is_lost_and_its_jobs_move_at_once(cell: Cell) -> None:
-    cell.configure(node_lost_ms=5000, heartbeat_fresh_ms=3000, job_timeout_ms=60_000)
+    await cell.configure(node_lost_ms=5000, heartbeat_fresh_ms=3000, job_timeout_ms=60_000)
     await cell.step(node("n1"), session("s1"), session("s2"))
     await cell.step(finalize("s1", 0))
     cell.advance(2000)
@@ -76,7 +76,7 @@ async def test_a_silent_node_is_lost_and_its_jobs_move_at_once(cell: Cell) -> No
 
 
 async def test_a_lost_node_with_nowhere_to_move_fails_its_jobs_as_node_lost(cell: Cell) -> None:
-    cell.configure(node_lost_ms=1000, max_attempts=3)
+    await cell.configure(node_lost_ms=1000, max_attempts=3)
     await cell.step(node("n1"), session("s1"))
     await cell.step(finalize("s1", 0))
     cell.advance(1001)
@@ -90,7 +90,7 @@ async def test_a_lost_node_with_nowhere_to_move_fails_its_jobs_as_node_lost(cell
 
 
 async def test_a_draining_node_that_goes_silent_is_lost_too(cell: Cell) -> None:
-    cell.configure(node_lost_ms=1000)
+    await cell.configure(node_lost_ms=1000)
     await cell.step(node("n1"), NodeDraining(node_id="n1"))
     cell.advance(1001)
     await cell.step(Tick())
@@ -98,7 +98,9 @@ async def test_a_draining_node_that_goes_silent_is_lost_too(cell: Cell) -> None:
 
 
 async def test_model_not_available_keeps_the_pair_off_the_node_for_a_window(cell: Cell) -> None:
-    cell.configure(unavailable_window_ms=10_000, heartbeat_fresh_ms=60_000, node_lost_ms=60_000)
+    await cell.configure(
+        unavailable_window_ms=10_000, heartbeat_fresh_ms=60_000, node_lost_ms=60_000
+    )
     await cell.step(
         node("n1", langs=("en", "ja", "zh"), max_concurrency=8),
         node("n2", langs=("en", "ja", "zh"), max_concurrency=1),
@@ -152,7 +154,7 @@ FAR_MS = [123_456_789_012_345, 2**48 - 10_000_000]
 @pytest.mark.parametrize("start_ms", FAR_MS)
 async def test_deadlines_are_exact_at_far_event_times(cell: Cell, start_ms: int) -> None:
     cell.now_ms = start_ms
-    cell.configure(job_timeout_ms=1000, heartbeat_fresh_ms=60_000, node_lost_ms=60_000)
+    await cell.configure(job_timeout_ms=1000, heartbeat_fresh_ms=60_000, node_lost_ms=60_000)
     await cell.step(node("n1"), node("n2"), session("s1"))
     await cell.step(finalize("s1", 0))
     assert int((await cell.hash(cell.keys.job("s1:0")))["dl"]) == cell.now_ms + 1000
@@ -165,7 +167,7 @@ async def test_deadlines_are_exact_at_far_event_times(cell: Cell, start_ms: int)
 @pytest.mark.parametrize("start_ms", FAR_MS)
 async def test_liveness_is_exact_at_far_event_times(cell: Cell, start_ms: int) -> None:
     cell.now_ms = start_ms
-    cell.configure(node_lost_ms=5000, heartbeat_fresh_ms=3000)
+    await cell.configure(node_lost_ms=5000, heartbeat_fresh_ms=3000)
     await cell.step(node("n1"))
     for silent_ms, state in ((4999, "up"), (5000, "up"), (5001, "lost")):
         cell.now_ms = start_ms + silent_ms

@@ -28,7 +28,7 @@ from eventsched.dispatch.entries import (
 )
 from eventsched.dispatch.job_log import log_delivered
 from eventsched.model.keys import CellKeys
-from eventsched.model.settings import DecisionSettings
+from eventsched.model.settings import DEFAULTS
 from eventsched.store.client import RedisClient
 from eventsched.store.scripts import register
 from eventsched.store.streams import text
@@ -109,29 +109,20 @@ class _ScriptProjection:
     script: str
     group: str
 
-    def __init__(
-        self,
-        client: RedisClient,
-        keys: CellKeys,
-        settings: DecisionSettings | None = None,
-        holder: str = "worker-1",
-    ) -> None:
+    def __init__(self, client: RedisClient, keys: CellKeys, holder: str = "worker-1") -> None:
         self.keys = keys
         self.stream = self.stream_of(keys)
         self.lease_key = keys.lease(self.role)
         self._script = register(client, self.script)
         self._script_keys = keys.script_keys(self.script)
-        self._head: list[Arg] = [
-            keys.prefix,
-            self.group,
-            holder,
-            *self.settings_args(settings or DecisionSettings()),
-        ]
+        self._head: list[Arg] = [keys.prefix, self.group, holder, *self.default_args()]
 
     def stream_of(self, keys: CellKeys) -> str:
         raise NotImplementedError
 
-    def settings_args(self, settings: DecisionSettings) -> list[Arg]:
+    def default_args(self) -> list[Arg]:
+        """The defaults of the settings the script reads: the cell's own come from the
+        log (settings_changed), never from the worker."""
         raise NotImplementedError
 
     def entry_args(self, entry_id: bytes, fields: dict[bytes, bytes]) -> tuple[str, list[Arg]]:
@@ -170,7 +161,7 @@ class _ScriptProjection:
         return Prepared(self._call_args(after, count, body), count, finalize_ms)
 
     def _call_args(self, after: bytes, count: int, body: list[Arg]) -> list[Arg]:
-        """The script's ARGV: settings and the rest of the head, then the entries."""
+        """The script's ARGV: the head (settings' defaults included), then the entries."""
         return [*self._head, after, count, *body]
 
     async def run(self, prepared: Prepared) -> list[Any]:
@@ -298,8 +289,8 @@ class Applier(_ScriptProjection):
     def stream_of(self, keys: CellKeys) -> str:
         return keys.log
 
-    def settings_args(self, settings: DecisionSettings) -> list[Arg]:
-        return list(settings.as_argv())
+    def default_args(self) -> list[Arg]:
+        return list(DEFAULTS.as_argv())
 
     def entry_args(self, entry_id: bytes, fields: dict[bytes, bytes]) -> tuple[str, list[Arg]]:
         kind, values = entry_args(entry_id, fields)
@@ -327,8 +318,8 @@ class GroupsApplier(_ScriptProjection):
     def stream_of(self, keys: CellKeys) -> str:
         return keys.decisions
 
-    def settings_args(self, settings: DecisionSettings) -> list[Arg]:
-        return [settings.group_max_utterances]
+    def default_args(self) -> list[Arg]:
+        return [DEFAULTS.group_max_utterances]
 
     def entry_args(self, entry_id: bytes, fields: dict[bytes, bytes]) -> tuple[str, list[Arg]]:
         flat = [part for item in fields.items() for part in item]

@@ -22,6 +22,7 @@ from eventsched.model.events import (
     PoolsConfigured,
     SessionClosed,
     SessionOpened,
+    SettingsChanged,
     Tick,
     UtteranceFinalized,
     canonical_json,
@@ -113,6 +114,11 @@ def event_args(event: Event) -> tuple[str, list[Arg]]:
             ]
         case SessionClosed():
             return "close", [event.session_id]
+        case SettingsChanged():
+            changes: list[Arg] = [len(event.settings)]
+            for name, value in sorted(event.settings.items()):
+                changes += [name, value]
+            return "set", changes
         case Tick():
             return "tick", []
     raise TypeError(f"no script fields for {type(event).__name__}")  # pragma: no cover

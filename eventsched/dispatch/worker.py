@@ -40,7 +40,7 @@ from eventsched.dispatch.lease import Lease
 from eventsched.dispatch.retention import retain, trim_inboxes
 from eventsched.model.events import ENTRY_FIELD, Tick, encode_event
 from eventsched.model.keys import PROJECTIONS, CellKeys
-from eventsched.model.settings import DecisionSettings
+from eventsched.projections.cell_settings import read_settings
 from eventsched.projections.stats import StatsBuilder
 from eventsched.store.client import RedisClient
 from eventsched.store.scripts import register
@@ -52,7 +52,6 @@ __all__ = [
     "Worker",
     "ensure_group",
     "find_cells",
-    "stored_settings",
 ]
 
 log = logging.getLogger("eventsched.worker")
@@ -85,26 +84,6 @@ async def find_cells(client: RedisClient, namespace: str) -> list[CellKeys]:
         name = text(raw)
         found.add(name[len(namespace) + 2 : name.index("}")])
     return [CellKeys(cell, namespace) for cell in sorted(found)]
-
-
-def retention_settings(retain_s: int) -> DecisionSettings:
-    """The decision settings of a worker keeping ``retain_s`` seconds of history: finished
-    jobs and idle sessions expire after the same window (0: never), or after the least
-    the attempts allow when that is longer."""
-    keep_everything = DecisionSettings(expire_after_ms=0)
-    if retain_s == 0:
-        return keep_everything
-    return DecisionSettings(
-        expire_after_ms=max(retain_s * 1000, keep_everything.least_expire_after_ms)
-    )
-
-
-async def stored_settings(client: RedisClient, keys: CellKeys) -> DecisionSettings:
-    """The settings the cell's dispatch worker last applied with (defaults if none)."""
-    raw = await client.hget(keys.meta, "settings")
-    if raw is None:
-        return DecisionSettings()
-    return DecisionSettings.model_validate_json(raw)
 
 
 async def ensure_group(client: RedisClient, stream: str, group: str) -> None:
@@ -165,13 +144,26 @@ class _Role:
                 log.warning("%s: %d pending entries were trimmed; dead-lettered", self.label, dead)
             if cursor == "0-0":
                 break
-        if isinstance(projection, Applier):
-            await self.worker.client.hset(
-                projection.keys.meta, "settings", self.worker.settings.model_dump_json()
-            )
         self.cursor, self.taken = "0", True
         self.taken_event.set()
         log.info("%s: taken over by %s", self.label, self.worker.name)
+        if isinstance(projection, Applier):
+            await self._log_settings()
+
+    async def _log_settings(self) -> None:
+        """Say which settings the cell's log changed: they are the cell's, whichever
+        worker applies it."""
+        try:
+            found = await read_settings(self.worker.client, self.projection.keys)
+        except ValueError as exc:
+            log.error("%s: %s", self.label, exc)
+            return
+        changed = found.settings.differences()
+        if changed:
+            values = " ".join(f"{name}={value}" for name, value in sorted(changed.items()))
+            log.info(
+                "%s: settings changed by the log (since %s): %s", self.label, found.since, values
+            )
 
     async def group_missing(self) -> bool:
         stream, group = self.projection.stream, self.projection.group
@@ -269,7 +261,6 @@ class Worker:
         self,
         client: RedisClient,
         cells: Sequence[CellKeys],
-        settings: DecisionSettings | None = None,
         name: str = "worker-1",
         batch_size: int = DEFAULT_BATCH,
         block_ms: int = 200,
@@ -282,7 +273,6 @@ class Worker:
             raise ValueError("a worker needs at least one cell")
         self.client = client
         self.cells = list(cells)
-        self.settings = settings or DecisionSettings()
         self.name = name
         self.batch_size = batch_size
         self.block_ms = block_ms
@@ -296,7 +286,7 @@ class Worker:
             "groups": GroupsApplier,
         }
         self.roles = [
-            _Role(self, kinds[kind](client, keys, self.settings, name))
+            _Role(self, kinds[kind](client, keys, name))
             for keys in self.cells
             for kind in projections
         ]

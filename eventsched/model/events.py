@@ -12,6 +12,8 @@ from typing import Annotated, Any, Final, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
+from eventsched.model.settings import check_changes
+
 __all__ = [
     "ENTRY_FIELD",
     "EVENT_TYPES",
@@ -32,6 +34,7 @@ __all__ = [
     "SessionClosed",
     "SessionId",
     "SessionOpened",
+    "SettingsChanged",
     "StageTimings",
     "Tick",
     "UtteranceFinalized",
@@ -227,6 +230,19 @@ class SessionClosed(_Event):
     session_id: SessionId
 
 
+class SettingsChanged(_Event):
+    """An operator changes decision settings (model.settings): the ones named hold from
+    this entry on, the others stay as they were."""
+
+    type: Literal["settings_changed"] = "settings_changed"
+    settings: Annotated[dict[str, int], Field(min_length=1, max_length=64)]
+
+    @model_validator(mode="after")
+    def _check(self) -> SettingsChanged:
+        check_changes(self.settings)
+        return self
+
+
 class Tick(_Event):
     """Time passing. Its stream ID is the time: deadlines and liveness are checked then."""
 
@@ -244,6 +260,7 @@ Event = Annotated[
     | UtteranceFinalized
     | JobResult
     | SessionClosed
+    | SettingsChanged
     | Tick,
     Field(discriminator="type"),
 ]

@@ -77,6 +77,7 @@ APPLY_KEYS = (
     "dispatch_lease",
     "idle",
     "ended",
+    "settings",
 )
 GROUPS_KEYS = ("decisions", "meta", "groups_lease")
 CLAIM_KEYS = ("stream", "dlq", "lease", "meta")
@@ -143,6 +144,12 @@ class CellKeys:
     def nodes(self) -> str:
         """Sorted set (all scores 0, so ordered by id): every node ever registered."""
         return self.prefix + "nodes"
+
+    @property
+    def settings(self) -> str:
+        """Hash: the decision settings the log changed (settings_changed), each by name,
+        and ``since``, the log ID of the latest change; the others have their defaults."""
+        return self.prefix + "settings"
 
     @property
     def checkpoints(self) -> str:

@@ -109,7 +109,7 @@ def session_prefix(gateway: str) -> str:
 def refusal(source: str, event: Event) -> str | None:
     """Why the principal ``source`` (``node:n1``, ``gateway:g1``) may not send
     ``event``; None when it may. A node speaks for itself only; a gateway opens,
-    finalizes and closes its own sessions only; neither sends ticks or pools."""
+    finalizes and closes its own sessions only; neither sends ticks, pools or settings."""
     role, _, name = source.partition(":")
     match event:
         case (

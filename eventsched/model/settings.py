@@ -1,11 +1,24 @@
-"""The settings that change decisions. They travel with a fixture, so replay uses the
-values the live run used; everything here is an integer so Lua sees exact values."""
+"""The settings that change decisions. A cell's settings are its log's: the defaults
+here, changed by ``settings_changed`` events from their place in the log on (apply.lua
+folds them into the cell's settings hash), so a replay makes every decision the live
+run made. Everything is an integer, so Lua sees exact values."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from collections.abc import Mapping
+from typing import Final
 
-__all__ = ["DecisionSettings"]
+import annotated_types
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = [
+    "APPLY_ORDER",
+    "DEFAULTS",
+    "SETTING_NAMES",
+    "DecisionSettings",
+    "bounds",
+    "check_changes",
+]
 
 
 class DecisionSettings(BaseModel):
@@ -70,21 +83,64 @@ class DecisionSettings(BaseModel):
             )
         return self
 
+    def changed(self, changes: Mapping[str, int]) -> DecisionSettings:
+        """These settings with ``changes`` made, validated together (ValueError)."""
+        check_changes(changes)
+        try:
+            return DecisionSettings.model_validate({**self.model_dump(), **changes})
+        except ValidationError as exc:  # the rule between settings: one line
+            raise ValueError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
+
+    def differences(self, other: DecisionSettings | None = None) -> dict[str, int]:
+        """The settings whose values differ from ``other``'s (the defaults)."""
+        base = (other or DEFAULTS).model_dump()
+        return {name: value for name, value in self.model_dump().items() if base[name] != value}
+
     def as_argv(self) -> list[int]:
-        """The values in the order apply.lua reads them (after its first three ARGV)."""
-        return [
-            self.rate_per_s,
-            self.rate_burst,
-            self.max_attempts,
-            self.job_timeout_ms,
-            self.heartbeat_fresh_ms,
-            self.node_lost_ms,
-            self.unavailable_window_ms,
-            self.cpu_max_pct,
-            self.gpu_max_pct,
-            self.mem_max_pct,
-            self.scan_limit,
-            self.expire_after_ms,
-            self.quarantine_after_timeouts,
-            self.quarantine_ms,
-        ]
+        """The values apply.lua takes as its defaults (ARGV[4..17]), in its order."""
+        return [getattr(self, name) for name in APPLY_ORDER]
+
+
+DEFAULTS: Final = DecisionSettings()
+SETTING_NAMES: Final = tuple(DecisionSettings.model_fields)
+# The settings apply.lua reads, in the order of its SETTING_NAMES (tested);
+# group_max_utterances is groups.lua's.
+APPLY_ORDER: Final = (
+    "rate_per_s",
+    "rate_burst",
+    "max_attempts",
+    "job_timeout_ms",
+    "heartbeat_fresh_ms",
+    "node_lost_ms",
+    "unavailable_window_ms",
+    "cpu_max_pct",
+    "gpu_max_pct",
+    "mem_max_pct",
+    "scan_limit",
+    "expire_after_ms",
+    "quarantine_after_timeouts",
+    "quarantine_ms",
+)
+
+
+def bounds(name: str) -> tuple[int, int]:
+    """The least and the greatest value the setting ``name`` takes."""
+    least, most = 0, 0
+    for item in DecisionSettings.model_fields[name].metadata:
+        if isinstance(item, annotated_types.Ge):
+            least = int(item.ge)  # type: ignore[call-overload]
+        elif isinstance(item, annotated_types.Le):
+            most = int(item.le)  # type: ignore[call-overload]
+    return least, most
+
+
+def check_changes(changes: Mapping[str, int]) -> None:
+    """A ValueError naming the first unknown setting or out-of-bounds value; the rule
+    between settings (``expire_after_ms``) is checked where they meet the settings in
+    force (``DecisionSettings.changed``, and apply.lua for the log)."""
+    for name, value in changes.items():
+        if name not in DecisionSettings.model_fields:
+            raise ValueError(f"unknown setting {name!r} (known: {', '.join(SETTING_NAMES)})")
+        least, most = bounds(name)
+        if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most:
+            raise ValueError(f"{name}: {value!r} is not an integer from {least} to {most}")

@@ -8,7 +8,6 @@ from eventsched.dispatch.applier import GROUPS_GROUP
 from eventsched.dispatch.retention import deleted_below
 from eventsched.dispatch.worker import Worker, ensure_group
 from eventsched.model.keys import SUFFIXES, CellKeys
-from eventsched.model.settings import DecisionSettings
 from eventsched.store.client import RedisClient, unlink_matching
 from eventsched.store.streams import text
 
@@ -20,7 +19,6 @@ GROUP_STATE_SUFFIXES = ("in_flight", "held", "output", "group")
 async def rebuild_groups(
     client: RedisClient,
     keys: CellKeys,
-    settings: DecisionSettings | None = None,
     holder: str = "rebuild",
     lease_ms: int = 2000,
 ) -> int:
@@ -32,9 +30,7 @@ async def rebuild_groups(
         raise ValueError(
             "the decisions stream was trimmed: the group state cannot be refolded from it"
         )
-    worker = Worker(
-        client, [keys], settings, name=holder, lease_ms=lease_ms, projections=("groups",)
-    )
+    worker = Worker(client, [keys], name=holder, lease_ms=lease_ms, projections=("groups",))
     if not await worker.roles[0].lease.keep():
         current = await client.get(keys.lease("groups"))
         raise ValueError(
@@ -44,7 +40,7 @@ async def rebuild_groups(
     try:
         for suffix in GROUP_STATE_SUFFIXES:
             await unlink_matching(client, f"{keys.prefix}{SUFFIXES[suffix]}*")
-        await client.hdel(keys.meta, "groups_applied")
+        await client.hdel(keys.meta, "groups_applied", "group_max")
         # A fresh group: pending entries of the old one must not be applied first.
         await ensure_group(client, keys.decisions, GROUPS_GROUP)
         await client.xgroup_destroy(keys.decisions, GROUPS_GROUP)

@@ -18,13 +18,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from eventsched.dispatch.retention import checkpoint_markers, deleted_below, load_checkpoint
-from eventsched.dispatch.worker import DEFAULT_BATCH, Worker, stored_settings
+from eventsched.dispatch.worker import DEFAULT_BATCH, Worker
 from eventsched.model.events import ENTRY_FIELD, Event, NodeRegistered, canonical_json
 from eventsched.model.keys import DEFAULT_CELL, SUFFIXES, CellKeys
 from eventsched.model.limits import field_pairs
 from eventsched.model.principals import lawful_event
 from eventsched.model.settings import DecisionSettings
 from eventsched.ops.verify import rebuild_in_memory, start_groups
+from eventsched.projections.cell_settings import seed_settings
 from eventsched.projections.cell_state import read_state, render_state, restore_items, restore_state
 from eventsched.store.append import append_exact
 from eventsched.store.client import MEMORY_URL, RedisClient, Store, unlink_matching
@@ -235,6 +236,7 @@ async def play(
 ) -> None:
     """Put the fixture's snapshot and events into the cell ``keys`` (which must be empty)
     and apply them with the worker's own code: the cell is then as the fixture leaves it."""
+    await seed_settings(client, keys, fixture.settings)
     await restore_state(client, keys, fixture.snapshot)
     for start in range(0, len(fixture.entries), _PAGE):
         async with client.pipeline(transaction=False) as pipe:
@@ -243,7 +245,7 @@ async def play(
                 append_exact(pipe, keys.log, entry_id, pairs)
             await pipe.execute()
     await start_groups(client, keys)
-    worker = Worker(client, [keys], fixture.settings, name="replay", batch_size=batch)
+    worker = Worker(client, [keys], name="replay", batch_size=batch)
     await worker.drain()
     await worker.release()
 
@@ -339,7 +341,6 @@ async def record(
     fixture = Fixture(
         name=name,
         cell=keys.cell,
-        settings=await stored_settings(client, keys),
         comments=comments or [],
         with_state=end == applied,
     )

@@ -20,7 +20,7 @@ from typing import Any, cast
 
 from eventsched.dispatch.applier import APPLIER_GROUP, GROUPS_GROUP
 from eventsched.dispatch.retention import deleted_below
-from eventsched.dispatch.worker import Worker, ensure_group, stored_settings
+from eventsched.dispatch.worker import Worker, ensure_group
 from eventsched.model.events import NodeRegistered, SessionOpened
 from eventsched.model.keys import CellKeys
 from eventsched.model.limits import OUTPUT_MAX_LEN, field_pairs
@@ -66,8 +66,8 @@ async def rebuild_in_memory(
     after: str | None = None,
 ) -> tuple[dict[str, Any], int]:
     """Replay the live log's entries in (``after``, ``up_to``] into a fresh embedded
-    store that starts from ``snapshot`` (restore items; none: an empty cell), with the
-    settings the live dispatch worker stored. Returns the state and the entries copied."""
+    store that starts from ``snapshot`` (restore items; none: an empty cell): settings
+    included, as the log changed them. Returns the state and the entries copied."""
     scratch = Store().client()
     copied = 0
     cursor = f"({after}" if after is not None else "-"
@@ -86,8 +86,7 @@ async def rebuild_in_memory(
                 break
             cursor = "(" + text(page[-1][0])
         await start_groups(scratch, keys)
-        settings = await stored_settings(live, keys)
-        await Worker(scratch, [keys], settings, name=worker_name).drain()
+        await Worker(scratch, [keys], name=worker_name).drain()
         return await read_state(scratch, keys), copied
     finally:
         await scratch.aclose()

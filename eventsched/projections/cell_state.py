@@ -71,15 +71,11 @@ async def dump_state(
             ]
         elif kind == "hash":
             fields = dict(zip(value[::2], value[1::2], strict=True))
-            state[short] = fields if short != "meta" else _without_settings(fields)
+            state[short] = fields
         else:
             state[short] = value
     state["_applied"] = applied or "0-0"
     return state
-
-
-def _without_settings(meta: dict[bytes, bytes]) -> dict[bytes, bytes]:
-    return {k: v for k, v in meta.items() if k != b"settings"}
 
 
 async def read_state(client: RedisClient, keys: CellKeys) -> dict[str, Any]:
@@ -112,7 +108,7 @@ def restore_items(state: dict[str, Any]) -> list[dict[str, Any]]:
     for name in sorted(k for k in state if not k.startswith("_")):
         value = state[name]
         if isinstance(value, dict):
-            if value:  # a hash Redis keeps is never empty; meta without its settings can be
+            if value:  # a hash Redis keeps is never empty
                 items.append({"restore": name, "type": "hash", "value": _plain(value)})
         elif isinstance(value, list) and _is_stream(value):
             continue
