@@ -16,7 +16,9 @@
 --                         l node lost, m model-not-available window opened,
 --                         n notice (a finalize the cell cannot take: the gateway is told),
 --                         e session ended (expired: groups.lua removes its outputs),
---                         q node quarantined (its jobs timed out again and again)
+--                         q node quarantined (its jobs timed out again and again),
+--                         w waiting for a slot (queue.lua), c settings changed
+--                         (group_max_utterances, for groups.lua)
 -- KEYS[4] dlq             stream: dead letters, reason + log_id + f:<field> copies
 --                         (bounded: + cut when short), at most DLQ_MAX_LEN
 -- KEYS[5] pools           hash: pool name -> "order|lang,lang"
@@ -29,18 +31,20 @@
 -- KEYS[12] ended          sorted set: finished job id -> when it finished ms (expiry on)
 -- KEYS[13] settings       hash: the settings settings_changed events set, by name, and
 --                         since (the log ID of the latest change)
+-- KEYS[14] queued         hash: language pair -> how many jobs wait in its queue
+-- KEYS[15] waits          sorted set: waiting job id -> when its wait ends ms
 --
 -- ARGV[1]  cell prefix, e.g. "es:{c0}:"; per-node/session keys are built from it and
 --          share the cell's hash tag
 -- ARGV[2]  consumer group to XACK
 -- ARGV[3]  holder (worker name)
--- ARGV[4..17] the defaults of the settings the settings hash does not hold (the log
+-- ARGV[4..19] the defaults of the settings the settings hash does not hold (the log
 --          never changed them), named as in SETTING_NAMES below
--- ARGV[18] where the entries come from: 'log' (read from the log's group) or
+-- ARGV[20] where the entries come from: 'log' (read from the log's group) or
 --          'ingress' (read from principals' ingress streams, see run_ingress)
--- ARGV[19] log: the ID the tracking marker must have reached ('' for none; see
+-- ARGV[21] log: the ID the tracking marker must have reached ('' for none; see
 --          run_batch); ingress: unused
--- ARGV[20] entry count, then per entry: id, type, field count, fields...
+-- ARGV[22] entry count, then per entry: id, type, field count, fields...
 --          ingress: per entry the source (node:n1), the count of the fields the log
 --          gets, those fields, then as above with the entry's ingress ID as its id
 --   reg   node max_concurrency pool_langs pairs gpu
@@ -62,21 +66,23 @@
 
 local K_LOG, K_META, K_DEC, K_DLQ, K_POOLS, K_LIDX, K_NODES, K_DEADLINES, K_ALIVE, K_LEASE =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
-local K_IDLE, K_ENDED, K_SETTINGS = KEYS[11], KEYS[12], KEYS[13]
+local K_IDLE, K_ENDED, K_SETTINGS, K_QUEUED, K_WAITS = KEYS[11], KEYS[12], KEYS[13],
+  KEYS[14], KEYS[15]
 local P, GROUP, HOLDER = ARGV[1], ARGV[2], ARGV[3]
 if not holds_lease(K_LEASE, HOLDER) then return {-1} end
 
--- The settings in force: the cell's settings hash over the defaults in ARGV[4..17], in
+-- The settings in force: the cell's settings hash over the defaults in ARGV[4..19], in
 -- this order (settings.py as_argv, tested). A settings_changed entry changes them for
 -- the entries after it in this same call (handlers.set), so a batch of any size
 -- decides as one entry at a time would.
 local SETTING_NAMES = {'rate_per_s', 'rate_burst', 'max_attempts', 'job_timeout_ms',
   'heartbeat_fresh_ms', 'node_lost_ms', 'unavailable_window_ms', 'cpu_max_pct',
   'gpu_max_pct', 'mem_max_pct', 'scan_limit', 'expire_after_ms',
-  'quarantine_after_timeouts', 'quarantine_ms'}
+  'quarantine_after_timeouts', 'quarantine_ms', 'queue_wait_ms', 'queue_max'}
 local in_force = {}
 local RATE, BURST, MAX_ATTEMPTS, TIMEOUT_MS, FRESH_MS, LOST_MS, UNAVAILABLE_MS
 local CPU_MAX, GPU_MAX, MEM_MAX, SCAN_LIMIT, EXPIRE_MS, QUARANTINE_AFTER, QUARANTINE_MS
+local QUEUE_WAIT_MS, QUEUE_MAX
 
 local function use_settings()
   local s = in_force
@@ -88,6 +94,7 @@ local function use_settings()
     s.scan_limit
   EXPIRE_MS, QUARANTINE_AFTER, QUARANTINE_MS = s.expire_after_ms,
     s.quarantine_after_timeouts, s.quarantine_ms
+  QUEUE_WAIT_MS, QUEUE_MAX = s.queue_wait_ms, s.queue_max
 end
 
 do
@@ -105,6 +112,7 @@ local TICK_NODES, TICK_JOBS, TICK_EXPIRED = 16, 64, 64
 -- Key suffixes; keys.py SUFFIXES holds the same strings (tested).
 local S_NODE, S_INBOX, S_NJOBS, S_POOL = 'node:', 'inbox:', 'njobs:', 'pool:'
 local S_SESS, S_UTT, S_JOB, S_INGRESS = 'sess:', 'utt:', 'job:', 'in:'
+local S_QUEUE, S_QSESS = 'q:', 'qs:'
 
 local FULL = 1000 -- load score of a node with no free slot; pools are read below it
 local INBOX_GROUP = 'node' -- the consumer group a node reads its inbox through
@@ -166,8 +174,9 @@ end
 
 -- Try attempt `attempt` of a job: place it, reserve the slot, record it, hand it off.
 -- `job` holds what the finalize said (id sid idx audio) and the session (src tgt pool);
--- `extra` are more job-hash fields to write in the same HSET.
-local function start_attempt(job, attempt, exclude, extra)
+-- `extra` are more job-hash fields to write in the same HSET; `waited` how long it
+-- waited in its queue (queue.lua), for the dispatch decision.
+local function start_attempt(job, attempt, exclude, extra, waited)
   local node_id, pool, node, why = place(job.src .. '>' .. job.tgt, job.pool, exclude)
   if not node_id then return nil, why end
   local running = redis.call('HINCRBY', P .. S_NODE .. node_id, 'run', 1)
@@ -185,8 +194,13 @@ local function start_attempt(job, attempt, exclude, extra)
   redis.call('XADD', P .. S_INBOX .. node_id, '*', 'job', job.id, 'att', attempt,
     'sid', job.sid, 'idx', job.idx, 'src', job.src, 'tgt', job.tgt, 'audio', job.audio,
     'dl', deadline)
-  decide('k', 'd', 'job', job.id, 'att', attempt, 'node', node_id,
-    'pool', pool, 'sid', job.sid, 'idx', job.idx, 'at', now_id)
+  if waited then
+    decide('k', 'd', 'job', job.id, 'att', attempt, 'node', node_id,
+      'pool', pool, 'sid', job.sid, 'idx', job.idx, 'waited', waited, 'at', now_id)
+  else
+    decide('k', 'd', 'job', job.id, 'att', attempt, 'node', node_id,
+      'pool', pool, 'sid', job.sid, 'idx', job.idx, 'at', now_id)
+  end
   return node_id, pool
 end
 
@@ -234,6 +248,14 @@ local function job_context(job_id)
           tgt = s[2], pool = s[3]}
 end
 
+local function reject(session_id, index, cut, reason)
+  redis.call('HSET', P .. S_UTT .. session_id, index, 'rejected')
+  decide('k', 'x', 'sid', session_id, 'idx', index, 'cut', cut,
+    'reason', reason, 'at', now_id)
+end
+
+-- @include queue
+
 -- Release the slot of a job's current attempt on its node and record why it ended.
 local function end_attempt(job_id, attempt, node_id, ok, err)
   release(node_id, job_id)
@@ -241,8 +263,9 @@ local function end_attempt(job_id, attempt, node_id, ok, err)
     'ok', ok and '1' or '0', 'err', err, 'at', now_id)
 end
 
--- Move a job off a node that failed it: the next attempt elsewhere at once, or, after
--- max_attempts or with nowhere to go, a failure (`exhausted` names why it gave up).
+-- Move a job off a node that failed it: the next attempt elsewhere at once, or in its
+-- queue when no slot is free, or, after max_attempts or with nowhere to go, a failure
+-- (`exhausted` names why it gave up).
 local function retry_or_fail(job_id, attempt, node_id, err, exhausted)
   local job = job_context(job_id)
   local reason = exhausted
@@ -255,6 +278,11 @@ local function retry_or_fail(job_id, attempt, node_id, err, exhausted)
       return
     end
     reason = pool_or_why
+    if reason == 'no_capacity' then
+      local waits, why = enqueue(job, attempt + 1, node_id, err)
+      if waits then return end
+      reason = why
+    end
   end
   redis.call('HSET', P .. S_JOB .. job_id, 'st', 'failed')
   finished(job_id, job.sid)
@@ -299,11 +327,14 @@ end
 -- (unless it was draining when it went silent).
 function handlers.hb(f)
   local nk = P .. S_NODE .. f[1]
-  local state = redis.call('HGET', nk, 'st')
+  local old = redis.call('HMGET', nk, 'st', 'hb')
+  local state = old[1]
   if not state then
     dead_letter_entry('unknown_node')
     return
   end
+  -- a beat after a silence makes the node pickable again: queues may be served
+  if now_ms - tonumber(old[2]) > FRESH_MS then capacity_changed(f[1]) end
   if state == 'lost' then
     -- back as it was before it went silent: a node that was draining still drains
     state = redis.call('HGET', nk, 'drained') == '1' and 'drain' or 'up'
@@ -390,6 +421,7 @@ function handlers.tick()
     strike(j[2])
     retry_or_fail(job_id, attempt, j[2], 'TIMED_OUT', 'timed_out')
   end
+  tick_queues()
   if EXPIRE_MS > 0 then expire() end
 end
 
@@ -437,12 +469,6 @@ function handlers.open(f)
   touch(f[1])
 end
 
-local function reject(session_id, index, cut, reason)
-  redis.call('HSET', P .. S_UTT .. session_id, index, 'rejected')
-  decide('k', 'x', 'sid', session_id, 'idx', index, 'cut', cut,
-    'reason', reason, 'at', now_id)
-end
-
 -- A finalize that is no utterance of an open session: dead-lettered for the operator,
 -- and noticed to the gateway through the session's output stream (groups.lua), which
 -- is all a gateway reads: it opens the session again or gives the utterance up.
@@ -484,16 +510,32 @@ function handlers.fin(f)
   end
   local job = {id = session_id .. ':' .. index, sid = session_id, idx = index,
                audio = f[4], src = s[1], tgt = s[2], pool = s[3]}
-  -- steps 3-8, the finalize's own fields going into the same job record write
-  local placed, pool_or_why = start_attempt(job, 1, '', {'sid', session_id, 'idx', index,
-    'cut', cut, 'audio', f[4], 'dur', f[5], 'fin', now_id})
+  local record = {'sid', session_id, 'idx', index, 'cut', cut, 'audio', f[4], 'dur', f[5],
+                  'fin', now_id}
+  -- steps 3-8, the finalize's own fields going into the same job record write; behind
+  -- finalizes of its pair that wait, it waits too: first come, first served
+  local pair = s[1] .. '>' .. s[2]
+  local behind = QUEUE_WAIT_MS > 0 and redis.call('HEXISTS', K_QUEUED, pair) == 1
+  local placed, pool_or_why = nil, 'no_capacity'
+  if not behind then placed, pool_or_why = start_attempt(job, 1, '', record) end
   if placed and pool_or_why ~= s[3] then
     redis.call('HSET', sk, 'tb', tokens - 1000, 'tbt', now_ms, 'top', top,
       'pool', pool_or_why)
   else
     redis.call('HSET', sk, 'tb', tokens - 1000, 'tbt', now_ms, 'top', top)
   end
-  if not placed then reject(session_id, index, cut, pool_or_why) end
+  if placed then return end
+  if pool_or_why == 'no_capacity' then
+    record[#record + 1] = 'att'
+    record[#record + 1] = 0
+    local waits, why = enqueue(job, 1, '', '', record)
+    if waits then
+      if behind then serve({pair}) end
+      return
+    end
+    pool_or_why = why
+  end
+  reject(session_id, index, cut, pool_or_why)
 end
 
 -- MODEL_NOT_AVAILABLE: the node is not offered this pair for a while (the seeds'
@@ -557,6 +599,7 @@ function handlers.close(f)
     return
   end
   redis.call('HSET', sk, 'closed', '1')
+  close_waiting(f[1])
   touch(f[1])
 end
 
@@ -568,10 +611,10 @@ function handlers.set(f)
   local changed = {}
   for _, name in ipairs(SETTING_NAMES) do changed[name] = in_force[name] end
   for i = 2, 2 * tonumber(f[1]), 2 do changed[f[i]] = tonumber(f[i + 1]) end
-  local least = 2 * changed.max_attempts * changed.job_timeout_ms
+  local least = 2 * changed.max_attempts * (changed.queue_wait_ms + changed.job_timeout_ms)
   if changed.expire_after_ms > 0 and changed.expire_after_ms < least then
     dead_letter_entry(string.format('settings_conflict: expire_after_ms must be 0 or at'
-      .. ' least 2 x max_attempts x job_timeout_ms (%d)', least))
+      .. ' least 2 x max_attempts x (queue_wait_ms + job_timeout_ms) (%d)', least))
     return
   end
   local write = {K_SETTINGS, 'since', now_id}
@@ -606,16 +649,18 @@ local function apply_entry(id, entry)
   now_id, decided = id, 0
   now_ms, now_seq = id_parts(id)
   handlers[entry.kind](entry.fields)
+  if #changed_nodes > 0 then serve_changed() end
 end
 
 -- @include ingress
 
 local done, skipped, failed_id, failure, waiting
-if ARGV[18] == 'ingress' then
-  done, skipped, failed_id, failure, waiting = run_ingress(20)
+local MODE = 4 + #SETTING_NAMES -- after the defaults: mode, after, then the entries
+if ARGV[MODE] == 'ingress' then
+  done, skipped, failed_id, failure, waiting = run_ingress(MODE + 2)
 else
   done, skipped, failed_id, failure =
-    run_batch(K_META, 'applied', K_LOG, GROUP, 19, read_entry, apply_entry)
+    run_batch(K_META, 'applied', K_LOG, GROUP, MODE + 1, read_entry, apply_entry)
   if not done then return {-2} end
 end
 if failed_id then return {-3, failed_id, failure} end

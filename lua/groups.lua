@@ -23,7 +23,8 @@
 -- ARGV[4] group_max_utterances by default (until a c decision changes it)
 -- ARGV[5] the ID the tracking marker must have reached ('' for none; see run_batch)
 -- ARGV[6] entry count, then per entry: id, field count n, then n name/value strings
---   decision kinds used: d (att 1 = finalized), x (rejected), f (failed), o (ok),
+--   decision kinds used: d (att 1 = finalized), w (att 1: finalized, waiting for a
+--   slot), x (rejected), f (failed), o (ok),
 --   n (notice: a finalize the cell could not take, written as st=notice),
 --   e (the session expired: its outputs and group state go),
 --   c (settings changed: gmax is group_max_utterances from then on)
@@ -138,6 +139,9 @@ local handlers = {}
 function handlers.d(e)
   if e.att == '1' then redis.call('ZADD', P .. S_INFL .. e.sid, e.idx, e.idx) end
 end
+
+-- A finalize waiting for a slot is in flight as a running job is: it holds later ones.
+handlers.w = handlers.d
 
 function handlers.x(e)
   redis.call('ZADD', P .. S_INFL .. e.sid, e.idx, e.idx)

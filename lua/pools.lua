@@ -2,6 +2,13 @@
 -- its locals (P, K_POOLS, K_LIDX, K_META, the settings and suffixes); no KEYS or ARGV of
 -- its own, never run alone.
 
+-- Nodes whose capacity may have become usable during the entry being applied (a slot
+-- released, the node joined its pools): queue.lua serves their pairs afterwards.
+local changed_nodes = {}
+local function capacity_changed(node_id)
+  changed_nodes[#changed_nodes + 1] = node_id
+end
+
 local function load_score(running, max_concurrency)
   return math.floor(running * FULL / max_concurrency)
 end
@@ -79,6 +86,7 @@ local function sync_membership(node_id)
       redis.call('ZADD', P .. S_POOL .. pool, score, node_id)
     end
     redis.call('HSET', nk, 'inpool', '1')
+    capacity_changed(node_id)
   elseif not wanted and f[8] == '1' then
     drop_memberships(node_id, f[7])
   end
@@ -115,6 +123,7 @@ local function release(node_id, job_id)
   redis.call('SREM', P .. S_NJOBS .. node_id, job_id)
   redis.call('ZREM', K_DEADLINES, job_id)
   rescore(node_id, running)
+  capacity_changed(node_id)
 end
 
 -- The least-loaded node of a pool that has a fresh heartbeat, serves the pair, is not

@@ -22,7 +22,9 @@ from tests.conftest import new_namespace, remove_namespace
 from tests.harness import wait_for
 
 EN_ZH = Services(asr=["en", "zh"], nmt=["en", "zh"], tts=["en", "zh"])
-QUICK = DecisionSettings(heartbeat_fresh_ms=2_000, node_lost_ms=3_000)
+# Liveness scaled to a test; no queue: the tests name the reason a job could go nowhere
+# (test_queue.py has the queue's own).
+QUICK = DecisionSettings(heartbeat_fresh_ms=2_000, node_lost_ms=3_000, queue_wait_ms=0)
 
 
 def steady() -> tuple[int, int, int]:

@@ -115,6 +115,7 @@ async def test_step3_a_session_keeps_to_its_pool_while_that_pool_can_serve(cell:
 
 
 async def test_step4_configured_pools_are_tried_in_their_order(cell: Cell) -> None:
+    await cell.configure(queue_wait_ms=0)  # nowhere to go: at once, no wait
     await cell.step(
         PoolsConfigured(
             pools=[
@@ -173,6 +174,7 @@ async def test_step5_a_draining_node_gets_no_new_jobs(cell: Cell) -> None:
 
 
 async def test_step5_an_undrained_node_gets_jobs_again(cell: Cell) -> None:
+    await cell.configure(queue_wait_ms=0)  # nowhere to go: at once, no wait
     await cell.step(node("n1"), session("s1"), NodeDraining(node_id="n1"))
     await cell.step(finalize("s1", 0))
     assert (await cell.decisions())[-1]["reason"] == "no_capacity"
@@ -193,6 +195,7 @@ async def test_step5_an_undrained_node_gets_jobs_again(cell: Cell) -> None:
 
 
 async def test_step5_a_node_with_a_stale_heartbeat_is_skipped(cell: Cell) -> None:
+    await cell.configure(queue_wait_ms=0)  # nowhere to go: at once, no wait
     await cell.configure(heartbeat_fresh_ms=5000)
     await cell.step(node("n1"), session("s1"))
     cell.advance(3000)
@@ -212,6 +215,7 @@ async def test_step5_a_node_with_a_stale_heartbeat_is_skipped(cell: Cell) -> Non
 async def test_step5_an_overloaded_node_leaves_its_pool_until_it_recovers(
     cell: Cell, overload: dict[str, int]
 ) -> None:
+    await cell.configure(queue_wait_ms=0)  # nowhere to go: at once, no wait
     await cell.step(node("n1"), session("s1"))
     await cell.step(beat("n1", **overload))
     assert await cell.pool_members("auto+en+zh") == []
@@ -258,6 +262,7 @@ async def test_step6_the_least_loaded_node_wins_ties_by_node_id(cell: Cell) -> N
 
 
 async def test_step7_a_full_node_is_never_overcommitted(cell: Cell) -> None:
+    await cell.configure(queue_wait_ms=0)  # nowhere to go: at once, no wait
     await cell.step(node("n1", max_concurrency=1), session("s1"), session("s2"))
     await cell.step(finalize("s1", 0), finalize("s2", 0))
     assert [d["k"] for d in await cell.decisions()] == ["d", "x"]
@@ -322,6 +327,7 @@ async def test_an_error_is_retried_at_once_on_another_node(cell: Cell) -> None:
 
 
 async def test_a_retry_never_returns_to_the_node_that_failed_it(cell: Cell) -> None:
+    await cell.configure(queue_wait_ms=0)  # nowhere to go: at once, no wait
     await cell.step(node("n1"), session("s1"))
     await cell.step(finalize("s1", 0))
     await cell.step(error("s1:0", 1, "n1"))
@@ -364,6 +370,7 @@ async def test_results_for_unknown_jobs_or_from_the_not_owner_are_dead_lettered(
 
 
 async def test_a_deregistered_node_hands_its_jobs_to_other_nodes(cell: Cell) -> None:
+    await cell.configure(queue_wait_ms=0)  # nowhere to go: at once, no wait
     await cell.step(node("n1"), session("s1"), session("s2"))
     await cell.step(finalize("s1", 0), finalize("s2", 0))
     await cell.step(node("n2", max_concurrency=1))

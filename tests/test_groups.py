@@ -20,7 +20,7 @@ async def _ordering_scenario(
     client = Store(store_url).client()
     namespace = new_namespace()
     cell = Cell(client, CellKeys("c0", namespace))
-    await cell.configure(rate_burst=100, max_attempts=1)
+    await cell.configure(rate_burst=100, max_attempts=1, queue_wait_ms=0)
     try:
         # The node has a slot for each of the first `dispatched` utterances; the rest are
         # rejected at once (no_capacity, or no_pool when there is no node at all).
@@ -75,6 +75,7 @@ def test_outcomes_are_delivered_in_utterance_order_under_any_arrival_order(
 
 @pytest.mark.anyio
 async def test_groups_collect_a_turn_and_track_tts_playback(cell: Cell) -> None:
+    await cell.configure(queue_wait_ms=0)  # nowhere to go: at once, no wait
     await cell.step(node("n1", max_concurrency=8), session("s1"))
     cuts = ["max_length", "max_length", "pause", "client"]
     await cell.step(*(finalize("s1", i, reason=cut) for i, cut in enumerate(cuts)))

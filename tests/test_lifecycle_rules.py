@@ -15,6 +15,7 @@ pytestmark = pytest.mark.anyio
 
 
 async def test_a_draining_node_lost_and_back_still_drains(cell: Cell) -> None:
+    await cell.configure(queue_wait_ms=0)  # nowhere to go: at once, no wait
     await cell.configure(node_lost_ms=1000, heartbeat_fresh_ms=60_000)
     await cell.step(node("n1"), session("s1"), NodeDraining(node_id="n1"))
     cell.advance(1001)
@@ -81,6 +82,7 @@ async def test_late_and_duplicate_results_change_nothing_and_leave_no_letter(cel
 async def test_a_failure_says_why_it_went_no_further_and_what_ended_it(
     cell: Cell, cause: str, max_attempts: int, reason: str, err: str
 ) -> None:
+    await cell.configure(queue_wait_ms=0)  # nowhere to go: at once, no wait
     await cell.configure(
         max_attempts=max_attempts, job_timeout_ms=1000, node_lost_ms=2000, heartbeat_fresh_ms=60_000
     )
@@ -111,6 +113,7 @@ async def test_capacity_is_checked_against_the_limit_in_force_at_each_dispatch(
 
 
 async def test_finished_jobs_and_idle_sessions_expire_in_event_time(cell: Cell) -> None:
+    await cell.configure(queue_wait_ms=0)  # nowhere to go: at once, no wait
     """expire_after_ms after a job finished its record goes; after a session's last
     activity, the session and everything of it goes (sess, utt, out, grp, infl), a
     decision says so, and a later finalize is noticed unknown_session. A session whose
@@ -158,6 +161,7 @@ async def test_an_output_stream_keeps_its_newest_entries(cell: Cell) -> None:
 
 
 async def test_a_black_hole_node_is_quarantined_after_timeouts_in_a_row(cell: Cell) -> None:
+    await cell.configure(queue_wait_ms=0)  # nowhere to go: at once, no wait
     await cell.configure(
         job_timeout_ms=1000, max_attempts=1, quarantine_after_timeouts=2, quarantine_ms=5000
     )
@@ -186,6 +190,7 @@ async def test_a_black_hole_node_is_quarantined_after_timeouts_in_a_row(cell: Ce
 
 
 async def test_a_repeat_after_its_job_record_expired_is_still_ignored(cell: Cell) -> None:
+    await cell.configure(queue_wait_ms=0)  # nowhere to go: at once, no wait
     """The state machine found it: the record of s1:0 expired while s1 lived on, and a
     repeat of 0 was served a second time. The session now keeps a note instead."""
     await cell.configure(job_timeout_ms=1000, max_attempts=1, expire_after_ms=2000)

@@ -45,7 +45,8 @@ SETTINGS = DecisionSettings(
     group_max_utterances=3,
     expire_after_ms=12_000,
     quarantine_after_timeouts=1,
-    quarantine_ms=5000,  # the least these attempts allow: sessions do expire in a run
+    quarantine_ms=5000,
+    queue_wait_ms=0,  # expire_after_ms is the least these attempts allow: sessions do expire
 )
 # Settings a run changes, three values each; with expire_after_ms 12,000, a job_timeout_ms
 # of 7,000 or a max_attempts of 3 (with 3,000) breaks the rule between settings.

@@ -71,6 +71,7 @@ async def test_verify_refuses_a_trimmed_log(cell: Cell) -> None:
 
 
 async def test_rebuilding_the_group_state_gives_the_same_outputs(cell: Cell) -> None:
+    await cell.configure(queue_wait_ms=0)  # nowhere to go: at once, no wait
     await _conversation(cell)
     keys = cell.keys
     before = {s: await cell.outputs(s) for s in ("s1", "s2")}

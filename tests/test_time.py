@@ -76,6 +76,7 @@ async def test_a_silent_node_is_lost_and_its_jobs_move_at_once(cell: Cell) -> No
 
 
 async def test_a_lost_node_with_nowhere_to_move_fails_its_jobs_as_node_lost(cell: Cell) -> None:
+    await cell.configure(queue_wait_ms=0)  # nowhere to go: at once, no wait
     await cell.configure(node_lost_ms=1000, max_attempts=3)
     await cell.step(node("n1"), session("s1"))
     await cell.step(finalize("s1", 0))
@@ -98,6 +99,7 @@ async def test_a_draining_node_that_goes_silent_is_lost_too(cell: Cell) -> None:
 
 
 async def test_model_not_available_keeps_the_pair_off_the_node_for_a_window(cell: Cell) -> None:
+    await cell.configure(queue_wait_ms=0)  # nowhere to go: at once, no wait
     await cell.configure(
         unavailable_window_ms=10_000, heartbeat_fresh_ms=60_000, node_lost_ms=60_000
     )

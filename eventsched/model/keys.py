@@ -61,6 +61,8 @@ SUFFIXES = {
     "group": "grp:",  # hash: the session's current conversation group
     "job": "job:",  # hash: attempt, node, pool, state, deadline
     "ingress": "in:",  # stream: what one confined principal sends (CellKeys.ingress)
+    "queue": "q:",  # sorted set per language pair: waiting job id -> class and since when
+    "queue_session": "qs:",  # sorted set: the session's waiting utterance indexes
 }
 
 # The fixed KEYS of each script, in order; each script's header lists the same names.
@@ -78,6 +80,8 @@ APPLY_KEYS = (
     "idle",
     "ended",
     "settings",
+    "queued",
+    "waits",
 )
 GROUPS_KEYS = ("decisions", "meta", "groups_lease")
 CLAIM_KEYS = ("stream", "dlq", "lease", "meta")
@@ -150,6 +154,20 @@ class CellKeys:
         """Hash: the decision settings the log changed (settings_changed), each by name,
         and ``since``, the log ID of the latest change; the others have their defaults."""
         return self.prefix + "settings"
+
+    @property
+    def queued(self) -> str:
+        """Hash: language pair -> how many jobs wait in its queue for a slot."""
+        return self.prefix + "queued"
+
+    @property
+    def waits(self) -> str:
+        """Sorted set: waiting job id -> when its wait ends (event time ms)."""
+        return self.prefix + "waits"
+
+    def queue(self, pair: str) -> str:
+        """Sorted set: the jobs waiting for a slot of the pair ``src>tgt``."""
+        return self.prefix + SUFFIXES["queue"] + pair
 
     @property
     def checkpoints(self) -> str:

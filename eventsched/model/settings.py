@@ -59,6 +59,22 @@ class DecisionSettings(BaseModel):
     quarantine_ms: int = Field(
         default=60_000, ge=1, le=86_400_000, description="how long a quarantine lasts"
     )
+    # A live conversation tolerates a translation a few hundred ms late far better than
+    # none; half a second covers a burst of twice the free slots at the nodes' own pace,
+    # and is 1/30 of a job's deadline, so a wait never weighs against it.
+    queue_wait_ms: int = Field(
+        default=500,
+        ge=0,
+        le=60_000,
+        description="a finalize (or retry) finding no free slot waits this long for one in"
+        " its language pair's queue (0: rejected at once)",
+    )
+    queue_max: int = Field(
+        default=1000,
+        ge=0,
+        le=100_000,
+        description="finalizes waiting per language pair; one more is rejected queue_full",
+    )
     expire_after_ms: int = Field(
         default=600_000,
         ge=0,
@@ -70,16 +86,17 @@ class DecisionSettings(BaseModel):
     @property
     def least_expire_after_ms(self) -> int:
         """The shortest expiry these attempts allow: a session must never expire with a
-        job running, every attempt ends by its deadline, and the ticks that see it may
-        come late."""
-        return 2 * self.max_attempts * self.job_timeout_ms
+        job waiting or running, every attempt ends by its wait and its deadline, and the
+        ticks that see it may come late."""
+        return 2 * self.max_attempts * (self.queue_wait_ms + self.job_timeout_ms)
 
     @model_validator(mode="after")
     def _sessions_outlast_their_jobs(self) -> DecisionSettings:
         least = self.least_expire_after_ms
         if 0 < self.expire_after_ms < least:
             raise ValueError(
-                f"expire_after_ms must be 0 or at least 2 x max_attempts x job_timeout_ms ({least})"
+                "expire_after_ms must be 0 or at least 2 x max_attempts x (queue_wait_ms"
+                f" + job_timeout_ms) ({least})"
             )
         return self
 
@@ -120,6 +137,8 @@ APPLY_ORDER: Final = (
     "expire_after_ms",
     "quarantine_after_timeouts",
     "quarantine_ms",
+    "queue_wait_ms",
+    "queue_max",
 )
 
 
