@@ -33,7 +33,7 @@ from eventsched.store.client import RedisClient, Store, unlink_matching
 from eventsched.store.streams import text
 from tests.harness import finalize, ok
 
-__all__ = ["measure"]
+__all__ = ["apply_measured", "measure"]
 
 SESSIONS = 400
 
@@ -44,7 +44,7 @@ async def _evalsha_usec(client: RedisClient) -> tuple[int, int]:
     return int(entry["usec"]), int(entry["calls"])
 
 
-async def _apply_measured(client: RedisClient, keys: CellKeys, batch: int) -> tuple[int, int]:
+async def apply_measured(client: RedisClient, keys: CellKeys, batch: int) -> tuple[int, int]:
     """Apply everything pending with batches of ``batch``; returns (usec, calls)."""
     usec_before, calls_before = await _evalsha_usec(client)
     # The dispatch projection alone: groups.lua's folds would count in the same figures.
@@ -63,13 +63,13 @@ async def measure(url: str, size: int, rounds: int = 5) -> dict[str, float]:
         await fleet.build(client, keys, size, SESSIONS)
         beats: list[Event] = list(fleet.beats(size, size))
         await fleet.append_chunked(client, keys, beats)
-        usec, _ = await _apply_measured(client, keys, 64)
+        usec, _ = await apply_measured(client, keys, 64)
         figures["heartbeat_us"] = usec / len(beats)
 
         finalize_usec = finalize_calls = result_usec = placed = 0
         for index in range(rounds):
             await fleet.append_chunked(client, keys, [finalize(s, index) for s in sessions])
-            usec, calls = await _apply_measured(client, keys, DEFAULT_BATCH)
+            usec, calls = await apply_measured(client, keys, DEFAULT_BATCH)
             finalize_usec, finalize_calls = finalize_usec + usec, finalize_calls + calls
             async with client.pipeline(transaction=False) as pipe:
                 for session in sessions:
@@ -82,7 +82,7 @@ async def measure(url: str, size: int, rounds: int = 5) -> dict[str, float]:
             ]
             placed += len(results)
             await fleet.append_chunked(client, keys, results)
-            usec, _ = await _apply_measured(client, keys, 32)
+            usec, _ = await apply_measured(client, keys, 32)
             result_usec += usec
         decisions = rounds * len(sessions)
         figures["finalize_us"] = finalize_usec / decisions

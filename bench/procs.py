@@ -3,7 +3,7 @@ load each have their own interpreter (as they would in production) instead of sh
 one event loop. Each runs until SIGTERM.
 
     python -m bench.procs worker URL NAMESPACE CELL[,CELL...] [dispatch|groups,...]
-    python -m bench.procs nodes URL NAMESPACE CELL COUNT         # instant echo nodes (SDK)
+    python -m bench.procs nodes URL NAMESPACE CELL COUNT [SLOTS] # instant echo nodes (SDK)
     python -m bench.procs relay URL                              # a bare one-hop relay
 """
 
@@ -98,11 +98,11 @@ async def echo(job: Job) -> JobOutput:
     return JobOutput(asr_text=job.audio_ref, nmt_text=job.audio_ref, tts_audio_ref=job.audio_ref)
 
 
-async def nodes(url: str, namespace: str, cell: str, count: int) -> None:
+async def nodes(url: str, namespace: str, cell: str, count: int, slots: int = 64) -> None:
     client = Store(url).client()
     keys = CellKeys(cell, namespace)
     async with anyio.create_task_group() as group:
-        for registration in fleet.nodes(count, max_concurrency=64, every_pair=True):
+        for registration in fleet.nodes(count, max_concurrency=slots, every_pair=True):
             node = Node(
                 client,
                 keys,
@@ -129,5 +129,7 @@ if __name__ == "__main__":
             anyio.run(relay, url)
         case ["nodes", url, namespace, cell, count]:
             anyio.run(nodes, url, namespace, cell, int(count))
+        case ["nodes", url, namespace, cell, count, slots]:
+            anyio.run(nodes, url, namespace, cell, int(count), int(slots))
         case _:
             sys.exit(__doc__)

@@ -25,10 +25,11 @@ import anyio
 if __package__ in (None, ""):  # run as a script: the checkout's root on the path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import baseline, e2e, fleet, plain_queue, throughput
+from bench import baseline, burst, e2e, fleet, plain_queue, throughput
 from bench.alone import private_server
 from bench.dispatch_scale import measure as dispatch_scale
 from bench.ingress_scale import measure as ingress_scale
+from bench.queue_scale import measure as queue_scale
 from bench.replay_speed import synthetic
 from eventsched.model.keys import CellKeys
 from eventsched.ops.replay import replay
@@ -51,6 +52,9 @@ TARGETS = (
     ("node_bytes", "<=", 2048),
     ("session_bytes", "<=", 1024),
     ("replay_events_per_s_redis", ">=", 5000),
+    ("burst_ok_share_default", ">=", 0.95),
+    ("burst_wait_p99_ms", "<=", 500),
+    ("queue_serve_vs_finalize_ratio", "<=", 1.5),
 )
 
 
@@ -120,6 +124,8 @@ async def collect(url: str, quick: bool) -> dict[str, float]:
         3.0 if quick else 10.0,
     )
     figures |= e2e.figures(steps)
+    figures |= await burst.measure(url)
+    figures |= await queue_scale(url)
     figures |= await memory(url, 10_000)
     figures |= await replay_rates(url, 10_000 if quick else 50_000)
     return figures

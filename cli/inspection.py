@@ -289,14 +289,18 @@ def jobs(
     redis_url: RedisUrl = DEFAULT_URL,
     cell: Cell = DEFAULT_CELL,
     namespace: Namespace = DEFAULT_NAMESPACE,
-    state: Annotated[str | None, typer.Option(help="running, done or failed")] = None,
+    state: Annotated[
+        str | None, typer.Option(help="waiting (for a slot), running, done or failed")
+    ] = None,
     limit: Limit = 1000,
     all_cells: AllCells = False,
     as_json: AsJson = False,
 ) -> None:
     """Jobs: state, attempt, node, pool, deadline."""
-    if state not in (None, "running", "done", "failed"):
-        raise typer.BadParameter("state must be running, done or failed", param_hint="--state")
+    if state is not None and state not in inspection.JOB_STATES:
+        raise typer.BadParameter(
+            f"state must be one of {', '.join(inspection.JOB_STATES)}", param_hint="--state"
+        )
     rows = _rows(
         redis_url, cell, namespace, all_cells, lambda c, k: inspection.list_jobs(c, k, state, limit)
     )
@@ -362,6 +366,8 @@ def _stats_tables(snapshot: dict[str, Any]) -> list[Table]:
         "dispatch_p99_ms",
         "e2e_p50_ms",
         "e2e_p99_ms",
+        "wait_p50_ms",
+        "wait_p99_ms",
     ):
         window.add_row(name, _cell(snapshot.get(name)))
     for name, value in sorted(snapshot["counts"].items()):
@@ -385,7 +391,20 @@ def _stats_tables(snapshot: dict[str, Any]) -> list[Table]:
         pools.add_row(
             name, str(figures["running"]), str(figures["capacity"]), str(figures["utilization"])
         )
-    return [window, nodes, pools]
+    tables = [window, nodes, pools]
+    if snapshot.get("queues"):
+        queues = Table(title="queues (jobs waiting for a slot)")
+        for column in ("pair", "waiting", "wait_p50_ms", "wait_p99_ms"):
+            queues.add_column(column)
+        for pair, figures in snapshot["queues"].items():
+            queues.add_row(
+                pair,
+                str(figures["waiting"]),
+                _cell(figures["wait_p50_ms"]),
+                _cell(figures["wait_p99_ms"]),
+            )
+        tables.append(queues)
+    return tables
 
 
 def stats(

@@ -25,7 +25,9 @@ from eventsched.dispatch.worker import (
     find_cells,
 )
 from eventsched.model.keys import DEFAULT_CELL, DEFAULT_NAMESPACE, CellKeys
+from eventsched.model.settings import DEFAULTS
 from eventsched.ops.audit import RunReport
+from eventsched.ops.tuning import parse_assignments
 from eventsched.sim.demo import run_demo
 from eventsched.sim.loadgen import LoadSpec, run_load
 from eventsched.sim.loadgen import Progress as LoadProgress
@@ -225,12 +227,22 @@ def demo(
     utterances: Utterances = 10,
     seed: Seed = 7,
     as_json: AsJson = False,
+    setting: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="KEY=VALUE",
+            help="a decision setting for the demo's cell (repeat; eventsched settings show"
+            " lists them), e.g. --set queue_wait_ms=0",
+        ),
+    ] = None,
 ) -> None:
     """Run the load generator with an in-process worker (embedded fakeredis by default)."""
     spec = LoadSpec(nodes=nodes, sessions=sessions, utterances=utterances, seed=seed)
+    settings = DEFAULTS.changed(parse_assignments(setting)) if setting else None
 
     async def load(progress: LoadProgress) -> RunReport:
-        return await run_demo(redis_url, CellKeys(cell, namespace), spec, on_progress=progress)
+        return await run_demo(redis_url, CellKeys(cell, namespace), spec, settings, progress)
 
     _run_with_progress(spec, as_json, load)
 

@@ -174,8 +174,8 @@ end
 
 -- Try attempt `attempt` of a job: place it, reserve the slot, record it, hand it off.
 -- `job` holds what the finalize said (id sid idx audio) and the session (src tgt pool);
--- `extra` are more job-hash fields to write in the same HSET; `waited` how long it
--- waited in its queue (queue.lua), for the dispatch decision.
+-- `extra` are more job-hash fields to write in the same HSET; `waited` more fields of the
+-- dispatch decision (queue.lua: the pair and how long it waited).
 local function start_attempt(job, attempt, exclude, extra, waited)
   local node_id, pool, node, why = place(job.src .. '>' .. job.tgt, job.pool, exclude)
   if not node_id then return nil, why end
@@ -194,13 +194,12 @@ local function start_attempt(job, attempt, exclude, extra, waited)
   redis.call('XADD', P .. S_INBOX .. node_id, '*', 'job', job.id, 'att', attempt,
     'sid', job.sid, 'idx', job.idx, 'src', job.src, 'tgt', job.tgt, 'audio', job.audio,
     'dl', deadline)
-  if waited then
-    decide('k', 'd', 'job', job.id, 'att', attempt, 'node', node_id,
-      'pool', pool, 'sid', job.sid, 'idx', job.idx, 'waited', waited, 'at', now_id)
-  else
-    decide('k', 'd', 'job', job.id, 'att', attempt, 'node', node_id,
-      'pool', pool, 'sid', job.sid, 'idx', job.idx, 'at', now_id)
-  end
+  local dispatched = {'k', 'd', 'job', job.id, 'att', attempt, 'node', node_id,
+    'pool', pool, 'sid', job.sid, 'idx', job.idx}
+  for _, value in ipairs(waited or {}) do dispatched[#dispatched + 1] = value end
+  dispatched[#dispatched + 1] = 'at'
+  dispatched[#dispatched + 1] = now_id
+  decide(unpack(dispatched))
   return node_id, pool
 end
 

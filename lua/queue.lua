@@ -78,7 +78,8 @@ local function try_waiting(job_id)
   local j = redis.call('HMGET', jk, 'qatt', 'excl', 'qat')
   local job = job_context(job_id)
   local waited = now_ms - tonumber(j[3])
-  local placed, pool = start_attempt(job, tonumber(j[1]), j[2], {'waited', waited}, waited)
+  local placed, pool = start_attempt(job, tonumber(j[1]), j[2], {'waited', waited},
+    {'pair', job.src .. '>' .. job.tgt, 'waited', waited})
   if not placed then return nil end
   leave_queue(job)
   redis.call('HDEL', jk, 'qatt', 'excl', 'qerr')

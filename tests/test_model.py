@@ -43,22 +43,26 @@ SETTINGS = DecisionSettings(
     node_lost_ms=4000,
     unavailable_window_ms=2000,
     group_max_utterances=3,
-    expire_after_ms=12_000,
+    expire_after_ms=16_000,  # the least these attempts allow: sessions do expire in a run
     quarantine_after_timeouts=1,
     quarantine_ms=5000,
-    queue_wait_ms=0,  # expire_after_ms is the least these attempts allow: sessions do expire
+    queue_wait_ms=1000,
+    queue_max=2,  # two nodes of 1-3 slots: the queue fills up too
 )
-# Settings a run changes, three values each; with expire_after_ms 12,000, a job_timeout_ms
-# of 7,000 or a max_attempts of 3 (with 3,000) breaks the rule between settings.
+# Settings a run changes, three values each; with expire_after_ms 16,000, a job_timeout_ms
+# of 7,000, a max_attempts of 3 or a queue_wait_ms of 2,000 breaks the rule between
+# settings (with the others as set above).
 CHANGES = {
     "rate_burst": (1, 2, 4),
     "rate_per_s": (1, 2, 5),
     "job_timeout_ms": (1000, 3000, 7000),
     "max_attempts": (1, 2, 3),
     "group_max_utterances": (1, 3, 5),
+    "queue_wait_ms": (0, 1000, 2000),
+    "queue_max": (0, 1, 2),
 }
 # Around the freshness, lost and deadline bounds, and past the expiry.
-SILENCES = [1, 100, 500, 999, 1000, 1001, 2500, 2501, 3000, 3001, 4000, 4001, 6000, 12_001]
+SILENCES = [1, 100, 500, 999, 1000, 1001, 2500, 2501, 3000, 3001, 4000, 4001, 6000, 16_001]
 NODES = ("n1", "n2")
 SESSIONS = ("s1", "s2")
 PROJECTED = ("k", "job", "sid", "idx", "att", "node", "reason", "err", "ok", "pair", "until")
@@ -183,13 +187,15 @@ class CellMachine(RuleBasedStateMachine):
 
     # ---------------------------------------------------------------- results
 
-    @precondition(lambda self: bool(self.model.jobs))
+    @precondition(lambda self: any(job.att for job in self.model.jobs.values()))
     @rule(
         data=st.data(),
         kind=st.sampled_from(["ok", "ok", "error", "stale", "future", "not_owner", "unknown_node"]),
     )
     def result(self, data: st.DataObject, kind: str) -> None:
-        job_id = data.draw(st.sampled_from(sorted(self.model.jobs)))
+        """For a job that started (a first attempt still waiting has nothing to answer)."""
+        started = sorted(job_id for job_id, job in self.model.jobs.items() if job.att)
+        job_id = data.draw(st.sampled_from(started))
         job = self.model.jobs[job_id]
         attempt, node_id = job.att, job.node
         if kind == "stale":

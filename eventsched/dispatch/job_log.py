@@ -33,7 +33,9 @@ _STEPS = {
 }
 _RARE = {"f", "l", "m", "q"}
 # The decision fields statistics count by (stats.StatsBuilder.decision).
-_COUNTED = tuple((name.encode(), name) for name in ("k", "att", "reason", "err", "fin", "at"))
+_COUNTED = tuple(
+    (name.encode(), name) for name in ("k", "att", "reason", "err", "fin", "at", "pair", "waited")
+)
 
 
 def describe(fields: dict[str, str]) -> tuple[int, str]:

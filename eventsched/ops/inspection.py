@@ -21,6 +21,7 @@ from eventsched.store.client import RedisClient
 from eventsched.store.streams import parse_id, read_hash, read_stream, text
 
 __all__ = [
+    "JOB_STATES",
     "PoolFileError",
     "describe_event",
     "job_detail",
@@ -196,7 +197,8 @@ async def session_detail(
     return row
 
 
-_JOB_STATES = {"run": "running", "done": "done", "failed": "failed"}
+_JOB_STATES = {"wait": "waiting", "run": "running", "done": "done", "failed": "failed"}
+JOB_STATES = tuple(_JOB_STATES.values())
 
 
 async def _job_row(client: RedisClient, keys: CellKeys, job_id: str) -> dict[str, Any] | None:
@@ -210,6 +212,9 @@ async def _job_row(client: RedisClient, keys: CellKeys, job_id: str) -> dict[str
         "node_id": job.get("node", ""),
         "pool": job.get("pool", ""),
         "deadline_ms": int(job.get("dl", 0)),
+        # waiting for a slot (queue.lua): since when, and once placed how long it waited
+        "waiting_since_ms": int(job["qat"]) if job.get("st") == "wait" else None,
+        "waited_ms": int(job["waited"]) if "waited" in job else None,
     }
 
 

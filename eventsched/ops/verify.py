@@ -133,7 +133,7 @@ def _ended_once_in_order(state: dict[str, Any]) -> list[str]:
     accepted: dict[str, set[int]] = defaultdict(set)
     for _, fields in state.get("decisions", []):
         kind = fields[b"k"]
-        if kind == b"x" or (kind == b"d" and fields[b"att"] == b"1"):
+        if kind == b"x" or (kind in (b"d", b"w") and fields[b"att"] == b"1"):
             accepted[text(fields[b"sid"])].add(int(fields[b"idx"]))
         elif kind == b"e":  # the session expired, its outputs with it
             accepted.pop(text(fields[b"sid"]), None)

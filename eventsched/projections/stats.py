@@ -6,7 +6,9 @@ stats`` and ``eventsched top`` read that snapshot; nothing scans projections on 
 Latencies: *end to end* is event time from a finalize to its result (the `o` decision's
 `at` minus the job's finalize); *dispatch* is the wall time from a finalize's append
 (its log ID) to the apply call that decided it returning, which includes the hand-off to
-the node's inbox. The snapshot depends on wall time, so it is not part of replay.
+the node's inbox; *wait* is the event time a job waited in its pair's queue for a slot
+(the `d` decision's `waited`). The snapshot depends on wall time, so it is not part of
+replay.
 """
 
 from __future__ import annotations
@@ -54,8 +56,9 @@ class StatsBuilder:
 
     def _reset(self) -> None:
         self.counts: Counter[str] = Counter()
-        self.e2e = [0] * (len(BUCKETS_MS) + 1)
-        self.dispatch = [0] * (len(BUCKETS_MS) + 1)
+        self.e2e = _histogram()
+        self.dispatch = _histogram()
+        self.waits: dict[str, list[int]] = {}  # pair -> waits of the jobs it placed
 
     def decision(self, fields: dict[str, str]) -> None:
         kind = fields.get("k", "")
@@ -64,6 +67,11 @@ class StatsBuilder:
             self.window_start = at_ms - at_ms % self.window_ms
         if kind == "d":
             self.counts["dispatched" if fields.get("att") == "1" else "retried"] += 1
+            if "waited" in fields:
+                pair = fields.get("pair", "")
+                self.waits.setdefault(pair, _histogram())[_bucket(int(fields["waited"]))] += 1
+        elif kind == "w":
+            self.counts["queued"] += 1
         elif kind == "x":
             self.counts[f"rejected:{fields.get('reason', '')}"] += 1
         elif kind == "f":
@@ -118,12 +126,45 @@ class StatsBuilder:
             "histogram_bounds_ms": list(BUCKETS_MS),
             "e2e_histogram": self.e2e,
             "dispatch_histogram": self.dispatch,
+            **_waits(self.waits),
+            "queues": await _queues(client, keys, self.waits),
             **await _shape(client, keys),
         }
         await client.hset(keys.stats, "snapshot", json.dumps(snapshot, sort_keys=True))
         self.window_start = now_ms - now_ms % self.window_ms
         self._reset()
         return snapshot
+
+
+def _histogram() -> list[int]:
+    return [0] * (len(BUCKETS_MS) + 1)
+
+
+def _waits(by_pair: dict[str, list[int]]) -> dict[str, Any]:
+    """The waits of the window's dispatches from a queue, all pairs together."""
+    together = [sum(counts) for counts in zip(_histogram(), *by_pair.values(), strict=True)]
+    return {
+        "wait_p50_ms": _percentile(together, 0.5),
+        "wait_p99_ms": _percentile(together, 0.99),
+        "wait_histogram": together,
+    }
+
+
+async def _queues(
+    client: RedisClient, keys: CellKeys, waits: dict[str, list[int]]
+) -> dict[str, dict[str, Any]]:
+    """Per language pair that has jobs waiting now or placed some from its queue in the
+    window: how many wait, and the window's wait percentiles."""
+    raw = cast(dict[bytes, bytes], await client.hgetall(keys.queued))
+    waiting = {text(pair): int(count) for pair, count in raw.items()}
+    return {
+        pair: {
+            "waiting": waiting.get(pair, 0),
+            "wait_p50_ms": _percentile(waits.get(pair, _histogram()), 0.5),
+            "wait_p99_ms": _percentile(waits.get(pair, _histogram()), 0.99),
+        }
+        for pair in sorted(waiting.keys() | waits.keys())
+    }
 
 
 async def _shape(client: RedisClient, keys: CellKeys) -> dict[str, Any]:
