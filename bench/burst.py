@@ -22,12 +22,12 @@ if __package__ in (None, ""):  # run as a script: the checkout's root on the pat
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import fleet
-from bench.alone import percentile, print_figures, until
-from bench.procs import spawn
-from eventsched.clients.session import Session, SessionClient
-from eventsched.model.events import SettingsChanged
+from bench.alone import percentile, print_figures
+from bench.e2e import live_sessions
+from eventsched.clients.session import Session
+from eventsched.model.events import Event, SettingsChanged
 from eventsched.model.keys import CellKeys
-from eventsched.store.client import RedisClient, Store, unlink_matching
+from eventsched.store.client import RedisClient, Store
 from eventsched.store.streams import read_stream
 
 __all__ = ["measure"]
@@ -44,30 +44,19 @@ async def _run(url: str, namespace: str, queue_wait_ms: int | None) -> tuple[flo
     settings = dict(fleet.SETTINGS_CHANGED.settings)
     if queue_wait_ms is not None:
         settings["queue_wait_ms"] = queue_wait_ms
+    first: list[Event] = [SettingsChanged(settings=settings), fleet.POOLS]
+    waits: list[float] = []
     try:
-        await fleet.append_chunked(client, keys, [SettingsChanged(settings=settings), fleet.POOLS])
-        with (
-            spawn("worker", url, namespace, keys.cell),
-            spawn("nodes", url, namespace, keys.cell, str(NODES), str(SLOTS)),
-        ):
-
-            async def fleet_up() -> bool:
-                return int(await client.zcard(keys.alive)) == NODES
-
-            await until(fleet_up, "the echo nodes to register")
-            async with SessionClient(client, keys, block_ms=50) as gateway:
-                sessions = [
-                    await gateway.open(s.session_id, s.src_lang, s.tgt_lang)
-                    for s in fleet.sessions(2 * NODES * SLOTS)
-                ]
-                ok = await _burst(sessions)
-        waits = [
-            float(fields.get("waited", 0))
-            async for _, fields in read_stream(client, keys.decisions)
-            if fields["k"] == "d" and fields["att"] == "1"
-        ]
+        async with live_sessions(
+            url, client, keys, first, NODES, SLOTS, 2 * NODES * SLOTS
+        ) as sessions:
+            ok = await _burst(sessions)
+            waits = [
+                float(fields.get("waited", 0))
+                async for _, fields in read_stream(client, keys.decisions)
+                if fields["k"] == "d" and fields["att"] == "1"
+            ]
     finally:
-        await unlink_matching(client, f"{namespace}:*")
         await client.aclose()
     return ok / (WAVES * len(sessions)), percentile(waits, 0.99) if waits else float("inf")
 

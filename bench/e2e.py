@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,10 +29,11 @@ from bench import fleet
 from bench.alone import percentile, private_server, until
 from bench.procs import spawn
 from eventsched.clients.session import Session, SessionClient
+from eventsched.model.events import Event
 from eventsched.model.keys import CellKeys
 from eventsched.store.client import RedisClient, Store, unlink_matching
 
-__all__ = ["Step", "measure"]
+__all__ = ["Step", "live_sessions", "measure"]
 
 SESSIONS = 200
 NODES = 8  # in production each is its own machine; here they share this one's cores
@@ -86,31 +89,49 @@ async def _run_step(sessions: list[Session], step: Step, seconds: float) -> None
         group.cancel_scope.cancel()
 
 
-async def measure(url: str, rates: list[int], seconds: float) -> list[Step]:
-    namespace = "benche2e"
-    keys = CellKeys("c0", namespace)
-    client: RedisClient = Store(url).client()
-    steps = [Step(rate) for rate in rates]
+@asynccontextmanager
+async def live_sessions(
+    url: str,
+    client: RedisClient,
+    keys: CellKeys,
+    first: Sequence[Event],
+    nodes: int,
+    slots: int,
+    sessions: int,
+) -> AsyncIterator[list[Session]]:
+    """A cell of the Redis at ``url`` whose log starts with ``first``, a worker process
+    and ``nodes`` echo nodes of ``slots`` each in another, and ``sessions`` open sessions
+    of this gateway (``client``); the cell's keys are removed afterwards."""
     try:
-        await fleet.append_chunked(client, keys, [fleet.SETTINGS_CHANGED, fleet.POOLS])
+        await fleet.append_chunked(client, keys, first)
         with (
-            spawn("worker", url, namespace, keys.cell),
-            spawn("nodes", url, namespace, keys.cell, str(NODES)),
+            spawn("worker", url, keys.namespace, keys.cell),
+            spawn("nodes", url, keys.namespace, keys.cell, str(nodes), str(slots)),
         ):
 
             async def fleet_up() -> bool:
-                return int(await client.zcard(keys.alive)) == NODES
+                return int(await client.zcard(keys.alive)) == nodes
 
             await until(fleet_up, "the echo nodes to register")
             async with SessionClient(client, keys, block_ms=50) as gateway:
-                sessions = [
+                yield [
                     await gateway.open(s.session_id, s.src_lang, s.tgt_lang)
-                    for s in fleet.sessions(SESSIONS)
+                    for s in fleet.sessions(sessions)
                 ]
-                for step in steps:
-                    await _run_step(sessions, step, seconds)
     finally:
-        await unlink_matching(client, f"{namespace}:*")
+        await unlink_matching(client, f"{keys.namespace}:*")
+
+
+async def measure(url: str, rates: list[int], seconds: float) -> list[Step]:
+    keys = CellKeys("c0", "benche2e")
+    client: RedisClient = Store(url).client()
+    steps = [Step(rate) for rate in rates]
+    first: list[Event] = [fleet.SETTINGS_CHANGED, fleet.POOLS]
+    try:
+        async with live_sessions(url, client, keys, first, NODES, 64, SESSIONS) as sessions:
+            for step in steps:
+                await _run_step(sessions, step, seconds)
+    finally:
         await client.aclose()
     return steps
 
