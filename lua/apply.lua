@@ -205,9 +205,10 @@ end
 
 -- End of life, in event time (settings.expire_after_ms; 0 keeps everything): a job
 -- record goes that long after the job finished (its session's utt hash keeps a note,
--- for repeats), a session that long after its last finalize, close or job end. A
+-- for repeats), a session that long after its last finalize, close, wait or job end. A
 -- session never expires with a job running: the settings require expire_after_ms to
--- outlast every attempt's deadline.
+-- outlast every attempt's wait and deadline; nor with one waiting, however late ticks
+-- come (queue.lua needs the session to place it).
 local function touch(session_id)
   if EXPIRE_MS > 0 then redis.call('ZADD', K_IDLE, now_ms, session_id) end
 end
@@ -233,9 +234,14 @@ local function expire()
   end
   for _, session_id in ipairs(redis.call('ZRANGEBYSCORE', K_IDLE, '-inf', before,
       'LIMIT', 0, TICK_EXPIRED)) do
-    redis.call('DEL', P .. S_SESS .. session_id, P .. S_UTT .. session_id)
-    redis.call('ZREM', K_IDLE, session_id)
-    decide('k', 'e', 'sid', session_id, 'at', now_id)
+    if redis.call('EXISTS', P .. S_QSESS .. session_id) == 1 then
+      -- something of it still waits (ticks came too late to end it first): not idle
+      touch(session_id)
+    else
+      redis.call('DEL', P .. S_SESS .. session_id, P .. S_UTT .. session_id)
+      redis.call('ZREM', K_IDLE, session_id)
+      decide('k', 'e', 'sid', session_id, 'at', now_id)
+    end
   end
 end
 

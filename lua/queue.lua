@@ -31,6 +31,7 @@ local function enqueue(job, attempt, exclude, err, extra)
   local until_ms = now_ms + QUEUE_WAIT_MS
   redis.call('ZADD', K_WAITS, until_ms, job.id)
   redis.call('ZADD', P .. S_QSESS .. job.sid, job.idx, job.idx)
+  touch(job.sid)
   local fields = {P .. S_JOB .. job.id, 'st', 'wait', 'qatt', attempt, 'qat', now_ms,
                   'excl', exclude, 'qerr', err}
   for _, value in ipairs(extra or {}) do fields[#fields + 1] = value end

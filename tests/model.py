@@ -250,6 +250,9 @@ class CellModel:
             if job.sid in self.sessions:  # remembered, so a repeat is still ignored
                 self.sessions[job.sid].rejected.add(job.idx)
         for _, sid in sorted((at, s) for s, at in self.idle.items() if at < before)[:64]:
+            if any(job.sid == sid for _, job in self._waiting()):
+                self._touch(sid)  # not idle while something of it waits
+                continue
             del self.idle[sid], self.sessions[sid]
             self.outputs[sid] = []
             self._decide(k="e", sid=sid)
@@ -425,6 +428,7 @@ class CellModel:
             return "queue_full"
         job.st, job.waits_for, job.keep_off, job.last_err = "wait", attempt, keep_off, err
         job.since, job.until = self.now, self.now + self.s.queue_wait_ms
+        self._touch(job.sid)
         self._decide(
             k="w", job=job_id, att=str(attempt), sid=job.sid, idx=str(job.idx), pair=PAIR,
             until=str(job.until),

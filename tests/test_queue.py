@@ -223,3 +223,27 @@ async def test_waiting_keeps_the_rate_limit_and_ignores_repeats(cell: Cell) -> N
     # the repeat of the waiting utterance 1 is ignored; 2 finds the bucket empty
     assert await _kinds(cell) == [("d", "s1:0"), ("w", "s1:1"), ("x", "s1:2")]
     assert (await cell.decisions("x"))[0]["reason"] == "rate_limited"
+
+
+async def test_a_session_with_a_job_waiting_never_expires_however_late_the_tick(
+    cell: Cell,
+) -> None:
+    """The tick that finds a deadline long past puts the retry in the queue and then
+    expires what is idle: the session must stay while its job waits (the script needs
+    it to place the job), and expires once nothing of it is left."""
+    await cell.configure(
+        max_attempts=2, job_timeout_ms=3000, queue_wait_ms=1000, expire_after_ms=16_000
+    )
+    await cell.step(node("n1", max_concurrency=1), session("s1"))
+    await cell.step(finalize("s1", 0))
+    cell.advance(16_001)  # no tick meanwhile: the deadline and the expiry are both past
+    await cell.step(Tick())
+    assert [d["k"] for d in await cell.decisions()][-2:] == ["r", "w"]  # the retry waits
+    assert not await cell.dlq() and await cell.client.exists(cell.keys.session("s1"))
+    cell.advance(1001)
+    await cell.step(Tick())  # its wait ends: it fails, and the session may go later
+    [failure] = await cell.decisions("f")
+    assert (failure["reason"], failure["err"]) == ("queue_timeout", "NODE_LOST")  # lost first
+    cell.advance(16_001)
+    await cell.step(Tick())
+    assert (await cell.decisions())[-1]["k"] == "e"
