@@ -11,7 +11,7 @@ import typer
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from . import access, inspection, logs, ops, replay, run, tuning
+from . import access, inspection, logs, ops, replay, run, serve, tuning
 from .common import command_group
 
 __all__ = ["app", "main"]
@@ -49,6 +49,7 @@ replay.register(app)
 inspection.register(app)
 access.register(app)
 tuning.register(app)
+serve.register(app)
 
 
 _EXPECTED = (ValueError, ValidationError, RedisError, OSError)

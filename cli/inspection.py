@@ -18,7 +18,7 @@ from eventsched.dispatch.worker import find_cells
 from eventsched.model.events import EVENT_TYPES, NodeDraining, NodeUndrained
 from eventsched.model.keys import DEFAULT_CELL, DEFAULT_NAMESPACE, CellKeys
 from eventsched.ops import inspection
-from eventsched.projections.stats import read_stats
+from eventsched.projections.stats import age_of, read_stats
 from eventsched.store.append import append
 from eventsched.store.client import RedisClient, Store
 from eventsched.store.streams import read_stream, text, xread_raw
@@ -357,7 +357,12 @@ def tail(
 
 
 def _stats_tables(snapshot: dict[str, Any]) -> list[Table]:
-    window = Table(title=f"window of {snapshot['window_ms']} ms from {snapshot['window_start_ms']}")
+    age_ms, stale = age_of(snapshot)
+    window = Table(
+        title=f"window of {snapshot['window_ms']} ms from {snapshot['window_start_ms']},"
+        f" published {age_ms / 1000:.0f} s ago"
+        + (" (STALE: no worker is publishing)" if stale else "")
+    )
     window.add_column("figure")
     window.add_column("value", justify="right")
     for name in (

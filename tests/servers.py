@@ -15,16 +15,37 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import redis
 
-__all__ = ["AofTail", "RedisProcess", "TlsFiles", "make_tls_files", "private_redis"]
+__all__ = [
+    "AofTail",
+    "RedisProcess",
+    "TlsFiles",
+    "free_port",
+    "get_when_listening",
+    "make_tls_files",
+    "private_redis",
+]
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def get_when_listening(url: str, timeout_s: float = 20) -> httpx.Response:
+    """GET ``url`` as soon as a server listens there (a process just started)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return httpx.get(url)
+        except httpx.ConnectError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)  # polling for the listener, not papering over a race
 
 
 @dataclass(frozen=True)
@@ -65,7 +86,7 @@ class RedisProcess:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed")
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.directory = directory
         self._command = [

@@ -11,7 +11,7 @@ from pathlib import Path
 import eventsched
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYERS = ("model", "store", "projections", "dispatch", "clients", "ops", "sim")
+LAYERS = ("model", "store", "projections", "dispatch", "clients", "ops", "sim", "service")
 
 
 def test_only_the_package_files_stand_at_the_top() -> None:

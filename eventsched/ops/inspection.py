@@ -32,6 +32,7 @@ __all__ = [
     "list_streams",
     "load_pools_file",
     "node_detail",
+    "node_page",
     "session_detail",
 ]
 
@@ -110,15 +111,26 @@ def _node_row(node: NodeView, now_ms: int) -> dict[str, Any]:
     }
 
 
-async def list_nodes(
-    client: RedisClient, keys: CellKeys, limit: int = 1000
-) -> list[dict[str, Any]]:
+async def node_page(
+    client: RedisClient, keys: CellKeys, after: str | None = None, limit: int = 1000
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Nodes in id order after ``after`` (from the nodes index: the page's nodes are all
+    that is read), and the id to ask for the next page after (None at the end)."""
+    low = f"({after}" if after else "-"
+    ids = [text(i) for i in await client.zrangebylex(keys.nodes, low, "+", 0, limit + 1)]
     now_ms = await _now_ms(client, keys)
     rows = []
-    for node_id in await _ids_of(client, keys, "node", limit):
+    for node_id in ids[:limit]:
         node = await read_node(client, keys, node_id)
         if node is not None:
             rows.append(_node_row(node, now_ms))
+    return rows, ids[limit - 1] if len(ids) > limit else None
+
+
+async def list_nodes(
+    client: RedisClient, keys: CellKeys, limit: int = 1000
+) -> list[dict[str, Any]]:
+    rows, _ = await node_page(client, keys, None, limit)
     return rows
 
 

@@ -22,10 +22,45 @@ from eventsched.model.keys import CellKeys
 from eventsched.store.client import RedisClient
 from eventsched.store.streams import parse_id, text
 
-__all__ = ["WINDOW_MS", "StatsBuilder", "read_stats"]
+__all__ = [
+    "BUCKETS_MS",
+    "COUNTS",
+    "LATENCIES",
+    "REASONS",
+    "STALE_WINDOWS",
+    "WINDOW_MS",
+    "StatsBuilder",
+    "age_of",
+    "read_stats",
+    "read_totals",
+]
 
 WINDOW_MS = 5000
+STALE_WINDOWS = 3  # a snapshot older than this many windows is stale: no worker publishes
+HISTORY_WINDOWS = 60  # the snapshot carries this many windows' key figures (5 minutes)
+_HISTORY_FIGURES = ("dispatch_rate_per_s", "dispatch_p99_ms", "e2e_p99_ms", "wait_p99_ms")
 BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+# What a snapshot counts, every one present even at 0, and why a finalize got no job,
+# a job failed or a finalize was noticed (others a newer script makes are added).
+COUNTS = (
+    "dispatched",
+    "retried",
+    "queued",
+    "completed",
+    "model_not_available",
+    "nodes_lost",
+    "unavailable_windows",
+    "quarantines",
+)
+_ENDED = ("no_pool", "no_capacity", "queue_full", "queue_timeout", "session_closed")
+REASONS = {
+    "rejected": ("rate_limited", *_ENDED),
+    "failed": (*_ENDED, "retries_exhausted", "timed_out", "node_lost", "node_left"),
+    "noticed": ("unknown_session", "session_closed"),
+}
+LATENCIES = ("dispatch", "e2e", "wait")  # histograms, in BUCKETS_MS
+_TOTAL = "total:"  # the stats hash's cumulative fields: total:<count>, total:<kind>:<reason>,
+# total:<latency>:<bucket index>, total:<latency>:sum_ms (for /metrics)
 
 
 def _bucket(value_ms: int) -> int:
@@ -59,6 +94,7 @@ class StatsBuilder:
         self.e2e = _histogram()
         self.dispatch = _histogram()
         self.waits: dict[str, list[int]] = {}  # pair -> waits of the jobs it placed
+        self.sums_ms: Counter[str] = Counter()  # latency -> the window's total ms
 
     def decision(self, fields: dict[str, str]) -> None:
         kind = fields.get("k", "")
@@ -68,8 +104,9 @@ class StatsBuilder:
         if kind == "d":
             self.counts["dispatched" if fields.get("att") == "1" else "retried"] += 1
             if "waited" in fields:
-                pair = fields.get("pair", "")
-                self.waits.setdefault(pair, _histogram())[_bucket(int(fields["waited"]))] += 1
+                pair, waited = fields.get("pair", ""), int(fields["waited"])
+                self.waits.setdefault(pair, _histogram())[_bucket(waited)] += 1
+                self.sums_ms["wait"] += waited
         elif kind == "w":
             self.counts["queued"] += 1
         elif kind == "x":
@@ -79,7 +116,9 @@ class StatsBuilder:
         elif kind == "o":
             self.counts["completed"] += 1
             if fields.get("fin"):
-                self.e2e[_bucket(at_ms - parse_id(fields["fin"])[0])] += 1
+                took_ms = at_ms - parse_id(fields["fin"])[0]
+                self.e2e[_bucket(took_ms)] += 1
+                self.sums_ms["e2e"] += took_ms
         elif kind == "r" and fields.get("err") == "MODEL_NOT_AVAILABLE":
             self.counts["model_not_available"] += 1
         elif kind == "l":
@@ -93,11 +132,21 @@ class StatsBuilder:
 
     def dispatched_after(self, finalize_ms: list[int], now_wall_ms: int) -> None:
         for appended_ms in finalize_ms:
-            self.dispatch[_bucket(max(0, now_wall_ms - appended_ms))] += 1
+            took_ms = max(0, now_wall_ms - appended_ms)
+            self.dispatch[_bucket(took_ms)] += 1
+            self.sums_ms["dispatch"] += took_ms
 
     def _by_reason(self, kind: str) -> dict[str, int]:
         head = kind + ":"
-        return {k[len(head) :]: n for k, n in self.counts.items() if k.startswith(head)}
+        found = {k[len(head) :]: n for k, n in self.counts.items() if k.startswith(head)}
+        return {**dict.fromkeys(REASONS[kind], 0), **found}
+
+    def _histograms(self) -> dict[str, list[int]]:
+        return {
+            "dispatch": self.dispatch,
+            "e2e": self.e2e,
+            "wait": _waits(self.waits)["wait_histogram"],
+        }
 
     def due(self, now_ms: int) -> bool:
         return self.window_start is not None and now_ms >= self.window_start + self.window_ms
@@ -109,7 +158,10 @@ class StatsBuilder:
         rejected, failed, noticed = (
             self._by_reason(kind) for kind in ("rejected", "failed", "noticed")
         )
-        plain = {k: n for k, n in self.counts.items() if ":" not in k}
+        plain = {
+            **dict.fromkeys(COUNTS, 0),
+            **{k: n for k, n in self.counts.items() if ":" not in k},
+        }
         snapshot: dict[str, Any] = {
             "window_start_ms": start,
             "window_ms": self.window_ms,
@@ -130,10 +182,34 @@ class StatsBuilder:
             "queues": await _queues(client, keys, self.waits),
             **await _shape(client, keys),
         }
-        await client.hset(keys.stats, "snapshot", json.dumps(snapshot, sort_keys=True))
+        snapshot["history"] = await _history(client, keys, snapshot)
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.hset(keys.stats, "snapshot", json.dumps(snapshot, sort_keys=True))
+            for name, count in self.counts.items():
+                if count:
+                    pipe.hincrby(keys.stats, _TOTAL + name, count)
+            for latency, histogram in self._histograms().items():
+                for index, count in enumerate(histogram):
+                    if count:
+                        pipe.hincrby(keys.stats, f"{_TOTAL}{latency}:{index}", count)
+                if self.sums_ms[latency]:
+                    pipe.hincrby(keys.stats, f"{_TOTAL}{latency}:sum_ms", self.sums_ms[latency])
+            await pipe.execute()
         self.window_start = now_ms - now_ms % self.window_ms
         self._reset()
         return snapshot
+
+
+async def _history(
+    client: RedisClient, keys: CellKeys, snapshot: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The last HISTORY_WINDOWS windows' key figures, this one last, so that a dashboard
+    draws the last minutes at once (one publisher per cell: the dispatch role's)."""
+    before = await read_stats(client, keys)
+    history = list(before.get("history", []))[-(HISTORY_WINDOWS - 1) :] if before else []
+    point = {name: snapshot.get(name) for name in ("window_start_ms", *_HISTORY_FIGURES)}
+    point["waiting"] = sum(queue["waiting"] for queue in snapshot["queues"].values())
+    return [*history, point]
 
 
 def _histogram() -> list[int]:
@@ -167,24 +243,43 @@ async def _queues(
     }
 
 
-async def _shape(client: RedisClient, keys: CellKeys) -> dict[str, Any]:
-    """Nodes by state, pool utilization, who holds which role, and consumer lag. Built
-    here, once a window, so that readers never scan."""
-    node_keys = [text(k) async for k in client.scan_iter(match=keys.node("*"), count=1000)]
+async def _records(client: RedisClient, pattern: str, fields: list[str]) -> list[list[str]]:
+    """``fields`` of every hash matching ``pattern`` ('' for a missing one)."""
+    names = [text(k) async for k in client.scan_iter(match=pattern, count=1000)]
     async with client.pipeline(transaction=False) as pipe:
-        for key in node_keys:
-            pipe.hmget(key, ["st", "inpool", "pools", "run", "mc"])
-        records = cast(list[list[bytes | None]], await pipe.execute())
+        for name in names:
+            pipe.hmget(name, fields)
+        found = cast(list[list[bytes | None]], await pipe.execute())
+    return [[text(v) if v else "" for v in record] for record in found]
+
+
+async def _shape(client: RedisClient, keys: CellKeys) -> dict[str, Any]:
+    """Nodes by state, pools (members, slots, utilization), the service catalog (the
+    language pairs and languages registered nodes serve), open sessions and the pairs
+    they speak, who holds which role, and consumer lag. Built here, once a window, so
+    that readers never scan."""
+    fields = ["st", "inpool", "pools", "run", "mc", "pairs", "langs"]
     nodes: Counter[str] = Counter()
     pools: dict[str, dict[str, int]] = {}
-    for record in records:
-        st, inpool, member_of, running, capacity = (text(v) if v else "" for v in record)
+    catalog: dict[str, Counter[str]] = {"pairs": Counter(), "languages": Counter()}
+    for record in await _records(client, keys.node("*"), fields):
+        st, inpool, member_of, running, capacity, pairs, langs = record
         nodes["ready" if st == "up" and inpool == "1" else "overloaded" if st == "up" else st] += 1
         for pool in filter(None, member_of.split(",")):
-            entry = pools.setdefault(pool, {"running": 0, "capacity": 0})
+            entry = pools.setdefault(pool, {"members": 0, "running": 0, "capacity": 0})
+            entry["members"] += 1
             if st == "up":
                 entry["running"] += int(running or 0)
                 entry["capacity"] += int(capacity or 0)
+        if st != "gone":
+            catalog["pairs"].update(filter(None, pairs.split(",")))
+            catalog["languages"].update(filter(None, langs.split(",")))
+    sessions: Counter[str] = Counter()
+    spoken: Counter[str] = Counter()
+    for src, tgt, closed in await _records(client, keys.session("*"), ["src", "tgt", "closed"]):
+        sessions["closed" if closed == "1" else "open"] += 1
+        if closed != "1":
+            spoken[f"{src}>{tgt}"] += 1
     leases = {}
     for role in ("dispatch", "groups", "ticker"):
         holder = await client.get(keys.lease(role))
@@ -198,13 +293,20 @@ async def _shape(client: RedisClient, keys: CellKeys) -> dict[str, Any]:
                     "lag": None if group.get("lag") is None else int(group["lag"]),
                 }
     utilization = {
-        name: {**entry, "utilization": round(entry["running"] / entry["capacity"], 3)}
-        if entry["capacity"]
-        else {**entry, "utilization": 0.0}
+        name: {
+            **entry,
+            "free_slots": max(0, entry["capacity"] - entry["running"]),
+            "utilization": round(entry["running"] / entry["capacity"], 3)
+            if entry["capacity"]
+            else 0.0,
+        }
         for name, entry in sorted(pools.items())
     }
     return {
         "nodes_by_state": dict(sorted(nodes.items())),
+        "sessions": {"open": sessions["open"], "closed": sessions["closed"]},
+        "pairs_in_use": dict(sorted(spoken.items())),
+        "catalog": {kind: dict(sorted(found.items())) for kind, found in catalog.items()},
         "pools": utilization,
         "leases": leases,
         "consumers": consumers,
@@ -214,3 +316,21 @@ async def _shape(client: RedisClient, keys: CellKeys) -> dict[str, Any]:
 async def read_stats(client: RedisClient, keys: CellKeys) -> dict[str, Any] | None:
     raw = await client.hget(keys.stats, "snapshot")
     return None if raw is None else cast(dict[str, Any], json.loads(raw))
+
+
+def age_of(snapshot: dict[str, Any], now_wall_ms: int | None = None) -> tuple[int, bool]:
+    """How old a snapshot is (ms, wall time), and whether that makes it stale."""
+    now = int(time.time() * 1000) if now_wall_ms is None else now_wall_ms
+    age_ms = max(0, now - int(snapshot["published_wall_ms"]))
+    return age_ms, age_ms > STALE_WINDOWS * int(snapshot["window_ms"])
+
+
+async def read_totals(client: RedisClient, keys: CellKeys) -> dict[str, int]:
+    """What the cell's windows counted since its stats began, by name (``_TOTAL``'s
+    fields, without the prefix): the counters /metrics serves."""
+    raw = cast(dict[bytes, bytes], await client.hgetall(keys.stats))
+    return {
+        text(name)[len(_TOTAL) :]: int(value)
+        for name, value in raw.items()
+        if text(name).startswith(_TOTAL) and value.isdigit()
+    }
