@@ -11,7 +11,7 @@ import typer
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from . import access, inspection, logs, ops, replay, run, serve, tuning
+from . import access, inspection, logs, monitor, ops, replay, run, serve, tuning
 from .common import command_group
 
 __all__ = ["app", "main"]
@@ -47,6 +47,7 @@ run.register(app)
 ops.register(app)
 replay.register(app)
 inspection.register(app)
+monitor.register(app)
 access.register(app)
 tuning.register(app)
 serve.register(app)

@@ -9,16 +9,12 @@ from typing import Annotated, Any, cast
 
 import anyio
 import typer
-from rich.console import Console, Group
-from rich.live import Live
-from rich.table import Table
-from rich.text import Text
+from rich.console import Console
 
 from eventsched.dispatch.worker import find_cells
 from eventsched.model.events import EVENT_TYPES, NodeDraining, NodeUndrained
 from eventsched.model.keys import DEFAULT_CELL, DEFAULT_NAMESPACE, CellKeys
 from eventsched.ops import inspection
-from eventsched.projections.stats import age_of, read_stats
 from eventsched.store.append import append
 from eventsched.store.client import RedisClient, Store
 from eventsched.store.streams import read_stream, text, xread_raw
@@ -356,114 +352,8 @@ def tail(
     run_on_cell(redis_url, cell, namespace, work)
 
 
-def _stats_tables(snapshot: dict[str, Any]) -> list[Table]:
-    age_ms, stale = age_of(snapshot)
-    window = Table(
-        title=f"window of {snapshot['window_ms']} ms from {snapshot['window_start_ms']},"
-        f" published {age_ms / 1000:.0f} s ago"
-        + (" (STALE: no worker is publishing)" if stale else "")
-    )
-    window.add_column("figure")
-    window.add_column("value", justify="right")
-    for name in (
-        "dispatch_rate_per_s",
-        "dispatch_p50_ms",
-        "dispatch_p99_ms",
-        "e2e_p50_ms",
-        "e2e_p99_ms",
-        "wait_p50_ms",
-        "wait_p99_ms",
-    ):
-        window.add_row(name, _cell(snapshot.get(name)))
-    for name, value in sorted(snapshot["counts"].items()):
-        window.add_row(name, str(value))
-    for group in ("rejected", "failed"):
-        for reason, value in sorted(snapshot[group].items()):
-            window.add_row(f"{group}: {reason}", str(value))
-    nodes = Table(title="nodes and roles")
-    nodes.add_column("what")
-    nodes.add_column("value", justify="right")
-    for state, count in snapshot["nodes_by_state"].items():
-        nodes.add_row(f"nodes {state}", str(count))
-    for role, holder in snapshot["leases"].items():
-        nodes.add_row(f"lease {role}", holder or "-")
-    for name, figures in snapshot["consumers"].items():
-        nodes.add_row(f"{name} pending/lag", f"{figures['pending']}/{_cell(figures['lag'])}")
-    pools = Table(title="pools")
-    for column in ("pool", "running", "capacity", "utilization"):
-        pools.add_column(column)
-    for name, figures in snapshot["pools"].items():
-        pools.add_row(
-            name, str(figures["running"]), str(figures["capacity"]), str(figures["utilization"])
-        )
-    tables = [window, nodes, pools]
-    if snapshot.get("queues"):
-        queues = Table(title="queues (jobs waiting for a slot)")
-        for column in ("pair", "waiting", "wait_p50_ms", "wait_p99_ms"):
-            queues.add_column(column)
-        for pair, figures in snapshot["queues"].items():
-            queues.add_row(
-                pair,
-                str(figures["waiting"]),
-                _cell(figures["wait_p50_ms"]),
-                _cell(figures["wait_p99_ms"]),
-            )
-        tables.append(queues)
-    return tables
-
-
-def stats(
-    redis_url: RedisUrl = DEFAULT_URL,
-    cell: Cell = DEFAULT_CELL,
-    namespace: Namespace = DEFAULT_NAMESPACE,
-    as_json: AsJson = False,
-) -> None:
-    """The statistics snapshot the workers build every 5 s of event time."""
-    found = run_on_cell(redis_url, cell, namespace, read_stats)
-    if found is None:
-        raise NotFound("no statistics yet: a worker writes them every 5 s of event time")
-    if as_json:
-        print(json.dumps(found, sort_keys=True))
-        return
-    for table in _stats_tables(found):
-        Console().print(table)
-
-
-def top(
-    redis_url: RedisUrl = DEFAULT_URL,
-    cell: Cell = DEFAULT_CELL,
-    namespace: Namespace = DEFAULT_NAMESPACE,
-    once: Annotated[bool, typer.Option("--once", help="render one frame and exit")] = False,
-    interval: Annotated[float, typer.Option(min=0.1, help="seconds between frames")] = 1.0,
-) -> None:
-    """A live dashboard of the statistics snapshot, refreshed every second."""
-    keys = CellKeys(cell, namespace)
-
-    def frame(snapshot: dict[str, Any] | None) -> Group:
-        if snapshot is None:
-            return Group(Text("no statistics yet: waiting for a worker"))
-        return Group(*_stats_tables(snapshot))
-
-    async def main() -> None:
-        client = Store(redis_url).client()
-        try:
-            if not await client.exists(keys.log):
-                raise NotFound(f"unknown cell {namespace}:{{{cell}}} (it has no log)")
-            if once:
-                Console().print(frame(await read_stats(client, keys)))
-                return
-            with Live(frame(None), refresh_per_second=4) as live:
-                while True:
-                    live.update(frame(await read_stats(client, keys)))
-                    await anyio.sleep(interval)
-        finally:
-            await client.aclose()
-
-    anyio.run(main)
-
-
 def register(app: typer.Typer) -> None:
-    for command in (streams, nodes, sessions, jobs, tail, stats, top):
+    for command in (streams, nodes, sessions, jobs, tail):
         app.command()(command)
     app.add_typer(node_app, name="node")
     app.add_typer(pools_app, name="pools")

@@ -4,16 +4,26 @@ event time; `eventsched stats` and `top` read it."""
 from __future__ import annotations
 
 import json
+import os
+import pty
+import subprocess
+import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
+import redis
 from eventsched.cli.app import app
+from eventsched.cli.monitor import frame
+from rich.console import Console
 from typer.testing import CliRunner
 
 from eventsched.dispatch.worker import Worker
 from eventsched.model.events import Tick
 from eventsched.projections.stats import StatsBuilder, read_stats
+from tests.conftest import REAL_AVAILABLE, REAL_URL, new_namespace
 from tests.harness import Cell, error, finalize, node, ok, session
 
 
@@ -86,6 +96,77 @@ async def test_a_running_worker_publishes_a_snapshot_that_the_cli_shows(
     shown = await anyio.to_thread.run_sync(CliRunner().invoke, app, ["stats", *common, "--json"])
     assert shown.exit_code == 0, shown.output
     assert json.loads(shown.stdout)["counts"] == snapshot["counts"]
-    frame = await anyio.to_thread.run_sync(CliRunner().invoke, app, ["top", *common, "--once"])
-    assert frame.exit_code == 0, frame.output
-    assert "dispatch_rate_per_s" in frame.stdout and "lease dispatch" in frame.stdout
+    shown = await anyio.to_thread.run_sync(CliRunner().invoke, app, ["top", *common, "--once"])
+    assert shown.exit_code == 0, shown.output
+    assert "rate " in shown.stdout and f"dispatch {worker.name}" in shown.stdout
+
+
+def _busy_snapshot(pools: int) -> dict[str, Any]:
+    snapshot: dict[str, Any] = {
+        "window_start_ms": 10_000,
+        "window_ms": 5000,
+        "published_wall_ms": int(time.time() * 1000) - 2000,
+        "dispatch_rate_per_s": 120.5,
+        "dispatch_p50_ms": 2,
+        "dispatch_p99_ms": 20,
+        "e2e_p50_ms": 100,
+        "e2e_p99_ms": 500,
+        "wait_p99_ms": 50,
+        "counts": {"dispatched": 600, "completed": 590, "queued": 12, "retried": 3},
+        "rejected": {"queue_timeout": 2, "rate_limited": 1},
+        "failed": {"timed_out": 1},
+        "nodes_by_state": {"ready": 120, "lost": 2, "draining": 1},
+        "sessions": {"open": 300, "closed": 20},
+        "leases": {"dispatch": "host-a-1234", "groups": "host-a-1234", "ticker": "host-b-99"},
+        "queues": {"en>zh": {"waiting": 4, "wait_p50_ms": 20, "wait_p99_ms": 50}},
+        "pools": {
+            f"pool-{i:02d}-de+en+es+fr": {
+                "members": 8, "running": i, "capacity": 32, "free_slots": 32 - i,
+                "utilization": round(i / 32, 3),
+            }
+            for i in range(pools)
+        },
+    }  # fmt: skip
+    return snapshot
+
+
+@pytest.mark.parametrize("pools", [3, 40])
+def test_top_fits_an_80x24_terminal_and_says_how_old_the_window_is(pools: int) -> None:
+    console = Console(width=80, height=24, record=True, color_system=None)
+    console.print(frame(_busy_snapshot(pools), "es:{c0}", console.height))
+    lines = console.export_text().rstrip("\n").split("\n")
+    assert len(lines) <= 24 and max(len(line) for line in lines) <= 80, lines
+    assert "published 2 s ago" in lines[0] and lines[-1] == "q quits"
+    shown = [line for line in lines if line.startswith("pool-")]
+    assert shown[0].startswith(f"pool-{pools - 1:02d}")  # the busiest first
+    if pools > 10:
+        assert any(line.startswith(f"+{pools - len(shown)} more") for line in lines)
+    else:
+        assert len(shown) == pools
+    stale = {**_busy_snapshot(1), "published_wall_ms": int(time.time() * 1000) - 60_000}
+    console.print(frame(stale, "es:{c0}", 24))
+    assert "STALE" in console.export_text()
+
+
+@pytest.mark.skipif(not REAL_AVAILABLE, reason=f"no real Redis at {REAL_URL}")
+def test_top_quits_on_q() -> None:
+    """In a terminal of its own (a pty), a key press ends it at once."""
+    namespace = new_namespace()
+    client = redis.Redis.from_url(REAL_URL)
+    client.xadd(f"{namespace}:{{c0}}:log", {"e": "{}"})  # a cell: it has a log
+    command = [str(Path(sys.executable).with_name("eventsched")), "top"]
+    command += ["--redis-url", REAL_URL, "--namespace", namespace]
+    leader, follower = pty.openpty()
+    try:
+        with subprocess.Popen(command, stdin=follower, stdout=follower, stderr=follower) as shown:
+            output = b""
+            while b"waiting for a worker" not in output:  # the first frame is drawn
+                assert shown.poll() is None, output
+                output += os.read(leader, 4096)
+            os.write(leader, b"q")
+            assert shown.wait(timeout=20) == 0
+    finally:
+        os.close(leader)
+        os.close(follower)
+        client.delete(f"{namespace}:{{c0}}:log")
+        client.close()
