@@ -34,6 +34,10 @@ _ROLES = ("dispatch", "groups", "ticker")
 _CELLS_REFRESH_S = 10.0  # how often --all-cells looks for new cells
 
 
+class _Problem(BaseModel):
+    detail: str
+
+
 class CellStats(BaseModel):
     snapshot: dict[str, Any] | None  # None until a worker published one
     age_ms: int | None
@@ -120,8 +124,16 @@ def create_app(
         title="eventsched",
         summary="Read-only: the cells' statistics, nodes, sessions and jobs, metrics, health.",
         lifespan=lifespan,
+        responses={503: {"model": _Problem, "description": "Redis did not answer"}},
     )
     guarded = [Depends(authorized)]
+    denied: dict[int | str, dict[str, Any]] = {
+        401: {"model": _Problem, "description": "no bearer token, or not the server's"}
+    }
+    unknown: dict[int | str, dict[str, Any]] = {
+        **denied,
+        404: {"model": _Problem, "description": "no such cell, node, session or job"},
+    }
     CellParam = Annotated[
         str | None,
         Query(pattern=CELL_PATTERN.pattern, description="the cell (default: the first served)"),
@@ -165,7 +177,7 @@ def create_app(
         body = Readiness(ready=not reasons, reasons=reasons)
         return JSONResponse(body.model_dump(), 503 if reasons else 200)
 
-    @app.get("/api/v1/stats", response_model=Stats, dependencies=guarded)
+    @app.get("/api/v1/stats", response_model=Stats, dependencies=guarded, responses=denied)
     async def stats() -> Stats:
         """The latest statistics snapshot of each cell served, with its age; stale when
         older than STALE_WINDOWS windows (no worker is publishing)."""
@@ -179,7 +191,7 @@ def create_app(
             found[keys.cell] = CellStats(snapshot=snapshot, age_ms=age_ms, stale=stale)
         return Stats(cells=found)
 
-    @app.get("/api/v1/nodes", response_model=Page, dependencies=guarded)
+    @app.get("/api/v1/nodes", response_model=Page, dependencies=guarded, responses=unknown)
     async def nodes(
         cell: CellParam = None,
         after: Annotated[
@@ -193,7 +205,7 @@ def create_app(
         )
         return Page(items=items, next=following)
 
-    @app.get("/api/v1/nodes/{node_id}", dependencies=guarded)
+    @app.get("/api/v1/nodes/{node_id}", dependencies=guarded, responses=unknown)
     async def node(node_id: NodeId, cell: CellParam = None) -> dict[str, Any]:
         """One node (``eventsched node show --json``)."""
         return _found(
@@ -202,7 +214,7 @@ def create_app(
             node_id,
         )
 
-    @app.get("/api/v1/sessions/{session_id}", dependencies=guarded)
+    @app.get("/api/v1/sessions/{session_id}", dependencies=guarded, responses=unknown)
     async def session(session_id: SessionId, cell: CellParam = None) -> dict[str, Any]:
         """One session (``eventsched session show --json``)."""
         keys = await served.one(client(), cell)
@@ -210,7 +222,7 @@ def create_app(
             await inspection.session_detail(client(), keys, session_id), "session", session_id
         )
 
-    @app.get("/api/v1/jobs/{job_id}", dependencies=guarded)
+    @app.get("/api/v1/jobs/{job_id}", dependencies=guarded, responses=unknown)
     async def job(job_id: JobIdParam, cell: CellParam = None) -> dict[str, Any]:
         """One job and its lineage (``eventsched job show --json``)."""
         return _found(
@@ -219,7 +231,7 @@ def create_app(
             job_id,
         )
 
-    @app.get("/metrics", dependencies=guarded, response_class=Response)
+    @app.get("/metrics", dependencies=guarded, response_class=Response, responses=denied)
     async def metrics() -> Response:
         """Prometheus text: decisions, rejections and failures by reason, latency
         histograms, nodes, slots, queues, consumer lag, snapshot and marker age."""
