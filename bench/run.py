@@ -30,6 +30,7 @@ from bench.alone import private_server
 from bench.dispatch_scale import measure as dispatch_scale
 from bench.ingress_scale import measure as ingress_scale
 from bench.queue_scale import measure as queue_scale
+from bench.service_scale import measure as service_scale
 from bench.replay_speed import synthetic
 from eventsched.model.keys import CellKeys
 from eventsched.ops.replay import replay
@@ -126,6 +127,7 @@ async def collect(url: str, quick: bool) -> dict[str, float]:
     figures |= e2e.figures(steps)
     figures |= await burst.measure(url)
     figures |= await queue_scale(url)
+    figures |= await service_scale(url)
     figures |= await memory(url, 10_000)
     figures |= await replay_rates(url, 10_000 if quick else 50_000)
     return figures
