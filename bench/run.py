@@ -30,8 +30,8 @@ from bench.alone import private_server
 from bench.dispatch_scale import measure as dispatch_scale
 from bench.ingress_scale import measure as ingress_scale
 from bench.queue_scale import measure as queue_scale
-from bench.service_scale import measure as service_scale
 from bench.replay_speed import synthetic
+from bench.service_scale import measure as service_scale
 from eventsched.model.keys import CellKeys
 from eventsched.ops.replay import replay
 from eventsched.store.client import MEMORY_URL, Store, unlink_matching
