@@ -1,6 +1,9 @@
 """The HTTP API (FastAPI): the statistics snapshot of each cell served, its nodes, sessions
 and jobs in the shapes the CLI's ``--json`` gives, Prometheus metrics, and health. Every
-route but the two health checks takes the bearer token when one is set."""
+route but the two health checks takes the bearer token when one is set.
+
+No ``from __future__ import annotations`` here: FastAPI reads the routes' annotations at
+run time, and they name values local to ``create_app``."""
 
 import secrets
 import time
@@ -115,7 +118,8 @@ def create_app(
     ) -> None:
         if token is None:
             return
-        if credentials is None or not secrets.compare_digest(credentials.credentials, token):
+        given = credentials.credentials.encode() if credentials is not None else b""
+        if not secrets.compare_digest(given, token.encode()):  # bytes: any header compares
             raise HTTPException(
                 401, "a bearer token is required", headers={"WWW-Authenticate": "Bearer"}
             )
