@@ -60,7 +60,7 @@ async def test_health_needs_no_token_and_everything_else_does(api: httpx.AsyncCl
     for path in ("/api/v1/stats", "/api/v1/nodes", "/metrics", "/api/v1/jobs/s1:0"):
         assert (await api.get(path, headers={"Authorization": ""})).status_code == 401, path
         assert (await api.get(path, headers={"Authorization": "Bearer wrong"})).status_code == 401
-        odd = {"Authorization": "Bearer caf\u00e9".encode()}  # bytes that are not ASCII
+        odd = {b"Authorization": "Bearer caf\u00e9".encode()}  # bytes that are not ASCII
         assert (await api.get(path, headers=odd)).status_code == 401
         assert (await api.get(path)).status_code == 200, path
 
