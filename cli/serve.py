@@ -9,7 +9,7 @@ import uvicorn
 
 from eventsched.model.keys import DEFAULT_CELL, DEFAULT_NAMESPACE
 from eventsched.service.api import create_app
-from eventsched.store.client import Store
+from eventsched.store.client import Store, is_memory_url
 
 from .common import DEFAULT_URL, Cells, Namespace, RedisUrl
 
@@ -36,6 +36,8 @@ def serve(
 ) -> None:
     """Serve /api/v1 (stats, nodes, sessions, jobs), /metrics, /healthz and /readyz,
     read-only, until SIGINT or SIGTERM."""
+    if is_memory_url(redis_url):
+        raise ValueError("serve shows what workers write: give the redis:// URL they use")
     store = Store(redis_url)
     chosen = None if all_cells else [cell.strip() for cell in cells.split(",") if cell.strip()]
     app = create_app(store, namespace, chosen, token)

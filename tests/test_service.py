@@ -15,7 +15,9 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
+from eventsched.cli.app import app
 from prometheus_client.parser import text_string_to_metric_families
+from typer.testing import CliRunner
 
 from eventsched.dispatch.worker import Worker
 from eventsched.ops import inspection
@@ -199,3 +201,8 @@ def test_eventsched_serve_answers_on_its_port() -> None:
         finally:
             server.terminate()
             server.wait(timeout=20)
+
+
+def test_serve_refuses_the_embedded_store() -> None:
+    result = CliRunner().invoke(app, ["serve", "--redis-url", "memory://"])
+    assert result.exit_code == 1 and "give the redis:// URL" in str(result.exception)
