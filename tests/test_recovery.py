@@ -117,6 +117,12 @@ async def test_a_stream_begun_again_behind_the_reader_is_read_again(store_url: s
                 await session.finalize(index, "pause", f"audio/{index}", 800)
             reader = cell.client()
             await wait_for(lambda: _length_is(reader, cell.keys.output("s1"), 2))
+            stream = cell.keys.output("s1")
+
+            async def read_both() -> bool:  # the client has read 2's outcome (and holds it)
+                return gateway._cursors.get(stream) == "3-0"
+
+            await wait_for(read_both)
             # The output stream is lost: 1's late outcome gets its own place, 2-0, below
             # the 3-0 the client has read to.
             await reader.delete(cell.keys.output("s1"))
