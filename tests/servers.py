@@ -25,6 +25,7 @@ __all__ = [
     "free_port",
     "get_when_listening",
     "make_tls_files",
+    "private_cluster",
     "private_redis",
 ]
 
@@ -82,11 +83,13 @@ class RedisProcess:
     with ``tls``, that port speaks TLS only and requires a client certificate, and
     ``url`` is a rediss:// URL carrying the client's files."""
 
-    def __init__(self, directory: Path, *extra_args: str, tls: TlsFiles | None = None) -> None:
+    def __init__(
+        self, directory: Path, *extra_args: str, tls: TlsFiles | None = None, port: int = 0
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed")
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.directory = directory
         self._command = [
@@ -156,6 +159,52 @@ def private_redis(directory: Path, *extra_args: str) -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (10,000 above it) is free and valid too."""
+    while True:
+        port = free_port()
+        if port + 10_000 > 65_535:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 10_000))
+            except OSError:
+                continue
+        return port
+
+
+@contextmanager
+def private_cluster(directory: Path, masters: int = 3) -> Iterator[str]:
+    """A Redis Cluster of ``masters`` masters with a replica each, every node its own
+    redis-server in ``directory``; yields its ``redis+cluster://`` URL once every slot is
+    served, stops every node by its process afterwards."""
+    nodes = []
+    try:
+        for index in range(2 * masters):
+            folder = directory / f"node{index}"
+            folder.mkdir()
+            options = ("--cluster-enabled", "yes", "--cluster-node-timeout", "2000")
+            node = RedisProcess(folder, *options, port=_cluster_port())
+            node.start()
+            nodes.append(node)
+        addresses = [f"127.0.0.1:{node.port}" for node in nodes]
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "1",
+             "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        probe = redis.Redis(port=nodes[0].port)
+        deadline = time.monotonic() + 30
+        while probe.cluster("INFO").get("cluster_state") != "ok":
+            assert time.monotonic() < deadline, "the cluster did not come up"
+            time.sleep(0.05)  # waiting for the condition: every slot served
+        probe.close()
+        yield "redis+cluster://" + ",".join(addresses)
+    finally:
+        for node in nodes:
+            node.stop()
 
 
 class AofTail:

@@ -1,21 +1,25 @@
 """One way to get Redis clients: a real server from a ``redis://`` URL (``rediss://`` for
-TLS, with its files as URL options, see ``URL_OPTIONS``), or the embedded fakeredis
-(created as Redis 7.0, Lua included) from ``memory://``."""
+TLS, with its files as URL options, see ``URL_OPTIONS``), a Redis Cluster from
+``redis+cluster://host:port[,host:port...]`` (any of its nodes; the client finds the
+rest), or the embedded fakeredis (created as Redis 7.0, Lua included) from ``memory://``."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import fakeredis
 import hiredis
 import redis
 import redis.asyncio as aioredis
+import redis.cluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from eventsched.model.principals import Principal
 
 __all__ = [
+    "CLUSTER_SCHEME",
     "MEMORY_URL",
     "URL_OPTIONS",
     "RedisClient",
@@ -27,7 +31,11 @@ __all__ = [
 ]
 
 MEMORY_URL = "memory://"
+CLUSTER_SCHEME = "redis+cluster://"
 
+# A RedisCluster client stands in for one: every key a command or script of eventsched
+# touches shares its cell's hash tag, so each goes to one slot (tests/test_cluster.py
+# holds the whole replay suite to that on a real cluster).
 RedisClient = aioredis.Redis
 
 
@@ -86,6 +94,17 @@ def _check_options(url: str) -> None:
 _NAMED_SERVERS: dict[str, fakeredis.FakeServer] = {}
 
 
+def _cluster_nodes(url: str) -> list[tuple[str, int]]:
+    """The ``host:port`` list of a ``redis+cluster://`` URL (no options, no user yet)."""
+    nodes = []
+    for part in url.removeprefix(CLUSTER_SCHEME).rstrip("/").split(","):
+        host, _, port = part.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"{url!r}: a cluster URL is redis+cluster://host:port[,host:port...]")
+        nodes.append((host, int(port)))
+    return nodes
+
+
 def _embedded_server(url: str) -> fakeredis.FakeServer:
     """``memory://`` is a new, empty embedded store each time; ``memory://NAME`` is the
     one store of that name in this process (so separate commands can share it)."""
@@ -102,11 +121,15 @@ class Store:
     the same embedded server, so a worker and a load generator in one process share it."""
 
     def __init__(self, url: str = MEMORY_URL) -> None:
-        if not is_memory_url(url) and not url.startswith(("redis://", "rediss://", "unix://")):
+        schemes = ("redis://", "rediss://", "unix://", CLUSTER_SCHEME)
+        if not is_memory_url(url) and not url.startswith(schemes):
             raise ValueError(
-                f"unsupported Redis URL {url!r}: use redis://, rediss://, unix:// or memory://"
+                f"unsupported Redis URL {url!r}: use redis://, rediss://, unix://,"
+                " redis+cluster://host:port[,host:port...] or memory://"
             )
-        if not is_memory_url(url):
+        if url.startswith(CLUSTER_SCHEME):
+            self._nodes = _cluster_nodes(url)
+        elif not is_memory_url(url):
             _check_options(url)
         self.url = url
         self._server = _embedded_server(url) if is_memory_url(url) else None
@@ -123,12 +146,21 @@ class Store:
                 server=self._server, decode_responses=decode_responses
             )
             return sync
+        if self.url.startswith(CLUSTER_SCHEME):
+            nodes = [redis.cluster.ClusterNode(h, p) for h, p in self._nodes]  # type: ignore[no-untyped-call]
+            cluster = redis.cluster.RedisCluster(
+                startup_nodes=nodes, decode_responses=decode_responses
+            )
+            return cast(redis.Redis, cluster)
         return redis.Redis.from_url(self.url, decode_responses=decode_responses)
 
     def client(self) -> RedisClient:
         if self._server is not None:
             client: RedisClient = fakeredis.FakeAsyncRedis(server=self._server)
             return client
+        if self.url.startswith(CLUSTER_SCHEME):
+            cluster = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in self._nodes])
+            return cast(RedisClient, cluster)
         if self.url.startswith("redis://"):  # rediss:// and unix:// keep their own classes
             return aioredis.Redis.from_url(self.url, connection_class=_HiredisPackedConnection)
         return aioredis.Redis.from_url(self.url)
