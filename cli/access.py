@@ -97,7 +97,7 @@ def acl_list(
     """The namespace's users and their rules (never their passwords)."""
     users = run_with_client(redis_url, lambda c: access.list_users(c, namespace))
     if as_json:
-        print(json.dumps([user.__dict__ for user in users]))
+        print(json.dumps([user.__dict__ for user in users], sort_keys=True))
         return
     table = Table(title=f"users of namespace {namespace}")
     for column in ("user", "on", "rules"):

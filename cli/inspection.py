@@ -94,7 +94,7 @@ def _show(found: dict[str, Any] | None, what: str, as_json: bool) -> None:
     if as_json:
         print(json.dumps(found, ensure_ascii=False, sort_keys=True))
     else:
-        Console().print_json(json.dumps(found, ensure_ascii=False, default=str))
+        Console().print_json(json.dumps(found, ensure_ascii=False, default=str, sort_keys=True))
 
 
 def streams(

@@ -40,7 +40,11 @@ def verify(
     check the invariants. Exit 0 when all hold, 1 with a report otherwise."""
     report: VerifyReport = run_on_cell(redis_url, cell, namespace, verify_cell)
     if as_json:
-        print(json.dumps({"ok": report.ok, "problems": report.problems, **report.figures}))
+        print(
+            json.dumps(
+                {"ok": report.ok, "problems": report.problems, **report.figures}, sort_keys=True
+            )
+        )
     else:
         console = Console()
         verdict = "[green]ok[/green]" if report.ok else "[red]FAILED[/red]"
@@ -84,7 +88,7 @@ def dlq_list(
 
     found = run_on_cell(redis_url, cell, namespace, work)
     if as_json:
-        print(json.dumps([letter.__dict__ for letter in found]))
+        print(json.dumps([letter.__dict__ for letter in found], sort_keys=True))
         return
     rows = [[letter.dlq_id, letter.log_id, letter.reason] for letter in found]
     print_table(f"dead letters of {namespace}:{{{cell}}}", ["dlq_id", "log_id", "reason"], rows)
@@ -105,7 +109,7 @@ def dlq_show(
     letter = run_on_cell(redis_url, cell, namespace, work)
     if letter is None:
         raise ValueError(f"no dead letter {dlq_id}")
-    print(json.dumps(letter.__dict__, indent=2, ensure_ascii=False))
+    print(json.dumps(letter.__dict__, indent=2, ensure_ascii=False, sort_keys=True))
 
 
 @dlq_app.command("requeue")

@@ -84,7 +84,11 @@ def replay_command(
         else:
             print(result.output, end="")
     if as_json:
-        print(json.dumps({"fixtures": len(fixtures), "failed": failed, "ok": not failed}))
+        print(
+            json.dumps(
+                {"fixtures": len(fixtures), "failed": failed, "ok": not failed}, sort_keys=True
+            )
+        )
     raise typer.Exit(1 if failed else 0)
 
 

@@ -58,7 +58,8 @@ def show(
         defaults = DEFAULTS.model_dump()
         print(
             json.dumps(
-                {"cell": cell, "since": found.since, "settings": values, "defaults": defaults}
+                {"cell": cell, "since": found.since, "settings": values, "defaults": defaults},
+                sort_keys=True,
             )
         )
         return
