@@ -29,6 +29,7 @@ from .common import (
     command_group,
     print_table,
     run_on_cell,
+    run_with_client,
 )
 
 __all__ = ["register"]
@@ -95,6 +96,18 @@ def _show(found: dict[str, Any] | None, what: str, as_json: bool) -> None:
         print(json.dumps(found, ensure_ascii=False, sort_keys=True))
     else:
         Console().print_json(json.dumps(found, ensure_ascii=False, default=str, sort_keys=True))
+
+
+def cells(
+    redis_url: RedisUrl = DEFAULT_URL,
+    namespace: Namespace = DEFAULT_NAMESPACE,
+    as_json: AsJson = False,
+) -> None:
+    """The namespace's cells: each one's hash slot and, on a Redis Cluster, its master."""
+    rows = run_with_client(redis_url, lambda c: inspection.list_cells(c, namespace))
+    if not rows and not as_json:
+        raise NotFound(f"no cells in namespace {namespace!r}")
+    _emit(rows, as_json, f"cells of {namespace}", ["cell", "slot", "master"])
 
 
 def streams(
@@ -353,7 +366,7 @@ def tail(
 
 
 def register(app: typer.Typer) -> None:
-    for command in (streams, nodes, sessions, jobs, tail):
+    for command in (cells, streams, nodes, sessions, jobs, tail):
         app.command()(command)
     app.add_typer(node_app, name="node")
     app.add_typer(pools_app, name="pools")

@@ -293,3 +293,11 @@ def test_a_bad_setting_is_named_and_appends_nothing(
     assert result.exit_code == 1
     assert said in str(result.exception) and "\n" not in str(result.exception)
     assert _invoke("tail", *common, "--count", "1") == before
+
+
+def test_cells_are_listed_with_their_slots(cell_url: tuple[str, str]) -> None:
+    url, namespace = cell_url
+    rows = json.loads(_invoke("cells", "--redis-url", url, "--namespace", namespace, "--json"))
+    assert rows == [{"cell": "c0", "slot": 10282, "master": None}]  # one Redis: no master
+    empty = CliRunner().invoke(app, ["cells", "--redis-url", url, "--namespace", "nothing-here"])
+    assert empty.exit_code == 1 and "no cells in namespace" in str(empty.exception)

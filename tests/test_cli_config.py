@@ -76,7 +76,7 @@ def test_every_cell_command_takes_its_redis_cell_and_namespace_from_the_environm
 
 def test_the_other_commands_take_the_url_from_the_environment(tmp_path: Path) -> None:
     runner = CliRunner()
-    for args in (["acl", "list"], ["replay", str(FIXTURE)]):
+    for args in (["acl", "list"], ["replay", str(FIXTURE)], ["cells"]):
         result = runner.invoke(app, args, env={"EVENTSCHED_REDIS_URL": UNREACHABLE})
         assert "127.0.0.1:1" in str(result.exception), args
 

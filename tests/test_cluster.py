@@ -6,11 +6,16 @@ pipeline stays in one slot (a CROSSSLOT error would fail these)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis.cluster
+from eventsched.cli.app import app
+from redis.crc import key_slot
+from typer.testing import CliRunner
 
 from eventsched.model.keys import CellKeys
 from eventsched.ops.replay import check, golden_path, load_fixture, play, replay
@@ -58,3 +63,27 @@ async def test_cells_on_different_masters_each_verify(cluster_url: str) -> None:
     finally:
         await unlink_matching(client, f"{namespace}:*")
         await client.aclose()
+
+
+def test_cells_are_found_on_every_master_with_their_slots(cluster_url: str) -> None:
+    namespace = new_namespace()
+    client = redis.cluster.RedisCluster.from_url(
+        cluster_url.replace("redis+cluster://", "redis://").split(",")[0]
+    )
+    try:
+        for cell in ("c0", "c1", "c2", "c3"):
+            client.xadd(CellKeys(cell, namespace).log, {"e": "{}"})
+        shown = CliRunner().invoke(
+            app, ["cells", "--redis-url", cluster_url, "--namespace", namespace, "--json"]
+        )
+        assert shown.exit_code == 0, shown.output
+        rows = json.loads(shown.stdout)
+        assert [row["cell"] for row in rows] == ["c0", "c1", "c2", "c3"]
+        assert [row["slot"] for row in rows] == [
+            key_slot(CellKeys(c, namespace).log.encode()) for c in ("c0", "c1", "c2", "c3")
+        ]
+        assert len({row["master"] for row in rows}) >= 2  # the tags land on different masters
+    finally:
+        for cell in ("c0", "c1", "c2", "c3"):
+            client.delete(CellKeys(cell, namespace).log)
+        client.close()

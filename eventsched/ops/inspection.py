@@ -11,7 +11,10 @@ import tomllib
 from typing import Any, cast
 
 from pydantic import ValidationError
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
 
+from eventsched.dispatch.worker import find_cells
 from eventsched.model.events import SOURCE_FIELD, PoolsConfigured
 from eventsched.model.keys import SUFFIXES, CellKeys
 from eventsched.model.principals import lawful_event
@@ -25,6 +28,7 @@ __all__ = [
     "PoolFileError",
     "describe_event",
     "job_detail",
+    "list_cells",
     "list_jobs",
     "list_nodes",
     "list_pools",
@@ -49,6 +53,19 @@ async def _now_ms(client: RedisClient, keys: CellKeys) -> int:
     """The cell's event time: the last applied log entry's."""
     applied = await client.hget(keys.meta, "applied")
     return parse_id(text(applied))[0] if applied else 0
+
+
+async def list_cells(client: RedisClient, namespace: str) -> list[dict[str, Any]]:
+    """Every cell of the namespace with its hash slot and, on a Redis Cluster, the master
+    serving that slot (``host:port``; None on one Redis)."""
+    rows = []
+    for keys in await find_cells(client, namespace):
+        master = None
+        if isinstance(client, RedisCluster):
+            node = client.get_node_from_key(keys.log)
+            master = f"{node.host}:{node.port}"
+        rows.append({"cell": keys.cell, "slot": key_slot(keys.log.encode()), "master": master})
+    return rows
 
 
 async def list_streams(
