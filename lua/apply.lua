@@ -174,9 +174,9 @@ end
 
 -- Try attempt `attempt` of a job: place it, reserve the slot, record it, hand it off.
 -- `job` holds what the finalize said (id sid idx audio) and the session (src tgt pool);
--- `extra` are more job-hash fields to write in the same HSET; `waited` more fields of the
+-- `extra` are more job-hash fields to write in the same HSET; `noted` more fields of the
 -- dispatch decision (queue.lua: the pair and how long it waited).
-local function start_attempt(job, attempt, exclude, extra, waited)
+local function start_attempt(job, attempt, exclude, extra, noted)
   local node_id, pool, node, why = place(job.src .. '>' .. job.tgt, job.pool, exclude)
   if not node_id then return nil, why end
   local running = redis.call('HINCRBY', P .. S_NODE .. node_id, 'run', 1)
@@ -196,7 +196,7 @@ local function start_attempt(job, attempt, exclude, extra, waited)
     'dl', deadline)
   local dispatched = {'k', 'd', 'job', job.id, 'att', attempt, 'node', node_id,
     'pool', pool, 'sid', job.sid, 'idx', job.idx}
-  for _, value in ipairs(waited or {}) do dispatched[#dispatched + 1] = value end
+  for _, value in ipairs(noted or {}) do dispatched[#dispatched + 1] = value end
   dispatched[#dispatched + 1] = 'at'
   dispatched[#dispatched + 1] = now_id
   decide(unpack(dispatched))
@@ -246,11 +246,12 @@ local function expire()
 end
 
 -- A job's context for a retry, read back from its record and its session.
-local function job_context(job_id)
-  local j = redis.call('HMGET', P .. S_JOB .. job_id, 'sid', 'idx', 'audio', 'cut')
+-- More job-record fields named after `job_id` come back second, in one read with the rest.
+local function job_context(job_id, ...)
+  local j = redis.call('HMGET', P .. S_JOB .. job_id, 'sid', 'idx', 'audio', 'cut', ...)
   local s = redis.call('HMGET', P .. S_SESS .. j[1], 'src', 'tgt', 'pool')
   return {id = job_id, sid = j[1], idx = j[2], audio = j[3], cut = j[4], src = s[1],
-          tgt = s[2], pool = s[3]}
+          tgt = s[2], pool = s[3]}, {unpack(j, 5)}
 end
 
 local function reject(session_id, index, cut, reason)

@@ -52,9 +52,8 @@ end
 -- A waiting job that gets no slot (its wait ended, its session closed): a first
 -- attempt is rejected, a retry fails, with `reason`.
 local function give_up(job_id, reason)
-  local job = job_context(job_id)
+  local job, j = job_context(job_id, 'qatt', 'qerr', 'att', 'node')
   local jk = P .. S_JOB .. job_id
-  local j = redis.call('HMGET', jk, 'qatt', 'qerr', 'att', 'node')
   leave_queue(job)
   if j[1] == '1' then
     redis.call('DEL', jk)
@@ -69,19 +68,19 @@ local function give_up(job_id, reason)
 end
 
 -- Place one waiting job now if any node may take it: 'placed' when it was, 'ended' when
--- its wait ended before a tick saw it (given up as the tick would), nil otherwise.
+-- its wait ended before a tick saw it (given up as the tick would), else nil and the
+-- node it is kept off ('' for none).
 local function try_waiting(job_id)
   if tonumber(redis.call('ZSCORE', K_WAITS, job_id)) < now_ms then
     give_up(job_id, 'queue_timeout')
     return 'ended'
   end
   local jk = P .. S_JOB .. job_id
-  local j = redis.call('HMGET', jk, 'qatt', 'excl', 'qat')
-  local job = job_context(job_id)
+  local job, j = job_context(job_id, 'qatt', 'excl', 'qat')
   local waited = now_ms - tonumber(j[3])
   local placed, pool = start_attempt(job, tonumber(j[1]), j[2], {'waited', waited},
     {'pair', job.src .. '>' .. job.tgt, 'waited', waited})
-  if not placed then return nil end
+  if not placed then return nil, j[2] end
   leave_queue(job)
   redis.call('HDEL', jk, 'qatt', 'excl', 'qerr')
   if pool ~= job.pool then redis.call('HSET', P .. S_SESS .. job.sid, 'pool', pool) end
@@ -111,10 +110,10 @@ local function serve(pairs)
       end
     end
     if not best then return end
-    local outcome
+    local outcome, kept_off
     for _, job_id in ipairs(redis.call('ZRANGE', P .. S_QUEUE .. open[best], 0, QUEUE_LOOK - 1)) do
-      outcome = try_waiting(job_id)
-      if outcome or redis.call('HGET', P .. S_JOB .. job_id, 'excl') == '' then break end
+      outcome, kept_off = try_waiting(job_id)
+      if outcome or kept_off == '' then break end
     end
     if outcome then served = served + 1 else table.remove(open, best) end
   end
