@@ -41,10 +41,11 @@ from eventsched.dispatch.retention import retain, trim_inboxes
 from eventsched.model.events import ENTRY_FIELD, Tick, encode_event
 from eventsched.model.keys import PROJECTIONS, CellKeys
 from eventsched.projections.cell_settings import read_settings
+from eventsched.projections.snapshot import applied_ms
 from eventsched.projections.stats import StatsBuilder
 from eventsched.store.client import RedisClient
 from eventsched.store.scripts import register
-from eventsched.store.streams import StreamReply, parse_id, text, xrange_raw, xreadgroup_raw
+from eventsched.store.streams import StreamReply, text, xrange_raw, xreadgroup_raw
 
 __all__ = [
     "DEFAULT_BATCH",
@@ -478,8 +479,7 @@ class Worker:
             if time.monotonic() < checked_at + _STATS_CHECK_S:
                 return
             checked_at = time.monotonic()
-            applied = await self.client.hget(keys.meta, "applied")
-            now_ms = parse_id(text(applied))[0] if applied else 0
+            now_ms = await applied_ms(self.client, keys) or 0
             if builder.due(now_ms):
                 await builder.publish(self.client, keys, now_ms)
 

@@ -19,9 +19,9 @@ from eventsched.model.events import SOURCE_FIELD, PoolsConfigured
 from eventsched.model.keys import SUFFIXES, CellKeys
 from eventsched.model.principals import lawful_event
 from eventsched.projections.groups import SessionView, read_outcomes, read_session
-from eventsched.projections.snapshot import NodeView, read_node, read_snapshot
+from eventsched.projections.snapshot import NodeView, applied_ms, read_node, read_snapshot
 from eventsched.store.client import RedisClient
-from eventsched.store.streams import parse_id, read_hash, read_stream, text
+from eventsched.store.streams import read_hash, read_stream, text
 
 __all__ = [
     "JOB_STATES",
@@ -50,9 +50,7 @@ async def _ids_of(client: RedisClient, keys: CellKeys, suffix: str, limit: int) 
 
 
 async def _now_ms(client: RedisClient, keys: CellKeys) -> int:
-    """The cell's event time: the last applied log entry's."""
-    applied = await client.hget(keys.meta, "applied")
-    return parse_id(text(applied))[0] if applied else 0
+    return await applied_ms(client, keys) or 0
 
 
 async def list_cells(client: RedisClient, namespace: str) -> list[dict[str, Any]]:

@@ -7,9 +7,9 @@ from typing import Any, cast
 
 from eventsched.model.keys import CellKeys
 from eventsched.store.client import RedisClient
-from eventsched.store.streams import read_hash, text
+from eventsched.store.streams import parse_id, read_hash, text
 
-__all__ = ["NodeView", "PoolView", "Snapshot", "read_node", "read_snapshot"]
+__all__ = ["NodeView", "PoolView", "Snapshot", "applied_ms", "read_node", "read_snapshot"]
 
 
 @dataclass(frozen=True)
@@ -92,3 +92,10 @@ async def read_snapshot(
         lang_index=index,
         node_count=int(await client.zcard(keys.nodes)),
     )
+
+
+async def applied_ms(client: RedisClient, keys: CellKeys) -> int | None:
+    """The cell's event time: the ms of the last log entry the dispatch projection
+    applied (its tracking marker); None before any."""
+    applied = await client.hget(keys.meta, "applied")
+    return None if applied is None else parse_id(text(applied))[0]

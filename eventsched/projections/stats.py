@@ -31,8 +31,8 @@ __all__ = [
     "WINDOW_MS",
     "StatsBuilder",
     "age_of",
+    "read_published",
     "read_stats",
-    "read_totals",
 ]
 
 WINDOW_MS = 5000
@@ -141,13 +141,6 @@ class StatsBuilder:
         found = {k[len(head) :]: n for k, n in self.counts.items() if k.startswith(head)}
         return {**dict.fromkeys(REASONS[kind], 0), **found}
 
-    def _histograms(self) -> dict[str, list[int]]:
-        return {
-            "dispatch": self.dispatch,
-            "e2e": self.e2e,
-            "wait": _waits(self.waits)["wait_histogram"],
-        }
-
     def due(self, now_ms: int) -> bool:
         return self.window_start is not None and now_ms >= self.window_start + self.window_ms
 
@@ -158,6 +151,7 @@ class StatsBuilder:
         rejected, failed, noticed = (
             self._by_reason(kind) for kind in ("rejected", "failed", "noticed")
         )
+        waits = _waits(self.waits)
         plain = {
             **dict.fromkeys(COUNTS, 0),
             **{k: n for k, n in self.counts.items() if ":" not in k},
@@ -178,7 +172,7 @@ class StatsBuilder:
             "histogram_bounds_ms": list(BUCKETS_MS),
             "e2e_histogram": self.e2e,
             "dispatch_histogram": self.dispatch,
-            **_waits(self.waits),
+            **waits,
             "queues": await _queues(client, keys, self.waits),
             **await _shape(client, keys),
         }
@@ -188,7 +182,10 @@ class StatsBuilder:
             for name, count in self.counts.items():
                 if count:
                     pipe.hincrby(keys.stats, _TOTAL + name, count)
-            for latency, histogram in self._histograms().items():
+            histograms = zip(
+                LATENCIES, (self.dispatch, self.e2e, waits["wait_histogram"]), strict=True
+            )
+            for latency, histogram in histograms:
                 for index, count in enumerate(histogram):
                     if count:
                         pipe.hincrby(keys.stats, f"{_TOTAL}{latency}:{index}", count)
@@ -325,12 +322,17 @@ def age_of(snapshot: dict[str, Any], now_wall_ms: int | None = None) -> tuple[in
     return age_ms, age_ms > STALE_WINDOWS * int(snapshot["window_ms"])
 
 
-async def read_totals(client: RedisClient, keys: CellKeys) -> dict[str, int]:
-    """What the cell's windows counted since its stats began, by name (``_TOTAL``'s
-    fields, without the prefix): the counters /metrics serves."""
+async def read_published(
+    client: RedisClient, keys: CellKeys
+) -> tuple[dict[str, Any] | None, dict[str, int]]:
+    """The latest snapshot (``read_stats``) and what the cell's windows counted since its
+    stats began, by name (``_TOTAL``'s fields, without the prefix: the counters /metrics
+    serves), in one read of the stats hash."""
     raw = cast(dict[bytes, bytes], await client.hgetall(keys.stats))
-    return {
+    snapshot = raw.get(b"snapshot")
+    totals = {
         text(name)[len(_TOTAL) :]: int(value)
         for name, value in raw.items()
         if text(name).startswith(_TOTAL) and value.isdigit()
     }
+    return (None if snapshot is None else cast(dict[str, Any], json.loads(snapshot))), totals

@@ -1,7 +1,7 @@
 """Prometheus metrics of a set of cells, from what their dispatch workers wrote: the
-cumulative counts and latency histograms of the statistics windows (projections.stats
-``read_totals``), the latest snapshot's gauges, and the tracking marker's age. A scrape
-reads two hashes and one field per cell, whatever the fleet's size."""
+cumulative counts and latency histograms of the statistics windows and the latest
+snapshot's gauges (projections.stats ``read_published``), and the tracking marker's age.
+A scrape reads one hash and one field per cell, whatever the fleet's size."""
 
 from __future__ import annotations
 
@@ -20,16 +20,15 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from eventsched.model.keys import CellKeys
+from eventsched.projections.snapshot import applied_ms
 from eventsched.projections.stats import (
     BUCKETS_MS,
     COUNTS,
     LATENCIES,
     REASONS,
-    read_stats,
-    read_totals,
+    read_published,
 )
 from eventsched.store.client import RedisClient
-from eventsched.store.streams import parse_id, text
 
 __all__ = ["CONTENT_TYPE", "CellFigures", "read_figures", "render"]
 
@@ -52,15 +51,8 @@ class CellFigures:
 async def read_figures(client: RedisClient, cells: Sequence[CellKeys]) -> list[CellFigures]:
     found = []
     for keys in cells:
-        applied = await client.hget(keys.meta, "applied")
-        found.append(
-            CellFigures(
-                keys.cell,
-                await read_totals(client, keys),
-                await read_stats(client, keys),
-                parse_id(text(applied))[0] if applied else None,
-            )
-        )
+        snapshot, totals = await read_published(client, keys)
+        found.append(CellFigures(keys.cell, totals, snapshot, await applied_ms(client, keys)))
     return found
 
 
