@@ -20,6 +20,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "SOURCE_FIELD",
     "Event",
+    "JobId",
     "JobResult",
     "Lang",
     "NodeDeregistered",

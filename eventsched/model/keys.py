@@ -31,6 +31,7 @@ __all__ = [
     "LEASE_KEYS",
     "PROJECTIONS",
     "REQUEUE_KEYS",
+    "ROLES",
     "SCRIPT_KEYS",
     "STATE_KEYS",
     "SUFFIXES",
@@ -42,6 +43,7 @@ DEFAULT_NAMESPACE = "es"
 # folds the log into the snapshot and decides; "groups" folds the decisions stream into
 # per-session group state and ordered outputs.
 PROJECTIONS = ("dispatch", "groups")
+ROLES = (*PROJECTIONS, "ticker")  # each held by one worker per cell, under its lease
 INBOX_GROUP = "node"  # the consumer group a node reads its inbox through (apply.lua too)
 DEFAULT_CELL = "c0"
 CELL_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")

@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from typing import Any, cast
 
-from eventsched.model.keys import CellKeys
+from eventsched.model.keys import ROLES, CellKeys
 from eventsched.store.client import RedisClient
 from eventsched.store.streams import parse_id, text
 
@@ -278,7 +278,7 @@ async def _shape(client: RedisClient, keys: CellKeys) -> dict[str, Any]:
         if closed != "1":
             spoken[f"{src}>{tgt}"] += 1
     leases = {}
-    for role in ("dispatch", "groups", "ticker"):
+    for role in ROLES:
         holder = await client.get(keys.lease(role))
         leases[role] = text(holder) if holder is not None else None
     consumers = {}

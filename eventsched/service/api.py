@@ -13,16 +13,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
-from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from redis.exceptions import RedisError
 
+from eventsched.dispatch.applier import APPLIER_GROUP
 from eventsched.dispatch.worker import find_cells
-from eventsched.model.events import NodeId, SessionId
-from eventsched.model.keys import CELL_PATTERN, CellKeys
+from eventsched.model.events import JobId, NodeId, SessionId
+from eventsched.model.keys import CELL_PATTERN, ROLES, CellKeys
 from eventsched.ops import inspection
 from eventsched.projections.stats import age_of, read_stats
 from eventsched.service.metrics import CONTENT_TYPE, read_figures, render
@@ -33,7 +33,6 @@ __all__ = ["READY_LAG", "create_app"]
 
 _STATIC = Path(__file__).with_name("static")  # shipped in the wheel: no CDN at run time
 READY_LAG = 10_000  # log entries the dispatch role may be behind and still be ready
-_ROLES = ("dispatch", "groups", "ticker")
 _CELLS_REFRESH_S = 10.0  # how often --all-cells looks for new cells
 
 
@@ -142,7 +141,6 @@ def create_app(
         str | None,
         Query(pattern=CELL_PATTERN.pattern, description="the cell (default: the first served)"),
     ]
-    JobIdParam = Annotated[str, PathParam(pattern=r"^[A-Za-z0-9_.-]{1,64}:[0-9]{1,9}$")]
 
     @app.exception_handler(RedisError)
     async def redis_unreachable(_: Request, exc: RedisError) -> JSONResponse:
@@ -227,7 +225,7 @@ def create_app(
         )
 
     @app.get("/api/v1/jobs/{job_id}", dependencies=guarded, responses=unknown)
-    async def job(job_id: JobIdParam, cell: CellParam = None) -> dict[str, Any]:
+    async def job(job_id: JobId, cell: CellParam = None) -> dict[str, Any]:
         """One job and its lineage (``eventsched job show --json``)."""
         return _found(
             await inspection.job_detail(client(), await served.one(client(), cell), job_id),
@@ -253,12 +251,13 @@ def _found(row: dict[str, Any] | None, what: str, name: str) -> dict[str, Any]:
 
 async def _not_ready(client: RedisClient, keys: CellKeys) -> list[str]:
     reasons = []
-    for role in _ROLES:
+    for role in ROLES:
         if await client.get(keys.lease(role)) is None:
             reasons.append(f"{keys.cell}: no worker holds the {role} role")
     if await client.exists(keys.log):
         for group in await client.xinfo_groups(keys.log):
             lag = group.get("lag")
-            if text(group["name"]) == "applier" and lag is not None and int(lag) > READY_LAG:
+            applier = text(group["name"]) == APPLIER_GROUP
+            if applier and lag is not None and int(lag) > READY_LAG:
                 reasons.append(f"{keys.cell}: dispatch is {int(lag)} log entries behind")
     return reasons
