@@ -10,7 +10,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +27,7 @@ __all__ = [
     "make_tls_files",
     "private_cluster",
     "private_redis",
+    "wait_until",
 ]
 
 
@@ -35,6 +36,19 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def wait_until(
+    condition: Callable[[], bool], what: str, timeout_s: float = 20, every_s: float = 0.02
+) -> None:
+    """Poll ``condition`` until it holds (a process or a server coming to a state: a wait
+    on the condition, not a sleep papering over a race); an AssertionError naming
+    ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(every_s)
 
 
 def get_when_listening(url: str, timeout_s: float = 20) -> httpx.Response:
@@ -196,10 +210,8 @@ def private_cluster(directory: Path, masters: int = 3) -> Iterator[str]:
             check=True, capture_output=True, timeout=60,
         )  # fmt: skip
         probe = redis.Redis(port=nodes[0].port)
-        deadline = time.monotonic() + 30
-        while probe.cluster("INFO").get("cluster_state") != "ok":
-            assert time.monotonic() < deadline, "the cluster did not come up"
-            time.sleep(0.05)  # waiting for the condition: every slot served
+        served = lambda: probe.cluster("INFO").get("cluster_state") == "ok"  # noqa: E731
+        wait_until(served, "the cluster to serve every slot", 30)
         probe.close()
         yield "redis+cluster://" + ",".join(addresses)
     finally:

@@ -6,16 +6,15 @@ replayed fixture's cell, on fakeredis and on the real Redis, from uvicorn on a p
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 import schemathesis
 import uvicorn
+from eventsched.cli.common import run_with_client
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.result import Ok
@@ -25,18 +24,10 @@ from eventsched.ops.replay import load_fixture, play
 from eventsched.service.api import create_app
 from eventsched.store.client import Store, is_memory_url
 from tests.conftest import new_namespace, remove_namespace
-from tests.servers import free_port
+from tests.servers import free_port, wait_until
 
 FIXTURE = Path(__file__).parent.parent / "replay_fixtures" / "17_queue_burst_served.jsonl"
 TOKEN = "schema-token"
-
-
-async def _with_client(url: str, work: Any) -> None:
-    client = Store(url).client()
-    try:
-        await work(client)
-    finally:
-        await client.aclose()
 
 
 @pytest.fixture
@@ -46,22 +37,20 @@ def served(store_url: str) -> Iterator[str]:
     what this process played into it)."""
     url = f"memory://schema-{uuid.uuid4().hex[:8]}" if is_memory_url(store_url) else store_url
     keys = CellKeys("c0", new_namespace())
-    anyio.run(_with_client, url, lambda c: play(c, keys, load_fixture(FIXTURE)))
+    run_with_client(url, lambda c: play(c, keys, load_fixture(FIXTURE)))
     app = create_app(Store(url), keys.namespace, [keys.cell], TOKEN)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)  # polling for the listener, not papering over a race
+    wait_until(lambda: server.started or not thread.is_alive(), "uvicorn to start")
+    assert server.started, "uvicorn stopped before it listened"
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=20)
-        anyio.run(_with_client, url, lambda c: remove_namespace(c, keys.namespace))
+        run_with_client(url, lambda c: remove_namespace(c, keys.namespace))
 
 
 def test_no_generated_request_gets_a_server_error(served: str) -> None:

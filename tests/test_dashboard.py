@@ -18,9 +18,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from eventsched.cli.common import run_with_client
 
-from tests.conftest import REAL_AVAILABLE, REAL_URL, new_namespace
-from tests.servers import free_port, get_when_listening
+from tests.conftest import REAL_AVAILABLE, REAL_URL, new_namespace, remove_namespace
+from tests.servers import free_port, get_when_listening, wait_until
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -61,15 +62,6 @@ def _stats(base: str) -> dict[str, object] | None:
     return snapshot if isinstance(snapshot, dict) else None
 
 
-def _until(condition: object, what: str, timeout_s: float = 90) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"waited {timeout_s} s for {what}"
-        time.sleep(0.2)  # polling the server for a condition, not papering over a race
-
-
 def test_the_dashboard_follows_a_demo_load(tmp_path: Path) -> None:
     namespace, port = new_namespace(), free_port()
     base = f"http://127.0.0.1:{port}"
@@ -86,8 +78,10 @@ def test_the_dashboard_follows_a_demo_load(tmp_path: Path) -> None:
     ):
         try:
             get_when_listening(f"{base}/healthz")
-            _until(lambda: httpx.get(f"{base}/readyz").status_code == 200, "the demo's worker")
-            _until(lambda: _stats(base) is not None, "a first statistics window")
+            wait_until(
+                lambda: httpx.get(f"{base}/readyz").status_code == 200, "the demo's worker", 90, 0.2
+            )
+            wait_until(lambda: _stats(base) is not None, "a first statistics window", 90, 0.2)
             first = _browse(page)
             assert 'data-cell="c0"' in first
             assert re.search(r'class="nodes-by-state"><dt>ready</dt><dd>\d+</dd>', first), first[
@@ -98,9 +92,11 @@ def test_the_dashboard_follows_a_demo_load(tmp_path: Path) -> None:
             assert re.search(r'class="chart rate"[^>]*data-points="[1-9]', first)
             seen = re.search(r'data-window="(\d+)"', first)
             assert seen is not None
-            _until(
+            wait_until(
                 lambda: int(str((_stats(base) or {}).get("window_start_ms", 0))) > int(seen[1]),
                 "the next statistics window",
+                90,
+                0.2,
             )
             shot = f"--screenshot={tmp_path / 'dashboard.png'}"
             _browse(page, shot, "--window-size=1280,1000")  # a file, no DOM
@@ -113,14 +109,5 @@ def test_the_dashboard_follows_a_demo_load(tmp_path: Path) -> None:
                 if process.poll() is None:
                     process.terminate()
                     process.wait(timeout=20)
-            _remove_namespace(namespace)
+            run_with_client(REAL_URL, lambda c: remove_namespace(c, namespace))
     assert (tmp_path / "dashboard.png").stat().st_size > 10_000
-
-
-def _remove_namespace(namespace: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(REAL_URL)
-    for key in client.scan_iter(match=f"{namespace}:*", count=1000):
-        client.unlink(key)
-    client.close()

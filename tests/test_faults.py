@@ -20,7 +20,7 @@ import redis
 
 from eventsched.model.keys import CellKeys
 from tests.conftest import REAL_AVAILABLE
-from tests.servers import AofTail, RedisProcess
+from tests.servers import AofTail, RedisProcess, wait_until
 
 pytestmark = pytest.mark.skipif(
     not REAL_AVAILABLE, reason="fault tests run where a real Redis is installed"
@@ -52,14 +52,6 @@ def _patient(client: redis.Redis, read: Callable[[redis.Redis], T]) -> T:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
-
-
-def _wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def test_killed_workers_and_a_redis_crash_lose_nothing(tmp_path: Path) -> None:
@@ -97,7 +89,7 @@ def test_killed_workers_and_a_redis_crash_lose_nothing(tmp_path: Path) -> None:
         kills = 0
         for round_index in range(6):
             target = decisions() + rng.randint(150, 600)
-            _wait_until(progressed(target), 120, "dispatch progress")
+            wait_until(progressed(target), "dispatch progress", 120)
             if round_index == 3:
                 server.kill()  # a crash; AOF with fsync always keeps what was acknowledged
                 server.start()
@@ -167,9 +159,9 @@ def test_writes_redis_lost_are_sent_again_and_nothing_told_is_lost(tmp_path: Pat
         def decided(at_least: int) -> Callable[[], bool]:
             return lambda: int(_patient(client, lambda c: c.xlen(KEYS.decisions))) >= at_least
 
-        _wait_until(decided(80), 120, "dispatch progress")
+        wait_until(decided(80), "dispatch progress", 120)
         assert tail.crash(server, 1.0) > 0
-        _wait_until(decided(80), 120, "dispatch progress after the crash")
+        wait_until(decided(80), "dispatch progress after the crash", 120)
         _patient(client, lambda c: c.flushall())
 
         out, _ = loadgen.communicate(timeout=240)
