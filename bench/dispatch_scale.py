@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import cast
 
 import anyio
 
@@ -30,8 +29,7 @@ from eventsched.dispatch.worker import DEFAULT_BATCH, Worker
 from eventsched.model.events import Event
 from eventsched.model.keys import CellKeys
 from eventsched.store.client import RedisClient, Store, unlink_matching
-from eventsched.store.streams import text
-from tests.harness import finalize, ok
+from tests.harness import finalize
 
 __all__ = ["apply_measured", "measure"]
 
@@ -71,15 +69,7 @@ async def measure(url: str, size: int, rounds: int = 5) -> dict[str, float]:
             await fleet.append_chunked(client, keys, [finalize(s, index) for s in sessions])
             usec, calls = await apply_measured(client, keys, DEFAULT_BATCH)
             finalize_usec, finalize_calls = finalize_usec + usec, finalize_calls + calls
-            async with client.pipeline(transaction=False) as pipe:
-                for session in sessions:
-                    pipe.hget(keys.job(f"{session}:{index}"), "node")
-                chosen = cast(list[bytes | None], await pipe.execute())
-            results: list[Event] = [
-                ok(f"{session}:{index}", 1, text(node))
-                for session, node in zip(sessions, chosen, strict=True)
-                if node is not None
-            ]
+            results = await fleet.running_results(client, keys, sessions, index)
             placed += len(results)
             await fleet.append_chunked(client, keys, results)
             usec, _ = await apply_measured(client, keys, 32)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from eventsched.dispatch.applier import APPLIER_GROUP
 from eventsched.dispatch.worker import Worker, ensure_group
@@ -25,6 +25,8 @@ from eventsched.model.keys import CellKeys
 from eventsched.model.settings import DecisionSettings
 from eventsched.store.append import append_many
 from eventsched.store.client import RedisClient
+from eventsched.store.streams import text
+from tests.harness import ok
 
 __all__ = [
     "PAIRS",
@@ -37,6 +39,7 @@ __all__ = [
     "build",
     "node_id",
     "nodes",
+    "running_results",
     "session_id",
     "sessions",
 ]
@@ -163,3 +166,18 @@ async def build(
     events += sessions(session_count)
     await append_chunked(client, keys, events)
     await apply(client, keys)
+
+
+async def running_results(
+    client: RedisClient, keys: CellKeys, session_ids: Sequence[str], index: int
+) -> list[Event]:
+    """An ok result for each job of utterance ``index`` that runs now, from its node."""
+    async with client.pipeline(transaction=False) as pipe:
+        for session in session_ids:
+            pipe.hmget(keys.job(f"{session}:{index}"), ["st", "node", "att"])
+        records = cast(list[list[bytes | None]], await pipe.execute())
+    return [
+        ok(f"{session}:{index}", int(text(att or b"1")), text(node or b""))
+        for session, (state, node, att) in zip(session_ids, records, strict=True)
+        if state == b"run"
+    ]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import cast
 
 import anyio
 
@@ -25,31 +24,15 @@ if __package__ in (None, ""):  # run as a script: the checkout's root on the pat
 from bench import fleet
 from bench.alone import print_figures
 from bench.dispatch_scale import apply_measured
-from eventsched.model.events import Event, NodeHeartbeat, SettingsChanged
+from eventsched.model.events import NodeHeartbeat, SettingsChanged
 from eventsched.model.keys import CellKeys
-from eventsched.store.client import RedisClient, Store, unlink_matching
-from eventsched.store.streams import text
-from tests.harness import finalize, ok
+from eventsched.store.client import Store, unlink_matching
+from tests.harness import finalize
 
 __all__ = ["measure"]
 
 KEPT = 32  # one-slot nodes left in their pools
 _LONG_WAIT = SettingsChanged(settings={"queue_wait_ms": 60_000, "queue_max": 100_000})
-
-
-async def _running(
-    client: RedisClient, keys: CellKeys, sessions: list[str], index: int
-) -> list[Event]:
-    """The results of the jobs of utterance ``index`` that run now."""
-    async with client.pipeline(transaction=False) as pipe:
-        for session in sessions:
-            pipe.hmget(keys.job(f"{session}:{index}"), ["st", "node", "att"])
-        records = cast(list[list[bytes | None]], await pipe.execute())
-    return [
-        ok(f"{session}:{index}", int(text(att or b"1")), text(node or b""))
-        for session, (state, node, att) in zip(sessions, records, strict=True)
-        if state == b"run"
-    ]
 
 
 async def measure(url: str, nodes: int = 100_000, waiting: int = 10_000) -> dict[str, float]:
@@ -67,7 +50,7 @@ async def measure(url: str, nodes: int = 100_000, waiting: int = 10_000) -> dict
         # nothing waits: finalizes on the kept nodes, then their results
         await fleet.append_chunked(client, keys, [finalize(s, 0) for s in sessions[:KEPT]])
         finalize_usec, _ = await apply_measured(client, keys, 1)
-        placed = await _running(client, keys, sessions[:KEPT], 0)
+        placed = await fleet.running_results(client, keys, sessions[:KEPT], 0)
         await fleet.append_chunked(client, keys, placed)
         plain_usec, _ = await apply_measured(client, keys, 1)
         # now every session finalizes: as many are placed as there are slots, most wait
@@ -76,7 +59,7 @@ async def measure(url: str, nodes: int = 100_000, waiting: int = 10_000) -> dict
         queued = int(sum(int(n) for n in (await client.hgetall(keys.queued)).values()))
         serve_usec = served = 0
         for _ in range(3):  # each result's slot goes to a waiting finalize
-            results = await _running(client, keys, sessions, 1)
+            results = await fleet.running_results(client, keys, sessions, 1)
             await fleet.append_chunked(client, keys, results)
             usec, _ = await apply_measured(client, keys, 1)
             serve_usec, served = serve_usec + usec, served + len(results)
