@@ -11,10 +11,10 @@ import anyio
 import typer
 from rich.console import Console
 
-from eventsched.dispatch.worker import find_cells
 from eventsched.model.events import EVENT_TYPES, NodeDraining, NodeUndrained
 from eventsched.model.keys import DEFAULT_CELL, DEFAULT_NAMESPACE, CellKeys
 from eventsched.ops import inspection
+from eventsched.projections.directory import find_cells
 from eventsched.store.append import append
 from eventsched.store.client import RedisClient, Store
 from eventsched.store.streams import read_stream, text, xread_raw

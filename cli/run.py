@@ -22,7 +22,6 @@ from eventsched.dispatch.worker import (
     DEFAULT_BATCH,
     DEFAULT_RETAIN_S,
     Worker,
-    find_cells,
 )
 from eventsched.model.keys import DEFAULT_CELL, DEFAULT_NAMESPACE, CellKeys
 from eventsched.model.settings import DEFAULTS
@@ -129,7 +128,14 @@ def worker(
     ] = None,
     redis_url: RedisUrl = DEFAULT_URL,
     cells: Cells = DEFAULT_CELL,
-    all_cells: Annotated[bool, typer.Option("--all-cells", help="every cell with a log")] = False,
+    all_cells: Annotated[
+        bool,
+        typer.Option(
+            "--all-cells",
+            help="every cell of the namespace, new ones included, its roles shared with the"
+            " other --all-cells workers (about 1/N each)",
+        ),
+    ] = False,
     namespace: Namespace = DEFAULT_NAMESPACE,
     name: Annotated[str, typer.Option(help="consumer name (default: host-pid)")] = "",
     batch: Annotated[int, typer.Option(min=1, max=1000, help="finalizes' worth per call")] = (
@@ -163,18 +169,16 @@ def worker(
 
     async def main() -> None:
         client = store.client()
-        chosen = await find_cells(client, namespace) if all_cells else _cells(cells, namespace)
-        if not chosen:
-            raise ValueError(f"no cells found in namespace {namespace!r}")
         stop = anyio.Event()
         runner = Worker(
             client,
-            chosen,
+            [] if all_cells else _cells(cells, namespace),
             consumer,
             batch,
             lease_ms=lease_ms,
             tick_ms=tick_ms,
             retain_ms=retain * 1000 or None,
+            all_cells_of=namespace if all_cells else None,
         )
         async with anyio.create_task_group() as group:
 

@@ -53,6 +53,7 @@ MAX_ACTIVE = 100_000  # streams remembered as rung; a forged flood of names stop
 HOT_STREAMS = 256  # streams held in the blocking read
 HOT_BLOCK_MS = 100  # how long it blocks before taking in streams that became hot
 _PAGE = 1000
+_NEW_CELLS_S = 1.0  # how often the bell listener looks for cells added since it subscribed
 
 
 class Ingress:
@@ -192,11 +193,15 @@ class Ingress:
 
 
 class Bells:
-    """One pub/sub subscription per worker to the bells of all its cells."""
+    """One pub/sub subscription per worker to the bells of all its cells; a cell added
+    while it listens is subscribed to within a second."""
 
     def __init__(self, client: RedisClient, cells: Sequence[Ingress]) -> None:
         self.client = client
         self.by_channel = {cell.keys.bell: cell for cell in cells}
+
+    def add(self, cell: Ingress) -> None:
+        self.by_channel[cell.keys.bell] = cell
 
     async def listen(self) -> None:
         """Hand each bell to its cell, until cancelled; after a broken subscription
@@ -204,11 +209,18 @@ class Bells:
         while True:
             pubsub: PubSub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(*self.by_channel)
-                for cell in self.by_channel.values():
-                    cell.missed()
+                subscribed: set[str] = set()
                 while True:
-                    message = await pubsub.get_message(timeout=None)
+                    new = [channel for channel in self.by_channel if channel not in subscribed]
+                    if new:
+                        await pubsub.subscribe(*new)
+                        subscribed.update(new)
+                        for channel in new:
+                            self.by_channel[channel].missed()
+                    if not subscribed:
+                        await anyio.sleep(_NEW_CELLS_S)
+                        continue
+                    message = await pubsub.get_message(timeout=_NEW_CELLS_S)
                     if message is not None and message["type"] == "message":
                         self.by_channel[text(message["channel"])].ring(text(message["data"]))
             except (RedisError, OSError) as exc:

@@ -38,9 +38,11 @@ from eventsched.dispatch.ingress import Bells, Ingress
 from eventsched.dispatch.job_log import follow_decisions
 from eventsched.dispatch.lease import Lease
 from eventsched.dispatch.retention import retain, trim_inboxes
+from eventsched.dispatch.sharing import Membership, RoleId, assign
 from eventsched.model.events import ENTRY_FIELD, Tick, encode_event
 from eventsched.model.keys import PROJECTIONS, CellKeys
 from eventsched.projections.cell_settings import read_settings
+from eventsched.projections.directory import find_cells, list_in_directory, publish_offer
 from eventsched.projections.snapshot import applied_ms
 from eventsched.projections.stats import StatsBuilder
 from eventsched.store.client import RedisClient
@@ -52,7 +54,6 @@ __all__ = [
     "DEFAULT_RETAIN_S",
     "Worker",
     "ensure_group",
-    "find_cells",
 ]
 
 log = logging.getLogger("eventsched.worker")
@@ -74,17 +75,9 @@ _INBOXES_PER_TRIM = 256  # a round's slice of the nodes: 10,000 nodes in about 3
 _STATS_CHECK_S = 0.25  # how often the follower asks whether a stats window has ended
 _BACKOFF_MIN_S = 0.05
 _BACKOFF_MAX_S = 2.0
+_SCAN_EVERY_S = 30.0  # --all-cells: the directory every beat, a SCAN for unlisted cells this often
 _TICK = encode_event(Tick())
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
-
-
-async def find_cells(client: RedisClient, namespace: str) -> list[CellKeys]:
-    """Every cell of the namespace that has a log."""
-    found = set()
-    async for raw in client.scan_iter(match=f"{namespace}:{{*}}:log", count=1000):
-        name = text(raw)
-        found.add(name[len(namespace) + 2 : name.index("}")])
-    return [CellKeys(cell, namespace) for cell in sorted(found)]
 
 
 async def ensure_group(client: RedisClient, stream: str, group: str) -> None:
@@ -149,6 +142,7 @@ class _Role:
         self.taken_event.set()
         log.info("%s: taken over by %s", self.label, self.worker.name)
         if isinstance(projection, Applier):
+            await list_in_directory(self.worker.client, [projection.keys])
             await self._log_settings()
 
     async def _log_settings(self) -> None:
@@ -258,6 +252,11 @@ class _Role:
 
 
 class Worker:
+    """Works the roles of its cells. With ``all_cells_of`` (a namespace) it works every
+    cell of that namespace, found in its directory (and by SCAN now and then), picks up
+    cells listed later, and shares their roles with the namespace's other such workers
+    (dispatch.sharing); without, it contends for every role of ``cells``."""
+
     def __init__(
         self,
         client: RedisClient,
@@ -269,31 +268,76 @@ class Worker:
         tick_ms: int = 200,
         retain_ms: int | None = None,
         projections: Sequence[str] = PROJECTIONS,
+        all_cells_of: str | None = None,
     ) -> None:
-        if not cells:
+        if not cells and all_cells_of is None:
             raise ValueError("a worker needs at least one cell")
         self.client = client
-        self.cells = list(cells)
         self.name = name
         self.batch_size = batch_size
         self.block_ms = block_ms
         self.lease_ms = lease_ms
         self.tick_ms = tick_ms
         self.retain_ms = retain_ms
+        self.projections = tuple(projections)
+        self.ticks = "dispatch" in projections
         self._trimmed_at: dict[str, float] = {}  # cell -> monotonic time of its last trim
         self._inboxes_from: dict[str, int] = {}  # cell -> the next node slice to trim
+        self.cells: list[CellKeys] = []
+        self.roles: list[_Role] = []
+        self.stats: dict[str, StatsBuilder] = {}
+        self.ingress: dict[str, Ingress] = {}
+        self._bells = Bells(client, [])
+        self._running: tuple[anyio.abc.TaskGroup, anyio.Event] | None = None
+        self.all_cells_of = all_cells_of
+        # Shared: whose each role is (None: contend for all); nothing until the first beat.
+        self.assigned: dict[RoleId, str] | None = None if all_cells_of is None else {}
+        self._membership = (
+            None
+            if all_cells_of is None
+            else Membership(client, all_cells_of, name, ttl_ms=3 * lease_ms)
+        )
+        for keys in cells:
+            self.add_cell(keys)
+
+    @property
+    def role_names(self) -> tuple[str, ...]:
+        return (*self.projections, "ticker") if self.ticks else self.projections
+
+    def mine(self, cell: str, role: str) -> bool:
+        """Whether this worker contends for the role (always, unless shared)."""
+        return self.assigned is None or self.assigned.get((cell, role)) == self.name
+
+    def add_cell(self, keys: CellKeys) -> None:
+        """Work one more cell (at once, when running)."""
+        if keys in self.cells:
+            return
         kinds: dict[str, type[Applier] | type[GroupsApplier]] = {
             "dispatch": Applier,
             "groups": GroupsApplier,
         }
-        self.roles = [
-            _Role(self, kinds[kind](client, keys, name))
-            for keys in self.cells
-            for kind in projections
+        self.cells.append(keys)
+        roles = [
+            _Role(self, kinds[kind](self.client, keys, self.name)) for kind in self.projections
         ]
-        self.ticks = "dispatch" in projections
-        self.stats = {keys.cell: StatsBuilder() for keys in self.cells}
-        self.ingress = {keys.cell: Ingress(client, keys) for keys in self.cells}
+        self.roles += roles
+        self.stats[keys.cell] = StatsBuilder()
+        self.ingress[keys.cell] = Ingress(self.client, keys)
+        if "dispatch" in self.projections:
+            self._bells.add(self.ingress[keys.cell])
+        if self._running is not None:
+            self._start(keys, roles, *self._running)
+
+    def _start(
+        self, keys: CellKeys, roles: Sequence[_Role], group: anyio.abc.TaskGroup, stop: anyio.Event
+    ) -> None:
+        for role in roles:
+            group.start_soon(self._run_role, role, stop)
+            if isinstance(role.projection, Applier):
+                group.start_soon(self._follow, role, stop)
+                group.start_soon(self._run_ingress, role, stop)
+        if self.ticks:
+            group.start_soon(self._run_ticker, keys, stop)
 
     async def drain(self) -> int:
         """Take every role now and apply everything in the streams without blocking;
@@ -334,21 +378,43 @@ class Worker:
         is finished first, then the leases are released."""
         try:
             async with anyio.create_task_group() as group:
-                for role in self.roles:
-                    group.start_soon(self._run_role, role, stop)
-                for keys in self.cells if self.ticks else ():
-                    group.start_soon(self._run_ticker, keys, stop)
-                dispatching = [role for role in self.roles if isinstance(role.projection, Applier)]
-                for role in dispatching:
-                    group.start_soon(self._follow, role, stop)
-                    group.start_soon(self._run_ingress, role, stop)
-                if dispatching:
-                    cells = [self.ingress[role.projection.keys.cell] for role in dispatching]
-                    group.start_soon(_until, stop, Bells(self.client, cells).listen)
+                self._running = (group, stop)
+                for keys in list(self.cells):
+                    self._start(
+                        keys, [r for r in self.roles if r.projection.keys == keys], group, stop
+                    )
+                if "dispatch" in self.projections:
+                    group.start_soon(_until, stop, self._bells.listen)
+                if self._membership is not None:
+                    group.start_soon(self._share, self._membership, stop)
         finally:
+            self._running = None
             with anyio.CancelScope(shield=True):
                 await self.release()
+                if self._membership is not None:
+                    with contextlib.suppress(RedisError, OSError):
+                        await self._membership.leave()
             log.info("worker %s: stopped, leases released", self.name)
+
+    async def _share(self, membership: Membership, stop: anyio.Event) -> None:
+        """Every beat (a third of the lease's TTL): pick up listed cells (and, now and
+        then, unlisted ones with a log), renew the membership, and work out whose each
+        role is. Unreachable: the last assignment stands, and leases expire as ever."""
+        assert self.all_cells_of is not None
+        scanned_at = float("-inf")
+        while not stop.is_set():
+            try:
+                scan = time.monotonic() >= scanned_at + _SCAN_EVERY_S
+                for keys in await find_cells(self.client, self.all_cells_of, scan=scan):
+                    self.add_cell(keys)
+                if scan:
+                    scanned_at = time.monotonic()
+                members = await membership.renew()
+                roles = [(keys.cell, role) for keys in self.cells for role in self.role_names]
+                self.assigned = assign(roles, members)
+            except (*_UNREACHABLE, ResponseError) as exc:
+                log.debug("worker %s: membership not renewed (%s)", self.name, exc)
+            await self._pause(stop, self.lease_ms / 3000)
 
     async def _pause(self, stop: anyio.Event, seconds: float) -> None:
         with anyio.move_on_after(seconds):
@@ -356,8 +422,17 @@ class Worker:
 
     async def _run_role(self, role: _Role, stop: anyio.Event) -> None:
         backoff = 0.0  # > 0 while Redis is unreachable or refuses: one log line per outage
+        cell, name = role.projection.keys.cell, role.projection.role
         while not stop.is_set():
             try:
+                if not self.mine(cell, name):
+                    if role.lease.held:
+                        role.drop_read_ahead()
+                        await role.lease.release()
+                        log.info("%s: handed on to %s", role.label, self._holder(cell, name))
+                    role.lose()
+                    await self._pause(stop, self.lease_ms / 3000)
+                    continue
                 if not await role.lease.keep():
                     if role.taken:
                         log.warning("%s: lease lost; standing by", role.label)
@@ -394,6 +469,9 @@ class Worker:
                 backoff = min(max(backoff * 2, _BACKOFF_MIN_S), _BACKOFF_MAX_S)
                 role.lose()
                 await self._pause(stop, backoff)
+
+    def _holder(self, cell: str, role: str) -> str:
+        return (self.assigned or {}).get((cell, role), "nobody yet")
 
     async def _admit(self, role: _Role, hot: bool = False) -> int:
         """Take one read of the cell's ingress streams (the rung ones, or with ``hot``
@@ -481,7 +559,8 @@ class Worker:
             checked_at = time.monotonic()
             now_ms = await applied_ms(self.client, keys) or 0
             if builder.due(now_ms):
-                await builder.publish(self.client, keys, now_ms)
+                snapshot = await builder.publish(self.client, keys, now_ms)
+                await publish_offer(self.client, keys, snapshot)
 
         async def follow() -> None:
             while not stop.is_set():
@@ -505,7 +584,9 @@ class Worker:
         try:
             while not stop.is_set():
                 try:
-                    if await lease.keep():
+                    if not self.mine(keys.cell, "ticker"):
+                        await lease.release()
+                    elif await lease.keep():
                         await self.client.xadd(keys.log, {ENTRY_FIELD: _TICK})
                 except _UNREACHABLE:
                     lease.held = False  # the role loops log the outage once

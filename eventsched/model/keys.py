@@ -29,6 +29,7 @@ __all__ = [
     "GROUPS_KEYS",
     "INBOX_GROUP",
     "LEASE_KEYS",
+    "MEMBERS_KEYS",
     "PROJECTIONS",
     "REQUEUE_KEYS",
     "ROLES",
@@ -36,6 +37,7 @@ __all__ = [
     "STATE_KEYS",
     "SUFFIXES",
     "CellKeys",
+    "NamespaceKeys",
 ]
 
 DEFAULT_NAMESPACE = "es"
@@ -90,7 +92,9 @@ CLAIM_KEYS = ("stream", "dlq", "lease", "meta")
 LEASE_KEYS = ("lease",)
 REQUEUE_KEYS = ("dlq", "log", "requeued")
 STATE_KEYS = ("meta", "decisions")
+MEMBERS_KEYS = ("workers",)
 SCRIPT_KEYS = {
+    "members": MEMBERS_KEYS,
     "apply": APPLY_KEYS,
     "groups": GROUPS_KEYS,
     "claim": CLAIM_KEYS,
@@ -98,6 +102,30 @@ SCRIPT_KEYS = {
     "requeue": REQUEUE_KEYS,
     "state": STATE_KEYS,
 }
+
+
+@dataclass(frozen=True)
+class NamespaceKeys:
+    """The few keys of a namespace that belong to no cell, each in a slot of its own
+    and touched alone (never beside a cell's key in one command or script)."""
+
+    namespace: str = DEFAULT_NAMESPACE
+
+    def __post_init__(self) -> None:
+        if not _NAMESPACE_PATTERN.match(self.namespace):
+            raise ValueError(f"invalid namespace {self.namespace!r}")
+
+    @property
+    def workers(self) -> str:
+        """Sorted set: the ``--all-cells`` workers sharing the cells' roles, each scored
+        by the Redis time (ms) its membership ends unless renewed (dispatch.sharing)."""
+        return f"{self.namespace}:workers"
+
+    @property
+    def directory(self) -> str:
+        """Hash: cell -> what it offers (JSON: nodes, sessions, pairs served, when), the
+        cell directory gateways and nodes choose a cell from (projections.directory)."""
+        return f"{self.namespace}:cells"
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ from pydantic import ValidationError
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
-from eventsched.dispatch.worker import find_cells
 from eventsched.model.events import SOURCE_FIELD, PoolsConfigured
 from eventsched.model.keys import SUFFIXES, CellKeys
 from eventsched.model.principals import lawful_event
+from eventsched.projections.directory import find_cells
 from eventsched.projections.groups import SessionView, read_outcomes, read_session
 from eventsched.projections.snapshot import NodeView, applied_ms, read_node, read_snapshot
 from eventsched.store.client import RedisClient

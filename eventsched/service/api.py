@@ -20,10 +20,10 @@ from pydantic import BaseModel
 from redis.exceptions import RedisError
 
 from eventsched.dispatch.applier import APPLIER_GROUP
-from eventsched.dispatch.worker import find_cells
 from eventsched.model.events import JobId, NodeId, SessionId
 from eventsched.model.keys import CELL_PATTERN, ROLES, CellKeys
 from eventsched.ops import inspection
+from eventsched.projections.directory import find_cells
 from eventsched.projections.stats import age_of, read_stats
 from eventsched.service.metrics import CONTENT_TYPE, read_figures, render
 from eventsched.store.client import RedisClient, Store
