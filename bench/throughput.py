@@ -33,19 +33,19 @@ from eventsched.store.client import RedisClient, Store, unlink_matching
 from eventsched.store.streams import parse_id, text
 from tests.harness import finalize
 
-__all__ = ["measure"]
+__all__ = ["append_ids", "apply_rate", "measure"]
 
 NODES = 10_000
 SESSIONS = 2_000
 
 
-async def _append(
+async def append_ids(
     client: RedisClient, keys: CellKeys, events: list[Event]
 ) -> list[tuple[int, int]]:
     return [parse_id(i) for i in await fleet.append_chunked(client, keys, events)]
 
 
-async def _rate(
+async def apply_rate(
     url: str, client: RedisClient, work: dict[CellKeys, list[tuple[int, int]]]
 ) -> float:
     """Entries per second the worker processes (one per cell) apply from ``work``."""
@@ -80,13 +80,17 @@ async def measure(url: str, events: int) -> dict[str, float]:
         finalizes: list[Event] = [
             finalize(sessions[i % SESSIONS], i // SESSIONS) for i in range(events)
         ]
-        one = await _rate(url, client, {cells[0]: await _append(client, cells[0], finalizes)})
+        one = await apply_rate(
+            url, client, {cells[0]: await append_ids(client, cells[0], finalizes)}
+        )
         more: list[Event] = [
             finalize(sessions[i % SESSIONS], 1000 + i // SESSIONS) for i in range(events)
         ]
-        both = await _rate(url, client, {keys: await _append(client, keys, more) for keys in cells})
+        both = await apply_rate(
+            url, client, {keys: await append_ids(client, keys, more) for keys in cells}
+        )
         beats: list[Event] = list(fleet.beats(events, NODES))
-        folds = await _rate(url, client, {cells[0]: await _append(client, cells[0], beats)})
+        folds = await apply_rate(url, client, {cells[0]: await append_ids(client, cells[0], beats)})
     finally:
         await unlink_matching(client, "benchtp:*")
         await client.aclose()

@@ -14,7 +14,7 @@ from rich.console import Console
 from eventsched.model.events import EVENT_TYPES, NodeDraining, NodeUndrained
 from eventsched.model.keys import DEFAULT_CELL, DEFAULT_NAMESPACE, CellKeys
 from eventsched.ops import inspection
-from eventsched.projections.directory import find_cells
+from eventsched.projections.directory import find_cells, list_in_directory
 from eventsched.store.append import append
 from eventsched.store.client import RedisClient, Store
 from eventsched.store.streams import read_stream, text, xread_raw
@@ -101,13 +101,30 @@ def _show(found: dict[str, Any] | None, what: str, as_json: bool) -> None:
 def cells(
     redis_url: RedisUrl = DEFAULT_URL,
     namespace: Namespace = DEFAULT_NAMESPACE,
+    add: Annotated[
+        str,
+        typer.Option(
+            "--add",
+            metavar="CELL,...",
+            help="list these cells in the directory first (workers with --all-cells"
+            " pick them up; gateways and nodes choose among listed cells)",
+        ),
+    ] = "",
     as_json: AsJson = False,
 ) -> None:
-    """The namespace's cells: each one's hash slot and, on a Redis Cluster, its master."""
-    rows = run_with_client(redis_url, lambda c: inspection.list_cells(c, namespace))
+    """The namespace's cells: each one's hash slot, on a Redis Cluster its master, and
+    what its directory entry offers (nodes, sessions, free slots)."""
+    adding = [CellKeys(cell.strip(), namespace) for cell in add.split(",") if cell.strip()]
+
+    async def listed(client: RedisClient) -> list[dict[str, Any]]:
+        await list_in_directory(client, adding)
+        return await inspection.list_cells(client, namespace)
+
+    rows = run_with_client(redis_url, listed)
     if not rows and not as_json:
         raise NotFound(f"no cells in namespace {namespace!r}")
-    _emit(rows, as_json, f"cells of {namespace}", ["cell", "slot", "master"])
+    columns = ["cell", "slot", "master", "listed", "nodes", "sessions", "free_slots"]
+    _emit(rows, as_json, f"cells of {namespace}", columns)
 
 
 def streams(

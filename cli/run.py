@@ -27,6 +27,7 @@ from eventsched.model.keys import DEFAULT_CELL, DEFAULT_NAMESPACE, CellKeys
 from eventsched.model.settings import DEFAULTS
 from eventsched.ops.audit import RunReport
 from eventsched.ops.tuning import parse_assignments
+from eventsched.projections.directory import find_cells
 from eventsched.sim.demo import run_demo
 from eventsched.sim.loadgen import LoadSpec, run_load
 from eventsched.sim.loadgen import Progress as LoadProgress
@@ -168,11 +169,13 @@ def worker(
     consumer = name or f"{socket.gethostname()}-{os.getpid()}"
 
     async def main() -> None:
+        chosen = [] if all_cells else _cells(cells, namespace)
         client = store.client()
+        await client.ping()  # a wrong URL fails now, in one line, not in a silent retry
         stop = anyio.Event()
         runner = Worker(
             client,
-            [] if all_cells else _cells(cells, namespace),
+            chosen,
             consumer,
             batch,
             lease_ms=lease_ms,
@@ -199,7 +202,18 @@ def worker(
 
 def loadgen(
     redis_url: RedisUrl = DEFAULT_URL,
-    cell: Cell = DEFAULT_CELL,
+    cells: Annotated[
+        str,
+        typer.Option(
+            "--cells",
+            "--cell",
+            envvar="EVENTSCHED_CELL",
+            help="the cell, or comma-separated cells to spread the load over",
+        ),
+    ] = DEFAULT_CELL,
+    all_cells: Annotated[
+        bool, typer.Option("--all-cells", help="over every cell of the namespace")
+    ] = False,
     namespace: Namespace = DEFAULT_NAMESPACE,
     nodes: Nodes = 20,
     sessions: Sessions = 40,
@@ -207,7 +221,8 @@ def loadgen(
     seed: Seed = 7,
     as_json: AsJson = False,
 ) -> None:
-    """Simulate nodes and sessions against a cell that a worker is applying."""
+    """Simulate nodes and sessions against cells a worker is applying: over several,
+    nodes spread evenly and sessions open in the cell the directory chooses."""
     if redis_url.startswith(MEMORY_URL):
         raise ValueError("loadgen needs a worker in another process: give a redis:// URL")
     spec = LoadSpec(nodes=nodes, sessions=sessions, utterances=utterances, seed=seed)
@@ -215,7 +230,10 @@ def loadgen(
     async def load(progress: LoadProgress) -> RunReport:
         client = Store(redis_url).client()
         try:
-            return await run_load(client, CellKeys(cell, namespace), spec, progress)
+            chosen = await find_cells(client, namespace) if all_cells else _cells(cells, namespace)
+            if not chosen:
+                raise ValueError(f"no cells in namespace {namespace!r} (eventsched cells --add)")
+            return await run_load(client, chosen, spec, progress)
         finally:
             await client.aclose()
 

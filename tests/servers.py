@@ -20,6 +20,7 @@ import redis
 
 __all__ = [
     "AofTail",
+    "LocalCluster",
     "RedisProcess",
     "TlsFiles",
     "free_port",
@@ -150,6 +151,10 @@ class RedisProcess:
         finally:
             probe.close()
 
+    @property
+    def running(self) -> bool:
+        return self._process is not None
+
     def kill(self) -> None:
         """A crash: SIGKILL, no shutdown save."""
         if self._process is not None:
@@ -189,34 +194,88 @@ def _cluster_port() -> int:
         return port
 
 
-@contextmanager
-def private_cluster(directory: Path, masters: int = 3) -> Iterator[str]:
-    """A Redis Cluster of ``masters`` masters with a replica each, every node its own
-    redis-server in ``directory``; yields its ``redis+cluster://`` URL once every slot is
-    served, stops every node by its process afterwards."""
-    nodes = []
-    try:
-        for index in range(2 * masters):
-            folder = directory / f"node{index}"
+class LocalCluster:
+    """A Redis Cluster of ``masters`` masters with ``replicas`` replicas each, every node
+    its own redis-server in ``directory``: ``start`` returns its ``redis+cluster://`` URL once
+    every slot is served; ``kill_master_of`` plays a crash of one master; ``stop`` stops
+    every node by its process."""
+
+    def __init__(
+        self, directory: Path, masters: int = 3, node_timeout_ms: int = 2000, replicas: int = 1
+    ) -> None:
+        self.directory = directory
+        self.masters = masters
+        self.replicas = replicas
+        self.node_timeout_ms = node_timeout_ms
+        self.nodes: list[RedisProcess] = []
+        self.url = ""
+
+    def start(self) -> str:
+        for index in range(self.masters * (1 + self.replicas)):
+            folder = self.directory / f"node{index}"
             folder.mkdir()
-            options = ("--cluster-enabled", "yes", "--cluster-node-timeout", "2000")
+            options = ("--cluster-enabled", "yes", "--cluster-node-timeout",
+                       str(self.node_timeout_ms))  # fmt: skip
             node = RedisProcess(folder, *options, port=_cluster_port())
             node.start()
-            nodes.append(node)
-        addresses = [f"127.0.0.1:{node.port}" for node in nodes]
+            self.nodes.append(node)
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
         subprocess.run(
-            ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "1",
-             "--cluster-yes"],
+            ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas",
+             str(self.replicas), "--cluster-yes"],
             check=True, capture_output=True, timeout=60,
         )  # fmt: skip
-        probe = redis.Redis(port=nodes[0].port)
-        served = lambda: probe.cluster("INFO").get("cluster_state") == "ok"  # noqa: E731
-        wait_until(served, "the cluster to serve every slot", 30)
-        probe.close()
-        yield "redis+cluster://" + ",".join(addresses)
-    finally:
-        for node in nodes:
+        wait_until(self.serving, "the cluster to serve every slot", 30)
+        self.url = "redis+cluster://" + ",".join(addresses)
+        return self.url
+
+    def _alive(self) -> list[RedisProcess]:
+        return [node for node in self.nodes if node.running]
+
+    def serving(self) -> bool:
+        """Whether every live node says every slot is served (cluster_state ok)."""
+        for node in self._alive():
+            probe = redis.Redis(port=node.port, socket_timeout=2)
+            try:
+                if probe.cluster("INFO").get("cluster_state") != "ok":
+                    return False
+            except redis.RedisError:
+                return False
+            finally:
+                probe.close()
+        return True
+
+    def master_port_of(self, key: str) -> int:
+        """The port of the master serving ``key``'s slot, as a live node sees it."""
+        probe = redis.Redis(port=self._alive()[0].port)
+        try:
+            slot = int(probe.cluster("KEYSLOT", key))
+            for start, end, master, *_ in probe.execute_command("CLUSTER", "SLOTS"):  # type: ignore[no-untyped-call]
+                if start <= slot <= end:
+                    return int(master[1])
+        finally:
+            probe.close()
+        raise LookupError(f"no master serves the slot of {key!r}")
+
+    def kill_master_of(self, key: str) -> int:
+        """SIGKILL the master serving ``key``'s slot; returns its port."""
+        port = self.master_port_of(key)
+        next(node for node in self.nodes if node.port == port).kill()
+        return port
+
+    def stop(self) -> None:
+        for node in self.nodes:
             node.stop()
+
+
+@contextmanager
+def private_cluster(directory: Path, masters: int = 3) -> Iterator[str]:
+    """A started ``LocalCluster``'s URL; every node stopped afterwards."""
+    cluster = LocalCluster(directory, masters)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
 
 
 class AofTail:

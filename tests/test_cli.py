@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 from eventsched.cli.app import app
+from redis.crc import key_slot
 from typer.testing import CliRunner
 
 from eventsched.model.keys import CellKeys
@@ -297,7 +298,23 @@ def test_a_bad_setting_is_named_and_appends_nothing(
 
 def test_cells_are_listed_with_their_slots(cell_url: tuple[str, str]) -> None:
     url, namespace = cell_url
+    listed = {"listed": True, "nodes": 0, "sessions": 0, "free_slots": 0, "offered_ms": None}
+    c0 = {"cell": "c0", "slot": 10282, "master": None, **listed}  # one Redis: no master
     rows = json.loads(_invoke("cells", "--redis-url", url, "--namespace", namespace, "--json"))
-    assert rows == [{"cell": "c0", "slot": 10282, "master": None}]  # one Redis: no master
+    assert rows == [c0]  # listed when its dispatch role was taken; no offer written yet
+    Store(url).sync_client().xadd(CellKeys("c2", namespace).log, {"e": "{}"})
+    rows = json.loads(
+        _invoke("cells", "--redis-url", url, "--namespace", namespace, "--add", "c1", "--json")
+    )
+    unlisted = dict.fromkeys(("nodes", "sessions", "free_slots", "offered_ms"))
+    assert rows == [
+        c0,
+        {**c0, "cell": "c1", "slot": key_slot(b"{c1}")},
+        {**c0, "cell": "c2", "slot": key_slot(b"{c2}"), "listed": False, **unlisted},
+    ]  # a cell with a log is found by SCAN; --add lists one with none
+    bad = CliRunner().invoke(
+        app, ["cells", "--redis-url", url, "--namespace", namespace, "--add", "C!"]
+    )
+    assert bad.exit_code == 1 and "invalid cell name" in str(bad.exception)
     empty = CliRunner().invoke(app, ["cells", "--redis-url", url, "--namespace", "nothing-here"])
     assert empty.exit_code == 1 and "no cells in namespace" in str(empty.exception)

@@ -27,9 +27,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 import anyio
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from eventsched.clients.gpu import gpu_load
 from eventsched.clients.retry import patiently
@@ -45,7 +43,7 @@ from eventsched.model.events import (
 )
 from eventsched.model.keys import INBOX_GROUP, CellKeys
 from eventsched.store.append import queue_submit, source_of, submit
-from eventsched.store.client import RedisClient
+from eventsched.store.client import UNREACHABLE, RedisClient, is_cluster
 from eventsched.store.streams import text, xreadgroup_raw
 
 __all__ = ["HANDLER_ERROR", "Job", "JobFailed", "JobOutput", "Node", "machine_load"]
@@ -235,7 +233,7 @@ class Node:
                 )
                 backoff = missing_s = 0.0
                 had_inbox = True
-            except (RedisConnectionError, RedisTimeoutError, OSError):
+            except UNREACHABLE:
                 self._free.release()
                 backoff = min(max(backoff * 2, 0.05), _BACKOFF_MAX_S)
                 await anyio.sleep(backoff)
@@ -306,10 +304,20 @@ class Node:
         """The result appended and the job acknowledged in one transaction: one round
         trip, and never an acknowledgement without its result. When the inbox group is
         gone (the cell lost the node) there is nothing to acknowledge: the result is
-        still appended, and the cell ignores a result for a job it does not know."""
+        still appended, and the cell ignores a result for a job it does not know. On a
+        cluster, two round trips in that order: redis-py's asyncio cluster pipeline runs
+        each command of a transaction in a thread of its own and blocks the event loop
+        meanwhile, which held every job of a load generator's nodes back (py-spy). A
+        node that dies between them runs the job again and the cell ignores the repeat."""
+        inbox = self.keys.inbox(self.node_id)
+        if is_cluster(self.client):
+            await submit(self.client, self.keys, self.source, result)
+            with contextlib.suppress(ResponseError):  # NOGROUP: nothing to acknowledge
+                await self.client.xack(inbox, INBOX_GROUP, job.entry_id)
+            return
         async with self.client.pipeline(transaction=True) as pipe:
             queue_submit(pipe, self.keys, self.source, result)
-            pipe.xack(self.keys.inbox(self.node_id), INBOX_GROUP, job.entry_id)
+            pipe.xack(inbox, INBOX_GROUP, job.entry_id)
             appended, *_ = await pipe.execute(raise_on_error=False)
         if isinstance(appended, Exception):
             raise appended

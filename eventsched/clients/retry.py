@@ -7,8 +7,8 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import anyio
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from eventsched.store.client import UNREACHABLE
 
 __all__ = ["patiently"]
 
@@ -18,7 +18,8 @@ _BACKOFF_MAX_S = 1.0
 
 
 async def patiently(operation: Callable[[], Awaitable[T]], outage_s: float | None = 60.0) -> T:
-    """Run a Redis operation, retrying with backoff while Redis is unreachable, for at
+    """Run a Redis operation, retrying with backoff while Redis is unreachable (or a
+    cluster fails over: ``store.client.UNREACHABLE``), for at
     most ``outage_s`` (None: forever). A retried append may land twice: the log is
     at-least-once and the scheduler's idempotency makes duplicates harmless."""
     delay = 0.05
@@ -26,7 +27,7 @@ async def patiently(operation: Callable[[], Awaitable[T]], outage_s: float | Non
     while True:
         try:
             return await operation()
-        except (RedisConnectionError, RedisTimeoutError, OSError):
+        except UNREACHABLE:
             if deadline is not None and time.monotonic() > deadline:
                 raise
             await anyio.sleep(delay)

@@ -292,14 +292,22 @@ class SessionClient:
         if stream in self._cursors:
             self._cursors[stream] = "0-0"
 
-    async def _read_forever(self) -> None:
+    async def run(self) -> None:
+        """Read outcomes and send again what is due, until cancelled (what the context
+        manager runs in a task; a caller with a task group of its own runs it there and
+        calls ``release`` after)."""
         while True:
             await self.read_once()
             await self.send_due()
 
+    def release(self) -> None:
+        """The client is done: each session's reader sees the end of its outcomes."""
+        for session in self._opened:
+            session._release()
+
     async def __aenter__(self) -> SessionClient:
         self._group = await anyio.create_task_group().__aenter__()
-        self._group.start_soon(self._read_forever)
+        self._group.start_soon(self.run)
         return self
 
     async def __aexit__(
@@ -313,5 +321,4 @@ class SessionClient:
         try:
             return await self._group.__aexit__(kind, error, trace)
         finally:  # also when the block or the reader failed
-            for session in self._opened:
-                session._release()
+            self.release()

@@ -79,13 +79,13 @@ async def follow_decisions(
     on_decision: Callable[[dict[str, str]], None],
     every_pass: Callable[[], Awaitable[None]],
 ) -> None:
-    """Follow the cell's decisions as they are appended: while ``active()``, log each
-    (see the module doc) and hand it to ``on_decision``; call ``every_pass`` after each
-    read (at least every half second)."""
+    """Follow the cell's decisions as they are appended, until ``stop`` or ``active()``
+    turns false: log each (see the module doc) and hand it to ``on_decision``; call
+    ``every_pass`` after each read (at least every half second)."""
     cursor = await last_id(client, keys.decisions) or "0-0"
     counts: Counter[str] = Counter()
     summary_at = time.monotonic() + _SUMMARY_EVERY_S
-    while not stop.is_set():
+    while not stop.is_set() and active():
         reply = await xread_raw(client, {keys.decisions: cursor}, block_ms=500)
         for _, entries in reply:
             for entry_id, raw in entries:

@@ -19,9 +19,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 import anyio
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from eventsched.dispatch.applier import (
     FULL_COST,
@@ -44,8 +42,8 @@ from eventsched.model.keys import PROJECTIONS, CellKeys
 from eventsched.projections.cell_settings import read_settings
 from eventsched.projections.directory import find_cells, list_in_directory, publish_offer
 from eventsched.projections.snapshot import applied_ms
-from eventsched.projections.stats import StatsBuilder
-from eventsched.store.client import RedisClient
+from eventsched.projections.stats import StatsBuilder, cell_shape
+from eventsched.store.client import UNREACHABLE, RedisClient
 from eventsched.store.scripts import register
 from eventsched.store.streams import StreamReply, text, xrange_raw, xreadgroup_raw
 
@@ -77,7 +75,10 @@ _BACKOFF_MIN_S = 0.05
 _BACKOFF_MAX_S = 2.0
 _SCAN_EVERY_S = 30.0  # --all-cells: the directory every beat, a SCAN for unlisted cells this often
 _TICK = encode_event(Tick())
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+_UNREACHABLE = UNREACHABLE
+# What a role loop waits out: Redis unreachable (a cluster failing over), or refusing.
+_REFUSED: tuple[type[Exception], ...] = (*UNREACHABLE, ResponseError)
+_REFUSED_OR_FAILED: tuple[type[Exception], ...] = (*_REFUSED, EntryFailed)
 
 
 async def ensure_group(client: RedisClient, stream: str, group: str) -> None:
@@ -412,9 +413,19 @@ class Worker:
                 members = await membership.renew()
                 roles = [(keys.cell, role) for keys in self.cells for role in self.role_names]
                 self.assigned = assign(roles, members)
-            except (*_UNREACHABLE, ResponseError) as exc:
+            except _REFUSED as exc:
                 log.debug("worker %s: membership not renewed (%s)", self.name, exc)
             await self._pause(stop, self.lease_ms / 3000)
+
+    async def _group_missing(self, role: _Role, error: Exception) -> bool:
+        """Whether a refusal was for a missing group or stream (never for a cluster
+        failing over, or while Redis cannot be asked)."""
+        if not isinstance(error, ResponseError) or isinstance(error, _UNREACHABLE):
+            return False
+        try:
+            return await role.group_missing()
+        except _REFUSED:
+            return False
 
     async def _pause(self, stop: anyio.Event, seconds: float) -> None:
         with anyio.move_on_after(seconds):
@@ -450,11 +461,11 @@ class Worker:
             except NotLeader:
                 log.warning("%s: lease lost; standing by", role.label)
                 role.lose()
-            except (*_UNREACHABLE, ResponseError, EntryFailed) as exc:
+            except _REFUSED_OR_FAILED as exc:
                 # The group or the stream is gone (FLUSHALL, a restart without
                 # persistence, a stream deleted under a blocked read). Error texts differ
                 # between servers, so ask Redis what is missing rather than parse them.
-                if isinstance(exc, ResponseError) and await role.group_missing():
+                if await self._group_missing(role, exc):
                     log.warning("%s: stream or group gone (flushed?); recreating", role.label)
                     role.lose()
                     continue
@@ -462,7 +473,7 @@ class Worker:
                 # permission; the groups script failed): nothing to skip, so wait and
                 # try again, one log line per outage.
                 if not backoff:
-                    if isinstance(exc, ResponseError | EntryFailed):
+                    if not isinstance(exc, _UNREACHABLE):
                         log.error("%s: refused (%s); retrying", role.label, exc)
                     else:
                         log.warning("%s: redis unreachable (%s); retrying", role.label, exc)
@@ -513,7 +524,7 @@ class Worker:
                     backoff = 0.0
                 except NotLeader:
                     role.lose()  # the role loop takes it again, or stands by
-                except (*_UNREACHABLE, ResponseError) as exc:
+                except _REFUSED as exc:
                     if not backoff:  # one line per outage; the role loop handles the rest
                         log.warning("%s: ingress not read (%s); retrying", role.label, exc)
                     backoff = min(max(backoff * 2, _BACKOFF_MIN_S), _BACKOFF_MAX_S)
@@ -550,10 +561,10 @@ class Worker:
         keys = role.projection.keys
         builder = self.stats[keys.cell]
 
-        checked_at = 0.0
+        checked_at = offered_at = float("-inf")
 
         async def publish_when_due() -> None:
-            nonlocal checked_at
+            nonlocal checked_at, offered_at
             if time.monotonic() < checked_at + _STATS_CHECK_S:
                 return
             checked_at = time.monotonic()
@@ -561,9 +572,18 @@ class Worker:
             if builder.due(now_ms):
                 snapshot = await builder.publish(self.client, keys, now_ms)
                 await publish_offer(self.client, keys, snapshot)
+                offered_at = time.monotonic()
+            elif time.monotonic() >= offered_at + builder.window_ms / 1000:
+                # No window is ending (a cell with no decisions yet, or none of late):
+                # the directory still hears what the cell offers, as often.
+                await publish_offer(self.client, keys, await cell_shape(self.client, keys))
+                offered_at = time.monotonic()
 
         async def follow() -> None:
             while not stop.is_set():
+                # A standby reads nothing: only the holder follows (and returns to here
+                # once it is no longer the holder).
+                await role.taken_event.wait()
                 try:
                     await follow_decisions(
                         self.client,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 from eventsched.model.events import NodeRegistered, UtteranceFinalized
@@ -20,7 +20,7 @@ from eventsched.model.principals import lawful_event
 from eventsched.store.client import RedisClient
 from eventsched.store.streams import parse_id, read_stream
 
-__all__ = ["RunReport", "in_place", "measure"]
+__all__ = ["RunReport", "combine", "in_place", "measure"]
 
 
 def in_place(entry_id: str, utterance_index: int) -> bool:
@@ -51,6 +51,17 @@ class RunReport:
 
     def as_dict(self) -> dict[str, int | float]:
         return asdict(self)
+
+
+def combine(reports: Sequence[RunReport]) -> RunReport:
+    """One report of a run over several cells: counts add up, ``max_overcommit`` and
+    the dispatch percentiles are the worst cell's."""
+    worst = {"max_overcommit", "dispatch_p50_ms", "dispatch_p99_ms"}
+    rows = [report.as_dict() for report in reports]
+    combined = {
+        name: (max if name in worst else sum)(row[name] for row in rows) for name in rows[0]
+    }
+    return RunReport(**combined)  # type: ignore[arg-type]
 
 
 def _names_any(raw_event: str, names: set[str]) -> bool:

@@ -17,7 +17,7 @@ from redis.crc import key_slot
 from eventsched.model.events import SOURCE_FIELD, PoolsConfigured
 from eventsched.model.keys import SUFFIXES, CellKeys
 from eventsched.model.principals import lawful_event
-from eventsched.projections.directory import find_cells
+from eventsched.projections.directory import find_cells, read_directory
 from eventsched.projections.groups import SessionView, read_outcomes, read_session
 from eventsched.projections.snapshot import NodeView, applied_ms, read_node, read_snapshot
 from eventsched.store.client import RedisClient
@@ -54,15 +54,30 @@ async def _now_ms(client: RedisClient, keys: CellKeys) -> int:
 
 
 async def list_cells(client: RedisClient, namespace: str) -> list[dict[str, Any]]:
-    """Every cell of the namespace with its hash slot and, on a Redis Cluster, the master
-    serving that slot (``host:port``; None on one Redis)."""
+    """Every cell of the namespace with its hash slot, on a Redis Cluster the master
+    serving that slot (``host:port``; None on one Redis), and what its directory entry
+    offers (``listed`` false and the rest None for a cell with a log that is not listed
+    yet; ``offered_ms`` None until a worker wrote its first offer)."""
+    offers = await read_directory(client, namespace)
     rows = []
     for keys in await find_cells(client, namespace):
         master = None
         if isinstance(client, RedisCluster):
             node = client.get_node_from_key(keys.log)
             master = f"{node.host}:{node.port}"
-        rows.append({"cell": keys.cell, "slot": key_slot(keys.log.encode()), "master": master})
+        offer = offers.get(keys.cell)
+        rows.append(
+            {
+                "cell": keys.cell,
+                "slot": key_slot(keys.log.encode()),
+                "master": master,
+                "listed": offer is not None,
+                "nodes": offer.nodes if offer else None,
+                "sessions": offer.sessions if offer else None,
+                "free_slots": offer.free_slots if offer else None,
+                "offered_ms": offer.at_ms or None if offer else None,
+            }
+        )
     return rows
 
 

@@ -4,7 +4,8 @@ one read instead of asking every cell.
 
 A cell is listed when an operator adds it (``eventsched cells add``) or a worker takes
 its dispatch role; its holder rewrites the cell's offer (nodes alive, sessions open,
-free slots, the language pairs its nodes serve) with each statistics window, from the
+free slots, the slots of the nodes up serving each language pair) with each statistics
+window, from the
 snapshot it has just built. The directory is advice, never state a decision reads: a
 stale offer sends a session to a cell that then queues or rejects it, as any cell
 would. Every write touches the directory alone, never beside a cell's key.
@@ -31,7 +32,7 @@ class CellOffer:
     nodes: int = 0  # nodes up (ready or overloaded)
     sessions: int = 0  # sessions open
     free_slots: int = 0
-    pairs: Mapping[str, int] = field(default_factory=dict)  # "src>tgt" -> nodes serving it
+    pairs: Mapping[str, int] = field(default_factory=dict)  # "src>tgt" -> slots serving it
     at_ms: int = 0  # wall time of the offer; 0: listed, nothing offered yet
 
     @classmethod
@@ -58,7 +59,7 @@ def _offer_of(snapshot: Mapping[str, Any]) -> dict[str, Any]:
         "nodes": by_state.get("ready", 0) + by_state.get("overloaded", 0),
         "sessions": snapshot.get("sessions", {}).get("open", 0),
         "free_slots": sum(pool["free_slots"] for pool in snapshot.get("pools", {}).values()),
-        "pairs": snapshot.get("catalog", {}).get("pairs", {}),
+        "pairs": snapshot.get("pair_slots", {}),
         "at_ms": int(time.time() * 1000),
     }
 

@@ -31,6 +31,7 @@ __all__ = [
     "WINDOW_MS",
     "StatsBuilder",
     "age_of",
+    "cell_shape",
     "read_published",
     "read_stats",
 ]
@@ -174,7 +175,7 @@ class StatsBuilder:
             "dispatch_histogram": self.dispatch,
             **waits,
             "queues": await _queues(client, keys, self.waits),
-            **await _shape(client, keys),
+            **await cell_shape(client, keys),
         }
         snapshot["history"] = await _history(client, keys, snapshot)
         async with client.pipeline(transaction=False) as pipe:
@@ -250,15 +251,17 @@ async def _records(client: RedisClient, pattern: str, fields: list[str]) -> list
     return [[text(v) if v else "" for v in record] for record in found]
 
 
-async def _shape(client: RedisClient, keys: CellKeys) -> dict[str, Any]:
+async def cell_shape(client: RedisClient, keys: CellKeys) -> dict[str, Any]:
     """Nodes by state, pools (members, slots, utilization), the service catalog (the
-    language pairs and languages registered nodes serve), open sessions and the pairs
+    language pairs and languages registered nodes serve, and the slots of the nodes up
+    serving each pair), open sessions and the pairs
     they speak, who holds which role, and consumer lag. Built here, once a window, so
     that readers never scan."""
     fields = ["st", "inpool", "pools", "run", "mc", "pairs", "langs"]
     nodes: Counter[str] = Counter()
     pools: dict[str, dict[str, int]] = {}
     catalog: dict[str, Counter[str]] = {"pairs": Counter(), "languages": Counter()}
+    pair_slots: Counter[str] = Counter()  # slots of up nodes serving each pair
     for record in await _records(client, keys.node("*"), fields):
         st, inpool, member_of, running, capacity, pairs, langs = record
         nodes["ready" if st == "up" and inpool == "1" else "overloaded" if st == "up" else st] += 1
@@ -271,6 +274,9 @@ async def _shape(client: RedisClient, keys: CellKeys) -> dict[str, Any]:
         if st != "gone":
             catalog["pairs"].update(filter(None, pairs.split(",")))
             catalog["languages"].update(filter(None, langs.split(",")))
+        if st == "up":
+            for pair in filter(None, pairs.split(",")):
+                pair_slots[pair] += int(capacity or 0)
     sessions: Counter[str] = Counter()
     spoken: Counter[str] = Counter()
     for src, tgt, closed in await _records(client, keys.session("*"), ["src", "tgt", "closed"]):
@@ -304,6 +310,7 @@ async def _shape(client: RedisClient, keys: CellKeys) -> dict[str, Any]:
         "sessions": {"open": sessions["open"], "closed": sessions["closed"]},
         "pairs_in_use": dict(sorted(spoken.items())),
         "catalog": {kind: dict(sorted(found.items())) for kind, found in catalog.items()},
+        "pair_slots": dict(sorted(pair_slots.items())),
         "pools": utilization,
         "leases": leases,
         "consumers": consumers,

@@ -35,7 +35,7 @@ async def run_demo(
             await change_settings(loader, cell, settings.differences())
         async with anyio.create_task_group() as group:
             group.start_soon(worker.run, stop)
-            report = await run_load(loader, cell, spec or LoadSpec(), on_progress)
+            report = await run_load(loader, [cell], spec or LoadSpec(), on_progress)
             stop.set()
         return report
     finally:

@@ -1,4 +1,5 @@
-"""A load generator: simulated GPU nodes and speaking sessions against one cell.
+"""A load generator: simulated GPU nodes and speaking sessions against one cell, or
+spread over many (a Redis Cluster's cells).
 
 It only appends events and reads streams, exactly as real nodes and gateways would;
 an applier (``eventsched worker``, or the demo's in-process one) must run beside it.
@@ -8,6 +9,11 @@ open, finalize their utterances at a speaking pace, and close once every utteran
 ended. A share of the nodes dies silently mid-run (no beats, jobs in hand dropped) and
 comes back later, registering again as a restarted node would. Every Redis call rides
 out a restart or a lost connection.
+
+Over several cells, the nodes of each language set share cells of their own
+(``_fleet_plan``), and the sessions open through a ``Gateway``, which picks each one's
+cell from the directory by its language pair and load; they start once the cells'
+offers show the nodes.
 
 The report is read back from the streams (``ops.audit.measure``), except what only the
 gateway side can know, because Redis may have lost it: ``finalized`` is the finalizes
@@ -22,18 +28,20 @@ from __future__ import annotations
 import logging
 import random
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import anyio
 from redis.exceptions import RedisError
 
+from eventsched.clients.cells import Gateway
 from eventsched.clients.node import Job, JobFailed, JobOutput, Node
 from eventsched.clients.retry import patiently
 from eventsched.clients.session import Session, SessionClient
 from eventsched.model.events import NodeRegistered, Services, SessionOpened, StageTimings
 from eventsched.model.keys import CellKeys
-from eventsched.ops.audit import RunReport, measure
+from eventsched.ops.audit import RunReport, combine, measure
+from eventsched.projections.directory import list_in_directory, read_directory
 from eventsched.store.client import RedisClient
 from eventsched.store.streams import last_id, text
 
@@ -42,6 +50,7 @@ __all__ = ["NOTHING_APPLIED_S", "LoadSpec", "Progress", "run_load"]
 log = logging.getLogger("eventsched.loadgen")
 
 NOTHING_APPLIED_S = 3.0  # a log growing unapplied this long: no worker, most likely
+OFFERS_WAIT_S = 20.0  # several cells: how long sessions wait for offers showing the nodes
 
 # Language sets of the simulated fleet; a node serves every pair within its set.
 PROFILES = (("en", "zh"), ("en", "ja"), ("en", "es"), ("en", "ja", "zh"), ("de", "en"))
@@ -126,12 +135,46 @@ async def _watch_applying(client: RedisClient, keys: CellKeys) -> None:
             return
 
 
+def _fleet_plan(plan: _Plan, cells: Sequence[CellKeys]) -> dict[str, CellKeys]:
+    """Each node's cell. Over several cells, cell i serves language set i (mod the sets)
+    and each set's nodes take its cells in turn: the nodes of a cell back each other
+    up, where spreading every set thinly would leave one node of a pair per cell."""
+    if len(cells) == 1:
+        return {registration.node_id: cells[0] for registration in plan.nodes}
+    chosen: dict[str, CellKeys] = {}
+    for index, registration in enumerate(plan.nodes):
+        profile = index % len(PROFILES)
+        own = [keys for i, keys in enumerate(cells) if i % len(PROFILES) == profile % len(cells)]
+        chosen[registration.node_id] = own[(index // len(PROFILES)) % len(own)]
+    return chosen
+
+
+async def _offers_show(client: RedisClient, cells: Sequence[CellKeys], nodes: int) -> None:
+    """Wait (OFFERS_WAIT_S at most) until the cells' offers in the directory count
+    ``nodes`` nodes: a gateway chooses by them, and would otherwise see no cell serving
+    any pair."""
+    names = {keys.cell for keys in cells}
+    with anyio.move_on_after(OFFERS_WAIT_S):
+        while True:
+            try:
+                offers = await read_directory(client, cells[0].namespace)
+                if sum(offer.nodes for cell, offer in offers.items() if cell in names) >= nodes:
+                    return
+            except (RedisError, OSError):
+                pass  # an outage: wait it out with the clients
+            await anyio.sleep(0.25)
+    log.warning("the directory's offers do not show the nodes yet; sessions start anyway")
+
+
 async def run_load(
     client: RedisClient,
-    keys: CellKeys,
+    cells: Sequence[CellKeys],
     spec: LoadSpec,
     on_progress: Progress | None = None,
 ) -> RunReport:
+    """Run the load over ``cells`` (one, or several of one namespace) and report it."""
+    if not cells or len({keys.namespace for keys in cells}) != 1:
+        raise ValueError("a load runs over one or more cells of one namespace")
     await client.ping()  # unreachable at the start: fail now, not after the outage window
     rng = random.Random(spec.seed)
     plan = _plan(spec, rng)
@@ -139,6 +182,8 @@ async def run_load(
     nodes: dict[str, Node] = {}  # the running incarnation of each node
     sessions: list[Session] = []
     received = delivered = inversions = 0
+    by_name = {keys.cell: keys for keys in cells}
+    node_cells = _fleet_plan(plan, cells)
 
     def node_of(registration: NodeRegistered) -> Node:
         node_id = registration.node_id
@@ -162,7 +207,7 @@ async def run_load(
 
         node = Node(
             client,
-            keys,
+            node_cells[node_id],
             node_id,
             registration.services,
             registration.max_concurrency,
@@ -185,7 +230,7 @@ async def run_load(
         await anyio.sleep(rng.randint(*spec.down_ms) / 1000)
         fleet.start_soon(node_of(registration).run)
 
-    async def speak(gateway: SessionClient, opened: SessionOpened) -> None:
+    async def speak(gateway: SessionClient | Gateway, opened: SessionOpened) -> None:
         session = await gateway.open(opened.session_id, opened.src_lang, opened.tgt_lang)
         sessions.append(session)
 
@@ -216,12 +261,30 @@ async def run_load(
         for registration in plan.nodes:
             if registration.node_id not in plan.mortal:
                 fleet.start_soon(node_of(registration).run)
-        gateway = SessionClient(
-            client, keys, block_ms=50, resend_after_s=spec.resend_s, max_sends=spec.max_sends
-        )
+        gateway: SessionClient | Gateway
+        if len(cells) == 1:
+            gateway = SessionClient(
+                client,
+                cells[0],
+                block_ms=50,
+                resend_after_s=spec.resend_s,
+                max_sends=spec.max_sends,
+            )
+        else:
+            await patiently(lambda: list_in_directory(client, cells))
+            gateway = Gateway(
+                client,
+                cells[0].namespace,
+                only=set(by_name),
+                block_ms=50,
+                resend_after_s=spec.resend_s,
+                max_sends=spec.max_sends,
+            )
+            await _offers_show(client, cells, len(plan.nodes) - len(plan.mortal))
         # The run ends when every finalize has ended and every dead node is back.
         async with gateway, anyio.create_task_group() as watching:
-            watching.start_soon(_watch_applying, client, keys)
+            for keys in cells:
+                watching.start_soon(_watch_applying, client, keys)
             with anyio.move_on_after(spec.timeout_s):
                 async with anyio.create_task_group() as story:
                     for registration in plan.nodes:
@@ -234,14 +297,13 @@ async def run_load(
             for node in list(nodes.values()):
                 farewell.start_soon(node.drain)
 
-    streams = await patiently(
-        lambda: measure(
-            client,
-            keys,
-            [s.session_id for s in plan.sessions],
-            [n.node_id for n in plan.nodes],
-        )
-    )
+    session_ids = [s.session_id for s in plan.sessions]
+    node_ids = [n.node_id for n in plan.nodes]
+
+    async def measured(keys: CellKeys) -> RunReport:
+        return await patiently(lambda: measure(client, keys, session_ids, node_ids))
+
+    streams = combine([await measured(keys) for keys in cells])
     finalized = sum(session.finalized for session in sessions)
     return replace(
         streams,

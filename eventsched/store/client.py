@@ -15,22 +15,37 @@ import redis
 import redis.asyncio as aioredis
 import redis.cluster
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import ClusterDownError, SlotNotCoveredError, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from eventsched.model.principals import Principal
 
 __all__ = [
     "CLUSTER_SCHEME",
     "MEMORY_URL",
+    "UNREACHABLE",
     "URL_OPTIONS",
     "RedisClient",
     "Store",
     "connect",
+    "is_cluster",
     "is_memory_url",
     "principal_of",
     "unlink_matching",
 ]
 
 MEMORY_URL = "memory://"
+# What a client rides out by trying again: Redis unreachable, or a cluster failing over
+# (CLUSTERDOWN, TRYAGAIN, a slot no master serves yet) until a replica takes over.
+UNREACHABLE: tuple[type[Exception], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ClusterDownError,
+    TryAgainError,
+    SlotNotCoveredError,
+    OSError,
+)
 CLUSTER_SCHEME = "redis+cluster://"
 
 # A RedisCluster client stands in for one: every key a command or script of eventsched
@@ -92,17 +107,29 @@ def _check_options(url: str) -> None:
 
 
 _NAMED_SERVERS: dict[str, fakeredis.FakeServer] = {}
+# Connections a client may open (per cluster node). Each blocking read holds one while
+# it waits, and one process may block on many (a load generator's nodes, a gateway's
+# cells, a worker's roles): redis-py 8's default of 100 ends such a process with "Too
+# many connections" (MaxConnectionsError).
+_CONNECTIONS = 10_000
 
 
-def _cluster_nodes(url: str) -> list[tuple[str, int]]:
-    """The ``host:port`` list of a ``redis+cluster://`` URL (no options, no user yet)."""
+def _cluster_nodes(url: str) -> tuple[list[tuple[str, int]], dict[str, str]]:
+    """The ``host:port`` list of a ``redis+cluster://[user:password@]host:port,...`` URL,
+    and the user and password to connect with (options are not taken yet)."""
+    rest = url.removeprefix(CLUSTER_SCHEME).rstrip("/")
+    credentials: dict[str, str] = {}
+    if "@" in rest:
+        user, rest = rest.rsplit("@", 1)
+        username, _, password = user.partition(":")
+        credentials = {"username": unquote(username), "password": unquote(password)}
     nodes = []
-    for part in url.removeprefix(CLUSTER_SCHEME).rstrip("/").split(","):
+    for part in rest.split(","):
         host, _, port = part.strip().rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"{url!r}: a cluster URL is redis+cluster://host:port[,host:port...]")
         nodes.append((host, int(port)))
-    return nodes
+    return nodes, credentials
 
 
 def _embedded_server(url: str) -> fakeredis.FakeServer:
@@ -128,7 +155,7 @@ class Store:
                 " redis+cluster://host:port[,host:port...] or memory://"
             )
         if url.startswith(CLUSTER_SCHEME):
-            self._nodes = _cluster_nodes(url)
+            self._nodes, self._credentials = _cluster_nodes(url)
         elif not is_memory_url(url):
             _check_options(url)
         self.url = url
@@ -149,7 +176,10 @@ class Store:
         if self.url.startswith(CLUSTER_SCHEME):
             nodes = [redis.cluster.ClusterNode(h, p) for h, p in self._nodes]  # type: ignore[no-untyped-call]
             cluster = redis.cluster.RedisCluster(
-                startup_nodes=nodes, decode_responses=decode_responses
+                startup_nodes=nodes,
+                decode_responses=decode_responses,
+                username=self._credentials.get("username"),
+                password=self._credentials.get("password"),
             )
             return cast(redis.Redis, cluster)
         return redis.Redis.from_url(self.url, decode_responses=decode_responses)
@@ -159,11 +189,23 @@ class Store:
             client: RedisClient = fakeredis.FakeAsyncRedis(server=self._server)
             return client
         if self.url.startswith(CLUSTER_SCHEME):
-            cluster = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in self._nodes])
+            cluster = RedisCluster(
+                startup_nodes=[ClusterNode(h, p) for h, p in self._nodes],
+                max_connections=_CONNECTIONS,
+                # As with one Redis: no time bound on a reply (blocking reads bound their
+                # own). redis-py's cluster default of 5 s ran each write in a task of its
+                # own (asyncio.wait_for), which a topology refresh could disconnect under
+                # it: an AttributeError from inside redis-py, not an error to retry.
+                socket_timeout=None,
+                username=self._credentials.get("username"),
+                password=self._credentials.get("password"),
+            )
             return cast(RedisClient, cluster)
         if self.url.startswith("redis://"):  # rediss:// and unix:// keep their own classes
-            return aioredis.Redis.from_url(self.url, connection_class=_HiredisPackedConnection)
-        return aioredis.Redis.from_url(self.url)
+            return aioredis.Redis.from_url(
+                self.url, connection_class=_HiredisPackedConnection, max_connections=_CONNECTIONS
+            )
+        return aioredis.Redis.from_url(self.url, max_connections=_CONNECTIONS)
 
 
 def connect(url: str = MEMORY_URL) -> RedisClient:
@@ -171,10 +213,18 @@ def connect(url: str = MEMORY_URL) -> RedisClient:
     return Store(url).client()
 
 
+def is_cluster(client: RedisClient) -> bool:
+    """Whether the client speaks to a Redis Cluster (a ``redis+cluster://`` store)."""
+    return isinstance(client, RedisCluster)
+
+
 def principal_of(client: RedisClient) -> Principal | None:
     """The confined principal (a node, a gateway) the client's Redis user stands for;
     None for any other user, the default one included (a trusted client)."""
-    username = client.connection_pool.connection_kwargs.get("username")
+    if is_cluster(client):
+        username = cast(RedisCluster, client).connection_kwargs.get("username")
+    else:
+        username = client.connection_pool.connection_kwargs.get("username")
     return Principal.from_username(username)
 
 
