@@ -136,7 +136,7 @@ async def test_a_load_over_cells_on_several_masters_with_shared_workers(cluster_
                 "--cell",
                 keys.cell,
             ]
-            verified = await anyio.to_thread.run_sync(lambda: CliRunner().invoke(app, args))
+            verified = await anyio.to_thread.run_sync(CliRunner().invoke, app, args)
             assert verified.exit_code == 0, verified.output
     finally:
         await unlink_matching(client, f"{namespace}:*")
