@@ -209,6 +209,9 @@ class Bells:
         while True:
             pubsub: PubSub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
+                # A cluster client picks the subscription's node from its slot map, which
+                # it learns on its first command: one that subscribes first fails.
+                await self.client.ping()
                 subscribed: set[str] = set()
                 while True:
                     new = [channel for channel in self.by_channel if channel not in subscribed]

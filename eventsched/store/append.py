@@ -8,7 +8,7 @@ from redis.asyncio.client import Pipeline
 
 from eventsched.model.events import ENTRY_FIELD, Event, encode_event
 from eventsched.model.keys import CellKeys
-from eventsched.store.client import RedisClient, principal_of
+from eventsched.store.client import RedisClient, is_cluster, principal_of
 
 __all__ = ["append", "append_exact", "append_many", "queue_submit", "source_of", "submit"]
 
@@ -62,6 +62,10 @@ async def submit(client: RedisClient, keys: CellKeys, source: str | None, event:
     it, in the log or in the ingress: a time on the server's clock either way."""
     if source is None:
         return await append(client, keys, event)
+    if is_cluster(client):  # a cluster pipeline refuses PUBLISH: two round trips
+        entry_id = await client.xadd(keys.ingress(source), {ENTRY_FIELD: encode_event(event)})
+        await client.publish(keys.bell, source)
+        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
     async with client.pipeline(transaction=False) as pipe:
         queue_submit(pipe, keys, source, event)
         entry_id, _ = await pipe.execute()
