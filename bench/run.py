@@ -27,6 +27,7 @@ if __package__ in (None, ""):  # run as a script: the checkout's root on the pat
 
 from bench import baseline, burst, e2e, fleet, plain_queue, throughput
 from bench.alone import private_server
+from bench.cluster_scale import measure as cluster_scale
 from bench.dispatch_scale import measure as dispatch_scale
 from bench.ingress_scale import measure as ingress_scale
 from bench.queue_scale import measure as queue_scale
@@ -128,6 +129,7 @@ async def collect(url: str, quick: bool) -> dict[str, float]:
     figures |= await burst.measure(url)
     figures |= await queue_scale(url)
     figures |= await service_scale(url)
+    figures |= await cluster_scale(url, 4_000 if quick else 20_000)
     figures |= await memory(url, 10_000)
     figures |= await replay_rates(url, 10_000 if quick else 50_000)
     return figures

@@ -28,11 +28,11 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Collection, Mapping
-from types import TracebackType
 from typing import Any
 
 import anyio
 
+from eventsched.clients.background import Background
 from eventsched.clients.retry import patiently
 from eventsched.clients.session import Session, SessionClient
 from eventsched.model.keys import CellKeys
@@ -97,7 +97,7 @@ def choose_session_cell(
     return min(offers, key=lambda c: (offers[c].sessions + placed[c], _tie(c, session_id)))
 
 
-class Gateway:
+class Gateway(Background):
     """A gateway's sessions over the listed cells of a namespace (those in ``only``, when
     given); ``options`` go to each cell's ``SessionClient`` (block_ms, resend_after_s,
     max_sends)."""
@@ -117,7 +117,6 @@ class Gateway:
         self._offers: dict[str, CellOffer] = {}
         self._read_at = float("-inf")
         self._placed: Counter[str] = Counter()  # sessions put in a cell since its offer
-        self._group: anyio.abc.TaskGroup | None = None
 
     async def offers(self) -> dict[str, CellOffer]:
         """The directory, read again once its offers may have changed."""
@@ -154,20 +153,6 @@ class Gateway:
         for gateway in list(self.cells.values()):
             await gateway.resend_now()
 
-    async def __aenter__(self) -> Gateway:
-        self._group = await anyio.create_task_group().__aenter__()
-        return self
-
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> bool | None:
-        assert self._group is not None
-        self._group.cancel_scope.cancel()
-        try:
-            return await self._group.__aexit__(kind, error, trace)
-        finally:
-            for gateway in self.cells.values():
-                gateway.release()
+    def ended(self) -> None:
+        for gateway in self.cells.values():
+            gateway.release()

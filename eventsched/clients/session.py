@@ -28,11 +28,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from types import TracebackType
 
 import anyio
 from pydantic import ValidationError
 
+from eventsched.clients.background import Background
 from eventsched.clients.policy import Reason
 from eventsched.clients.retry import patiently
 from eventsched.model.events import SessionClosed, SessionOpened, UtteranceFinalized
@@ -189,7 +189,7 @@ class Session:
         self._receive.close()
 
 
-class SessionClient:
+class SessionClient(Background):
     def __init__(
         self,
         client: RedisClient,
@@ -210,7 +210,6 @@ class SessionClient:
         self._opened: list[Session] = []
         self._cursors: dict[str, str] = {}
         self._next_check = 0.0
-        self._group: anyio.abc.TaskGroup | None = None
 
     def resend_due(self) -> float:
         return anyio.current_time() + self.resend_after_s
@@ -293,9 +292,9 @@ class SessionClient:
             self._cursors[stream] = "0-0"
 
     async def run(self) -> None:
-        """Read outcomes and send again what is due, until cancelled (what the context
-        manager runs in a task; a caller with a task group of its own runs it there and
-        calls ``release`` after)."""
+        """Read outcomes and send again what is due, until cancelled (the context
+        manager's task; a caller with a task group of its own runs it there and calls
+        ``release`` after)."""
         while True:
             await self.read_once()
             await self.send_due()
@@ -305,20 +304,8 @@ class SessionClient:
         for session in self._opened:
             session._release()
 
-    async def __aenter__(self) -> SessionClient:
-        self._group = await anyio.create_task_group().__aenter__()
-        self._group.start_soon(self.run)
-        return self
+    def started(self, group: anyio.abc.TaskGroup) -> None:
+        group.start_soon(self.run)
 
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> bool | None:
-        assert self._group is not None
-        self._group.cancel_scope.cancel()
-        try:
-            return await self._group.__aexit__(kind, error, trace)
-        finally:  # also when the block or the reader failed
-            self.release()
+    def ended(self) -> None:
+        self.release()

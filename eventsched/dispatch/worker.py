@@ -11,11 +11,10 @@ then reads new ones. The tracking marker makes entries already applied harmless.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import anyio
@@ -24,28 +23,23 @@ from redis.exceptions import RedisError, ResponseError
 from eventsched.dispatch.applier import (
     FULL_COST,
     Applier,
-    Entry,
     EntryFailed,
     GroupsApplier,
     NotLeader,
-    Prepared,
-    Projection,
-    retrieved,
 )
 from eventsched.dispatch.ingress import Bells, Ingress
 from eventsched.dispatch.job_log import follow_decisions
 from eventsched.dispatch.lease import Lease
 from eventsched.dispatch.retention import retain, trim_inboxes
+from eventsched.dispatch.role import Role, ensure_group
 from eventsched.dispatch.sharing import Membership, RoleId, assign
 from eventsched.model.events import ENTRY_FIELD, Tick, encode_event
 from eventsched.model.keys import PROJECTIONS, CellKeys
-from eventsched.projections.cell_settings import read_settings
-from eventsched.projections.directory import find_cells, list_in_directory, publish_offer
+from eventsched.projections.directory import find_cells, publish_offer
 from eventsched.projections.snapshot import applied_ms
 from eventsched.projections.stats import StatsBuilder, cell_shape
 from eventsched.store.client import UNREACHABLE, RedisClient
-from eventsched.store.scripts import register
-from eventsched.store.streams import StreamReply, text, xrange_raw, xreadgroup_raw
+from eventsched.store.streams import text, xrange_raw
 
 __all__ = [
     "DEFAULT_BATCH",
@@ -63,8 +57,6 @@ log = logging.getLogger("eventsched.worker")
 # 96 heartbeats, say. A read takes several calls' worth, so that each call's arguments
 # are built while the one before runs.
 DEFAULT_BATCH = 24
-_READ_CALLS = 4
-_CLAIM_PAGE = 100
 _TRIM_EVERY_S = 5.0
 # The worker command's retention window: ten minutes of log at 1,000 events/s is about
 # 600,000 entries, some 150 MB, and enough to record what just went wrong.
@@ -75,19 +67,9 @@ _BACKOFF_MIN_S = 0.05
 _BACKOFF_MAX_S = 2.0
 _SCAN_EVERY_S = 30.0  # --all-cells: the directory every beat, a SCAN for unlisted cells this often
 _TICK = encode_event(Tick())
-_UNREACHABLE = UNREACHABLE
 # What a role loop waits out: Redis unreachable (a cluster failing over), or refusing.
 _REFUSED: tuple[type[Exception], ...] = (*UNREACHABLE, ResponseError)
 _REFUSED_OR_FAILED: tuple[type[Exception], ...] = (*_REFUSED, EntryFailed)
-
-
-async def ensure_group(client: RedisClient, stream: str, group: str) -> None:
-    """Create the group (and the stream) unless it exists: safe to call at any time."""
-    try:
-        await client.xgroup_create(stream, group, id="0", mkstream=True)
-    except ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
 
 
 async def _until(stop: anyio.Event, task: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -98,158 +80,6 @@ async def _until(stop: anyio.Event, task: Callable[[], Coroutine[Any, Any, None]
         group.start_soon(task)
         await stop.wait()
         group.cancel_scope.cancel()
-
-
-class _Role:
-    """One projection of one cell, as this worker works it."""
-
-    def __init__(self, worker: Worker, projection: Projection) -> None:
-        self.worker = worker
-        self.projection = projection
-        self.lease = Lease(worker.client, projection.lease_key, worker.name, worker.lease_ms)
-        self._claim = register(worker.client, "claim")
-        self.cursor = "0"  # "0": this consumer's pending entries first; then ">"
-        self.taken = False
-        self.taken_event = anyio.Event()  # set while taken: the ingress task waits on it
-        self._ahead: asyncio.Future[StreamReply] | None = None
-
-    @property
-    def label(self) -> str:
-        return f"{self.projection.keys.cell}/{self.projection.role}"
-
-    async def take_over(self) -> None:
-        """Claim every pending entry of the group, then apply from the oldest."""
-        projection = self.projection
-        await ensure_group(self.worker.client, projection.stream, projection.group)
-        cursor = "0-0"
-        while True:
-            reply = await self._claim(
-                keys=[
-                    projection.stream,
-                    projection.keys.dlq,
-                    projection.lease_key,
-                    projection.keys.meta,
-                ],
-                args=[projection.group, self.worker.name, cursor, _CLAIM_PAGE],
-            )
-            if reply[0] == -1:
-                raise NotLeader(projection.lease_key)
-            cursor, dead = text(reply[0]), int(reply[2])
-            if dead:
-                log.warning("%s: %d pending entries were trimmed; dead-lettered", self.label, dead)
-            if cursor == "0-0":
-                break
-        self.cursor, self.taken = "0", True
-        self.taken_event.set()
-        log.info("%s: taken over by %s", self.label, self.worker.name)
-        if isinstance(projection, Applier):
-            await list_in_directory(self.worker.client, [projection.keys])
-            await self._log_settings()
-
-    async def _log_settings(self) -> None:
-        """Say which settings the cell's log changed: they are the cell's, whichever
-        worker applies it."""
-        try:
-            found = await read_settings(self.worker.client, self.projection.keys)
-        except ValueError as exc:
-            log.error("%s: %s", self.label, exc)
-            return
-        changed = found.settings.differences()
-        if changed:
-            values = " ".join(f"{name}={value}" for name, value in sorted(changed.items()))
-            log.info(
-                "%s: settings changed by the log (since %s): %s", self.label, found.since, values
-            )
-
-    async def group_missing(self) -> bool:
-        stream, group = self.projection.stream, self.projection.group
-        if not await self.worker.client.exists(stream):
-            return True
-        groups = await self.worker.client.xinfo_groups(stream)
-        return group not in {text(found["name"]) for found in groups}
-
-    def lose(self) -> None:
-        self.drop_read_ahead()
-        self.taken = False
-        if self.taken_event.is_set():
-            self.taken_event = anyio.Event()
-        self.lease.held = False
-
-    def _read(self, block: bool) -> Awaitable[StreamReply]:
-        projection = self.projection
-        return xreadgroup_raw(
-            self.worker.client,
-            projection.group,
-            self.worker.name,
-            {projection.stream: self.cursor},
-            self.worker.batch_size * _READ_CALLS,
-            self.worker.block_ms if block and self.cursor == ">" else None,
-        )
-
-    def drop_read_ahead(self) -> None:
-        """Forget a read issued ahead: entries it took stay pending for this consumer,
-        and whoever takes the role next claims them."""
-        if self._ahead is not None:
-            self._ahead.cancel()
-            self._ahead = None
-
-    async def step(self, block: bool) -> int:
-        """Read and apply one batch; returns how many entries were read."""
-        projection = self.projection
-        reply = []
-        if self._ahead is not None:
-            reply, self._ahead = await self._ahead, None
-        if not any(found for _, found in reply):
-            reply = await self._read(block)
-        read = 0
-        for _, raw_entries in reply:
-            if not raw_entries and self.cursor == "0":
-                self.cursor = ">"
-                continue
-            # A pending entry trimmed from the stream comes back without fields.
-            entries: list[Entry] = [(eid, fields or {}) for eid, fields in raw_entries]
-            read += len(entries)
-            if self.cursor == ">" and len(entries) == self.worker.batch_size * _READ_CALLS:
-                # A full read: more is waiting. Read it while this batch is applied.
-                self._ahead = asyncio.ensure_future(self._read(block=False))
-                self._ahead.add_done_callback(retrieved)
-            calls = await self._apply(entries)
-            if isinstance(projection, Applier):
-                self.count_dispatches(calls)
-        return read
-
-    def count_dispatches(self, calls: Sequence[Prepared]) -> None:
-        """The dispatch statistics of applied calls (the dispatch role's)."""
-        stats = self.worker.stats[self.projection.keys.cell]
-        for call in calls:
-            stats.dispatched_after(call.finalize_ms, call.applied_wall_ms)
-
-    async def set_aside(self, entry: Entry | None, failed: EntryFailed) -> None:
-        """Dead-letter an entry the script failed on (``apply_error`` and the error), in
-        place of applying it, and say so."""
-        if entry is not None:
-            assert isinstance(self.projection, Applier)
-            await self.projection.dead_letter(entry, f"apply_error: {failed.error}")
-        log.error("%s: entry %s dead-lettered: %s", self.label, text(failed.entry_id), failed.error)
-
-    async def _apply(self, entries: Sequence[Entry]) -> list[Prepared]:
-        """Apply entries in calls. When the script raises on one (a case no check
-        foresaw), the ones before it have applied: that one is dead-lettered
-        (``apply_error`` and the error) and the rest go on, so no entry stops the cell."""
-        projection = self.projection
-        budget = self.worker.batch_size * FULL_COST
-        calls: list[Prepared] = []
-        while entries:
-            try:
-                calls += await projection.apply_in_calls(entries, budget)
-                return calls
-            except EntryFailed as failed:
-                if not isinstance(projection, Applier):
-                    raise  # decisions come from apply.lua alone: a bug, not bad input
-                position = [entry_id for entry_id, _ in entries].index(failed.entry_id)
-                await self.set_aside(entries[position], failed)
-                entries = entries[position + 1 :]
-        return calls
 
 
 class Worker:
@@ -285,7 +115,7 @@ class Worker:
         self._trimmed_at: dict[str, float] = {}  # cell -> monotonic time of its last trim
         self._inboxes_from: dict[str, int] = {}  # cell -> the next node slice to trim
         self.cells: list[CellKeys] = []
-        self.roles: list[_Role] = []
+        self.roles: list[Role] = []
         self.stats: dict[str, StatsBuilder] = {}
         self.ingress: dict[str, Ingress] = {}
         self._bells = Bells(client, [])
@@ -319,10 +149,18 @@ class Worker:
         }
         self.cells.append(keys)
         roles = [
-            _Role(self, kinds[kind](self.client, keys, self.name)) for kind in self.projections
+            Role(
+                self.client,
+                kinds[kind](self.client, keys, self.name),
+                self.name,
+                self.lease_ms,
+                self.batch_size,
+                self.block_ms,
+                self.stats.setdefault(keys.cell, StatsBuilder()),
+            )
+            for kind in self.projections
         ]
         self.roles += roles
-        self.stats[keys.cell] = StatsBuilder()
         self.ingress[keys.cell] = Ingress(self.client, keys)
         if "dispatch" in self.projections:
             self._bells.add(self.ingress[keys.cell])
@@ -330,7 +168,7 @@ class Worker:
             self._start(keys, roles, *self._running)
 
     def _start(
-        self, keys: CellKeys, roles: Sequence[_Role], group: anyio.abc.TaskGroup, stop: anyio.Event
+        self, keys: CellKeys, roles: Sequence[Role], group: anyio.abc.TaskGroup, stop: anyio.Event
     ) -> None:
         for role in roles:
             group.start_soon(self._run_role, role, stop)
@@ -417,10 +255,10 @@ class Worker:
                 log.debug("worker %s: membership not renewed (%s)", self.name, exc)
             await self._pause(stop, self.lease_ms / 3000)
 
-    async def _group_missing(self, role: _Role, error: Exception) -> bool:
+    async def _group_missing(self, role: Role, error: Exception) -> bool:
         """Whether a refusal was for a missing group or stream (never for a cluster
         failing over, or while Redis cannot be asked)."""
-        if not isinstance(error, ResponseError) or isinstance(error, _UNREACHABLE):
+        if not isinstance(error, ResponseError) or isinstance(error, UNREACHABLE):
             return False
         try:
             return await role.group_missing()
@@ -431,7 +269,7 @@ class Worker:
         with anyio.move_on_after(seconds):
             await stop.wait()
 
-    async def _run_role(self, role: _Role, stop: anyio.Event) -> None:
+    async def _run_role(self, role: Role, stop: anyio.Event) -> None:
         backoff = 0.0  # > 0 while Redis is unreachable or refuses: one log line per outage
         cell, name = role.projection.keys.cell, role.projection.role
         while not stop.is_set():
@@ -473,7 +311,7 @@ class Worker:
                 # permission; the groups script failed): nothing to skip, so wait and
                 # try again, one log line per outage.
                 if not backoff:
-                    if not isinstance(exc, _UNREACHABLE):
+                    if not isinstance(exc, UNREACHABLE):
                         log.error("%s: refused (%s); retrying", role.label, exc)
                     else:
                         log.warning("%s: redis unreachable (%s); retrying", role.label, exc)
@@ -484,10 +322,10 @@ class Worker:
     def _holder(self, cell: str, role: str) -> str:
         return (self.assigned or {}).get((cell, role), "nobody yet")
 
-    async def _admit(self, role: _Role, hot: bool = False) -> int:
+    async def _admit(self, role: Role, hot: bool = False) -> int:
         """Take one read of the cell's ingress streams (the rung ones, or with ``hot``
         the blocking read of the hot ones) and admit it; returns how many entries were
-        taken. An entry the script fails on is dead-lettered as in ``_Role._apply``; the
+        taken. An entry the script fails on is dead-lettered as in ``Role.apply``; the
         ones after it are in the log and apply from there."""
         applier = role.projection
         assert isinstance(applier, Applier)
@@ -505,7 +343,7 @@ class Worker:
         role.count_dispatches(calls)
         return len(taken)
 
-    async def _run_ingress(self, role: _Role, stop: anyio.Event) -> None:
+    async def _run_ingress(self, role: Role, stop: anyio.Event) -> None:
         """While this worker holds the cell's dispatch role: admit what rang, and what
         the hot streams' blocking read brings."""
         ingress = self.ingress[role.projection.keys.cell]
@@ -555,7 +393,7 @@ class Worker:
         if removed or from_inboxes:
             log.info("%s: trimmed %d acknowledged entries", keys.cell, removed + from_inboxes)
 
-    async def _follow(self, role: _Role, stop: anyio.Event) -> None:
+    async def _follow(self, role: Role, stop: anyio.Event) -> None:
         """Boundary logs and the statistics snapshot of a cell, written only by its
         dispatch role's holder."""
         keys = role.projection.keys
@@ -608,7 +446,7 @@ class Worker:
                         await lease.release()
                     elif await lease.keep():
                         await self.client.xadd(keys.log, {ENTRY_FIELD: _TICK})
-                except _UNREACHABLE:
+                except UNREACHABLE:
                     lease.held = False  # the role loops log the outage once
                 if lease.held != ticking:
                     ticking = lease.held
