@@ -28,10 +28,11 @@ STORE_KINDS = ("fake", "real")
 # client end to end, the HTTP service. A command or script whose keys span two slots
 # fails there with CROSSSLOT; tests/test_cluster.py adds cells on several masters.
 CLUSTER_CONTRACT = (
-    "test_applier", "test_clients", "test_dispatch", "test_end_to_end", "test_groups",
-    "test_hostile_streams", "test_ingress", "test_lifecycle_rules", "test_operations",
-    "test_poison", "test_projections", "test_queue", "test_recovery", "test_replay",
-    "test_service", "test_settings", "test_sharing", "test_stats", "test_workers",
+    "test_applier", "test_cells", "test_clients", "test_dispatch", "test_end_to_end",
+    "test_groups", "test_hostile_streams", "test_ingress", "test_lifecycle_rules",
+    "test_operations", "test_poison", "test_projections", "test_queue", "test_recovery",
+    "test_replay", "test_service", "test_settings", "test_sharing", "test_stats",
+    "test_workers",
 )  # fmt: skip
 
 

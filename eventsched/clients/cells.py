@@ -48,23 +48,16 @@ def _tie(cell: str, name: str) -> bytes:
     return hashlib.blake2b(f"{cell}/{name}".encode(), digest_size=8).digest()
 
 
-def choose_node_cell(
-    offers: Mapping[str, CellOffer],
-    node_id: str,
-    pairs: Collection[str],
-    placed: Mapping[str, Counter[str]] | None = None,
-) -> str:
+def choose_node_cell(offers: Mapping[str, CellOffer], node_id: str, pairs: Collection[str]) -> str:
     """The listed cell that most needs what the node serves: the fewest slots serving
-    its pairs (on average over them), then the fewest nodes. ``placed`` counts, per
-    cell, the slots per pair of nodes put there since its offer (and nodes under ``""``)."""
+    its pairs (on average over them), then the fewest nodes."""
     if not offers:
         raise LookupError("no cells are listed in the directory (eventsched cells --add)")
-    placed = placed or {}
 
     def need(cell: str) -> tuple[float, int, bytes]:
-        served, here = offers[cell].pairs, placed.get(cell, Counter())
-        slots = sum(served.get(pair, 0) + here[pair] for pair in pairs) / max(1, len(pairs))
-        return slots, offers[cell].nodes + here[""], _tie(cell, node_id)
+        served = offers[cell].pairs
+        slots = sum(served.get(pair, 0) for pair in pairs) / max(1, len(pairs))
+        return slots, offers[cell].nodes, _tie(cell, node_id)
 
     return min(offers, key=need)
 
