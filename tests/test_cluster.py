@@ -9,6 +9,7 @@ fail these)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -29,6 +30,7 @@ from eventsched.ops.verify import verify_cell
 from eventsched.projections.directory import list_in_directory
 from eventsched.sim.loadgen import LoadSpec, run_load
 from eventsched.store.client import Store, unlink_matching
+from eventsched.store.scripts import lua_source
 from eventsched.store.streams import text
 from tests.conftest import new_namespace
 
@@ -50,6 +52,23 @@ async def test_each_fixture_replays_to_its_golden_on_a_cluster(
     fixture.cell = f"c{FIXTURES.index(path) % 8}"
     result = await replay(fixture, cluster_url, batch=7)
     assert check(result, golden_path(path).read_text(encoding="utf-8")) is None
+
+
+async def test_scripts_flushed_from_every_master_are_loaded_again(cluster_url: str) -> None:
+    """What a replica promoted by a failover looks like to the scripts: none loaded.
+    redis-py answers NOSCRIPT by loading the script and running the call again."""
+    path = FIXTURES[0]
+    await replay(load_fixture(path), cluster_url, batch=7)
+    apply_sha = hashlib.sha1(lua_source("apply").encode()).hexdigest()
+    sync = Store(cluster_url).sync_client()
+    try:
+        assert sync.script_exists(apply_sha) == [True]
+        sync.script_flush()  # every master (redis-py sends SCRIPT FLUSH to all primaries)
+        assert sync.script_exists(apply_sha) == [False]
+    finally:
+        sync.close()
+    again = await replay(load_fixture(path), cluster_url, batch=7)
+    assert check(again, golden_path(path).read_text(encoding="utf-8")) is None
 
 
 async def test_cells_on_different_masters_each_verify(cluster_url: str) -> None:
