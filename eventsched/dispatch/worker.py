@@ -399,7 +399,9 @@ class Worker:
         keys = role.projection.keys
         builder = self.stats[keys.cell]
 
-        checked_at = offered_at = float("-inf")
+        # The first offer waits a window like the rest: its scan of the cell's nodes and
+        # sessions (a stats window's worth) must not land on a takeover's backlog.
+        checked_at, offered_at = float("-inf"), time.monotonic()
 
         async def publish_when_due() -> None:
             nonlocal checked_at, offered_at
