@@ -24,7 +24,7 @@ from eventsched.projections.directory import CellOffer, publish_offer, read_dire
 from eventsched.store.client import RedisClient
 from tests.conftest import new_namespace, remove_namespace
 from tests.harness import wait_for
-from tests.live import echo
+from tests.live import echo, steady
 
 OFFERS = {
     "c0": CellOffer("c0", nodes=2, sessions=4, pairs={"en>zh": 4, "zh>en": 4}),
@@ -98,7 +98,8 @@ async def test_a_gateway_opens_sessions_where_their_pairs_are_served_one_reader_
     stop = anyio.Event()
     nodes = [
         Node(client, keys, f"n-{lang}", Services(asr=["en"], nmt=["en", lang], tts=[lang]), 2,
-             echo(lambda job: 1), semantic_languages=["en", lang], heartbeat_s=0.2)
+             echo(lambda job: 1), semantic_languages=["en", lang], heartbeat_s=0.2,
+             load=steady)
         for keys, lang in ((zh, "zh"), (ja, "ja"))
     ]  # fmt: skip
 
@@ -119,7 +120,7 @@ async def test_a_gateway_opens_sessions_where_their_pairs_are_served_one_reader_
                 await session.close()
             for session in opened:
                 outcomes = [outcome async for outcome in session.outcomes()]
-                assert [(o.utterance_index, o.status) for o in outcomes] == [(0, "ok")]
+                assert [(o.utterance_index, o.status) for o in outcomes] == [(0, "ok")], outcomes
         for running in nodes:
             await running.drain()
         stop.set()
