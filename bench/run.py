@@ -4,7 +4,8 @@ figures count only this run); ``--redis-url`` runs against a given, quiet one, l
 nothing behind (every key is under a ``bench*`` namespace and removed). docs/PERFORMANCE.md
 explains each figure and its target.
 
-    python bench/run.py --quick --json      # about 70 s on 2 cores
+    python bench/run.py --quick --json      # about 3 minutes on 2 cores
+    python bench/run.py --quick --markdown  # the table for docs/PERFORMANCE.md
     make bench                              # the full run, about 5 minutes
 
 Figures are this machine's, noisy; compare ratios within one run.
@@ -17,10 +18,13 @@ import json
 import os
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
 from pathlib import Path
 
 import anyio
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 if __package__ in (None, ""):  # run as a script: the checkout's root on the path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -107,7 +111,7 @@ async def replay_rates(url: str, events: int) -> dict[str, float]:
     return rates
 
 
-async def collect(url: str, quick: bool) -> dict[str, float]:
+async def _dispatch_scale(url: str, quick: bool) -> dict[str, float]:
     figures: dict[str, float] = {}
     for size in (100, 1000, 10_000, 100_000):
         scale = await dispatch_scale(url, size, rounds=3 if quick else 10)
@@ -116,40 +120,83 @@ async def collect(url: str, quick: bool) -> dict[str, float]:
     figures["dispatch_redis_us_ratio_100k_1k"] = round(
         figures["dispatch_redis_us_100k"] / figures["dispatch_redis_us_1k"], 2
     )
-    figures |= await baseline.compare(url, 200 if quick else 1000)
-    figures |= await plain_queue.measure(url, 300 if quick else 2000)
-    figures |= await ingress_scale(url, 10_000)
-    figures |= await throughput.measure(url, 20_000 if quick else 100_000)
-    steps = await e2e.measure(
-        url,
-        [500, 1000, 2000, 3000] if quick else [250, 500, 1000, 1500, 2000, 3000, 4000],
-        3.0 if quick else 10.0,
-    )
-    figures |= e2e.figures(steps)
-    figures |= await burst.measure(url)
-    figures |= await queue_scale(url)
-    figures |= await service_scale(url)
-    figures |= await cluster_scale(url, 4_000 if quick else 20_000)
-    figures |= await memory(url, 10_000)
-    figures |= await replay_rates(url, 10_000 if quick else 50_000)
     return figures
 
 
-def report(figures: dict[str, float]) -> None:
-    checks = {name: (sign, target) for name, sign, target in TARGETS}
-    for name, value in figures.items():
-        line = f"{name:<34}{value:>12}"
-        if name in checks:
-            sign, target = checks[name]
+async def _e2e(url: str, quick: bool) -> dict[str, float]:
+    rates = [500, 1000, 2000, 3000] if quick else [250, 500, 1000, 1500, 2000, 3000, 4000]
+    return e2e.figures(await e2e.measure(url, rates, 3.0 if quick else 10.0))
+
+
+Part = Callable[[str, bool], Awaitable[dict[str, float]]]
+# Every part of the run, in order: (its name on the progress bar, how it runs).
+PARTS: tuple[tuple[str, Part], ...] = (
+    ("decision cost, 100 to 100k nodes", _dispatch_scale),
+    ("the old design", lambda url, quick: baseline.compare(url, 200 if quick else 1000)),
+    ("a plain queue", lambda url, quick: plain_queue.measure(url, 300 if quick else 2000)),
+    ("ingress at 10k principals", lambda url, quick: ingress_scale(url, 10_000)),
+    ("apply throughput", lambda url, quick: throughput.measure(url, 20_000 if quick else 100_000)),
+    ("end to end at rising load", _e2e),
+    ("a burst", lambda url, quick: burst.measure(url)),
+    ("the queue at scale", lambda url, quick: queue_scale(url)),
+    ("the HTTP face", lambda url, quick: service_scale(url)),
+    ("Redis Cluster", lambda url, quick: cluster_scale(url, 4_000 if quick else 20_000)),
+    ("memory", lambda url, quick: memory(url, 10_000)),
+    ("replay", lambda url, quick: replay_rates(url, 10_000 if quick else 50_000)),
+)
+
+
+async def collect(url: str, quick: bool) -> dict[str, float]:
+    """Every part's figures; a progress bar on stderr says which part runs, and a line
+    per part what it took (stdout keeps the table and the JSON)."""
+    figures: dict[str, float] = {}
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TimeElapsedColumn(), console=Console(stderr=True)) as progress:
+        task = progress.add_task("", total=len(PARTS))
+        for name, part in PARTS:
+            progress.update(task, description=name)
+            started = time.perf_counter()
+            figures |= await part(url, quick)
+            progress.console.print(f"{name}: {time.perf_counter() - started:.0f} s")
+            progress.advance(task)
+    return figures
+
+
+def _verdict(name: str, value: float) -> tuple[str, str]:
+    """(the target as text, "met" or "MISSED"), or two empty strings for a figure that has
+    no target."""
+    for figure, sign, target in TARGETS:
+        if figure == name:
             met = value <= target if sign == "<=" else value >= target
-            line += f"   target {sign} {target:<8} {'met' if met else 'MISSED'}"
+            return f"{sign} {target}", "met" if met else "MISSED"
+    return "", ""
+
+
+def report(figures: dict[str, float]) -> None:
+    for name, value in figures.items():
+        target, verdict = _verdict(name, value)
+        line = f"{name:<34}{value:>12}"
+        if target:
+            line += f"   target {target:<11} {verdict}"
         print(line)
 
 
-async def main(quick: bool, as_json: bool, redis_url: str | None) -> None:
+def markdown(figures: dict[str, float]) -> str:
+    """The figures as a Markdown table, for docs/PERFORMANCE.md (pasted as generated)."""
+    rows = ["| figure | value | target | |", "| --- | ---: | ---: | --- |"]
+    for name, value in figures.items():
+        target, verdict = _verdict(name, value)
+        rows.append(f"| `{name}` | {value} | {target} | {verdict} |")
+    return "\n".join(rows)
+
+
+async def main(quick: bool, as_json: bool, as_markdown: bool, redis_url: str | None) -> None:
     with private_server() if redis_url is None else nullcontext(redis_url) as url:
         figures = await collect(url, quick)
-    report(figures)
+    if as_markdown:
+        print(markdown(figures))
+    else:
+        report(figures)
     if as_json:
         print(json.dumps(figures, sort_keys=True))
 
@@ -159,10 +206,13 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="fewer samples, shorter steps")
     parser.add_argument("--json", action="store_true", help="one JSON object as the last line")
     parser.add_argument(
+        "--markdown", action="store_true", help="the table in Markdown (docs/PERFORMANCE.md)"
+    )
+    parser.add_argument(
         "--redis-url",
         default=os.environ.get("EVENTSCHED_REDIS_URL"),
         help="a quiet Redis to run against (default: $EVENTSCHED_REDIS_URL, else a private"
         " redis-server started here)",
     )
     arguments = parser.parse_args()
-    anyio.run(main, arguments.quick, arguments.json, arguments.redis_url)
+    anyio.run(main, arguments.quick, arguments.json, arguments.markdown, arguments.redis_url)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from bench import baseline
+from bench.run import PARTS, TARGETS, markdown
 from eventsched.model.keys import CellKeys
 from tests.conftest import remove_namespace
 from tests.harness import Cell, beat, error, finalize, node, session
@@ -47,3 +48,15 @@ async def test_the_old_path_picks_what_eventsched_picks(cell: Cell) -> None:
         assert (await twin.hash(twin.keys.node("n5")))["run"] == "2"
     finally:
         await remove_namespace(cell.client, twin.keys.namespace)
+
+
+def test_the_markdown_table_judges_each_figure_by_its_target() -> None:
+    targeted = {name: target for name, _, target in TARGETS}
+    figures = {"apply_dispatch_per_s": targeted["apply_dispatch_per_s"] - 1, "untargeted": 3.5}
+    figures["dispatch_redis_us_100k"] = targeted["dispatch_redis_us_100k"]  # at the bound
+    lines = markdown(figures).splitlines()
+    assert lines[:2] == ["| figure | value | target | |", "| --- | ---: | ---: | --- |"]
+    assert lines[2].startswith("| `apply_dispatch_per_s` |") and lines[2].endswith("| MISSED |")
+    assert lines[3] == "| `untargeted` | 3.5 |  |  |"
+    assert lines[4].endswith("| <= 40 | met |")
+    assert len({name for name, _ in PARTS}) == len(PARTS)  # each part named once
