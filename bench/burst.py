@@ -47,9 +47,8 @@ async def _run(url: str, namespace: str, queue_wait_ms: int | None) -> tuple[flo
     first: list[Event] = [SettingsChanged(settings=settings), fleet.POOLS]
     waits: list[float] = []
     try:
-        async with live_sessions(
-            url, client, keys, first, NODES, SLOTS, 2 * NODES * SLOTS
-        ) as sessions:
+        async with live_sessions(url, client, keys, first, NODES, SLOTS, 2 * NODES * SLOTS) as live:
+            sessions = live.sessions
             ok = await _burst(sessions)
             waits = [
                 float(fields.get("waited", 0))

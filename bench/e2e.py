@@ -6,6 +6,9 @@ ticker roles), the echo nodes (``bench.procs nodes``, the node SDK) and this one
 gateway, which opens sessions with the session client and finalizes open loop at each
 rate. Latency runs from a finalize's *scheduled* time (so a gateway that falls behind
 counts against the figure instead of hiding it) to its outcome reaching the session.
+``cpu us`` is the scheduler's CPU time per finalize over the step, Redis's and the
+worker's (its result, delivery and the heartbeats around it included):
+``scheduler_cpu_us_per_finalize`` at 1,000/s.
 
     python bench/e2e.py [--rates 500,1000,2000,3000] [--seconds 3]
 """
@@ -13,6 +16,7 @@ counts against the figure instead of hiding it) to its outcome reaching the sess
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -33,7 +37,7 @@ from eventsched.model.events import Event
 from eventsched.model.keys import CellKeys
 from eventsched.store.client import RedisClient, Store, unlink_matching
 
-__all__ = ["Step", "live_sessions", "measure"]
+__all__ = ["LiveCell", "Step", "live_sessions", "measure", "scheduler_cpu_s"]
 
 SESSIONS = 200
 NODES = 8  # in production each is its own machine; here they share this one's cores
@@ -47,6 +51,11 @@ class Step:
     latencies_ms: list[float] = field(default_factory=list)
     not_ok: int = 0
     elapsed_s: float = 0.0
+    scheduler_cpu_s: float = 0.0  # Redis's and the worker's CPU time over the step
+
+    @property
+    def cpu_us_per_finalize(self) -> float:
+        return round(self.scheduler_cpu_s / self.sent * 1e6) if self.sent else float("inf")
 
     def pct(self, fraction: float) -> float:
         if len(self.latencies_ms) < self.sent:
@@ -89,6 +98,23 @@ async def _run_step(sessions: list[Session], step: Step, seconds: float) -> None
         group.cancel_scope.cancel()
 
 
+@dataclass(frozen=True)
+class LiveCell:
+    sessions: list[Session]
+    worker_pid: int
+
+
+async def scheduler_cpu_s(client: RedisClient, worker_pid: int) -> float:
+    """CPU seconds the scheduler has used so far: Redis (INFO cpu, all its threads: a
+    private server counts this run only) and the worker process (/proc, user and system)."""
+    info = await client.info("cpu")
+    redis_s = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+    with open(f"/proc/{worker_pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    worker_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return redis_s + worker_s
+
+
 @asynccontextmanager
 async def live_sessions(
     url: str,
@@ -98,14 +124,14 @@ async def live_sessions(
     nodes: int,
     slots: int,
     sessions: int,
-) -> AsyncIterator[list[Session]]:
+) -> AsyncIterator[LiveCell]:
     """A cell of the Redis at ``url`` whose log starts with ``first``, a worker process
     and ``nodes`` echo nodes of ``slots`` each in another, and ``sessions`` open sessions
     of this gateway (``client``); the cell's keys are removed afterwards."""
     try:
         await fleet.append_chunked(client, keys, first)
         with (
-            spawn("worker", url, keys.namespace, keys.cell),
+            spawn("worker", url, keys.namespace, keys.cell) as worker,
             spawn("nodes", url, keys.namespace, keys.cell, str(nodes), str(slots)),
         ):
 
@@ -114,10 +140,11 @@ async def live_sessions(
 
             await until(fleet_up, "the echo nodes to register")
             async with SessionClient(client, keys, block_ms=50) as gateway:
-                yield [
+                opened = [
                     await gateway.open(s.session_id, s.src_lang, s.tgt_lang)
                     for s in fleet.sessions(sessions)
                 ]
+                yield LiveCell(opened, worker.pid)
     finally:
         await unlink_matching(client, f"{keys.namespace}:*")
 
@@ -128,9 +155,11 @@ async def measure(url: str, rates: list[int], seconds: float) -> list[Step]:
     steps = [Step(rate) for rate in rates]
     first: list[Event] = [fleet.SETTINGS_CHANGED, fleet.POOLS]
     try:
-        async with live_sessions(url, client, keys, first, NODES, 64, SESSIONS) as sessions:
+        async with live_sessions(url, client, keys, first, NODES, 64, SESSIONS) as live:
             for step in steps:
-                await _run_step(sessions, step, seconds)
+                before = await scheduler_cpu_s(client, live.worker_pid)
+                await _run_step(live.sessions, step, seconds)
+                step.scheduler_cpu_s = await scheduler_cpu_s(client, live.worker_pid) - before
     finally:
         await client.aclose()
     return steps
@@ -141,6 +170,8 @@ def figures(steps: list[Step]) -> dict[str, float]:
     for step in steps:
         out[f"e2e_p50_ms_at_{step.rate}"] = step.pct(0.5)
         out[f"e2e_p99_ms_at_{step.rate}"] = step.pct(0.99)
+        if step.rate == 1000:
+            out["scheduler_cpu_us_per_finalize"] = step.cpu_us_per_finalize
     under = [s.rate for s in steps if s.pct(0.99) <= 50 and not s.not_ok]
     out["e2e_max_rate_p99_50ms"] = max(under, default=0)
     return out
@@ -149,11 +180,12 @@ def figures(steps: list[Step]) -> dict[str, float]:
 async def main(rates: list[int], seconds: float) -> None:
     with private_server() as url:
         steps = await measure(url, rates, seconds)
-    print(f"{'offered/s':>10}{'sent/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'not ok':>8}")
+    print(f"{'offered/s':>10}{'sent/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'not ok':>8}{'cpu us':>8}")
     for step in steps:
         print(
             f"{step.rate:>10}{step.sent / step.elapsed_s:>10.0f}"
             f"{step.pct(0.5):>10}{step.pct(0.99):>10}{step.not_ok:>8}"
+            f"{step.cpu_us_per_finalize:>8}"
         )
 
 

@@ -55,6 +55,7 @@ TARGETS = (
     ("apply_dispatch_per_s", ">=", 15_000),
     ("fold_heartbeat_per_s", ">=", 30_000),
     ("e2e_p99_ms_at_2000", "<=", 20),
+    ("scheduler_cpu_us_per_finalize", "<=", 300),
     ("node_bytes", "<=", 2048),
     ("session_bytes", "<=", 1024),
     ("replay_events_per_s_redis", ">=", 5000),
