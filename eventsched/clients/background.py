@@ -1,5 +1,5 @@
 """A client that runs tasks of its own while its ``async with`` block lasts (a session
-client's reader, a gateway's readers of its cells)."""
+client's reader, a gateway's readers of its cells, a node's work)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ __all__ = ["Background"]
 
 
 class Background:
-    """Entering starts a task group (``started`` puts tasks in it); leaving cancels
-    them, waits for them, then calls ``ended``, also when the block or a task failed."""
+    """Entering starts a task group (``started`` puts tasks in it); leaving ends them
+    (``stopping``: cancels them unless overridden), waits for them, then calls
+    ``ended``, also when the block or a task failed."""
 
     _group: anyio.abc.TaskGroup | None = None
 
@@ -23,6 +24,10 @@ class Background:
 
     def ended(self) -> None:
         """Release what the tasks served (nothing by default)."""
+
+    async def stopping(self, group: anyio.abc.TaskGroup, cleanly: bool) -> None:
+        """End the tasks as the block ends (``cleanly``: it raised nothing)."""
+        group.cancel_scope.cancel()
 
     async def __aenter__(self) -> Self:
         self._group = await anyio.create_task_group().__aenter__()
@@ -36,8 +41,8 @@ class Background:
         trace: TracebackType | None,
     ) -> bool | None:
         assert self._group is not None
-        self._group.cancel_scope.cancel()
         try:
+            await self.stopping(self._group, kind is None)
             return await self._group.__aexit__(kind, error, trace)
         finally:
             self.ended()

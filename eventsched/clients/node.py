@@ -24,11 +24,11 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from types import TracebackType
 
 import anyio
 from redis.exceptions import ResponseError
 
+from eventsched.clients.background import Background
 from eventsched.clients.gpu import gpu_load
 from eventsched.clients.retry import patiently
 from eventsched.model.events import (
@@ -122,7 +122,7 @@ def machine_load() -> tuple[int, int | None, int]:
     return cpu, gpu_load(), mem
 
 
-class Node:
+class Node(Background):
     def __init__(
         self,
         client: RedisClient,
@@ -156,7 +156,6 @@ class Node:
         self._free = anyio.Semaphore(max_concurrency)  # free job slots
         self._draining = anyio.Event()
         self._stopped = anyio.Event()
-        self._group: anyio.abc.TaskGroup | None = None
 
     async def _emit(self, event: Event) -> None:
         await patiently(lambda: submit(self.client, self.keys, self.source, event), outage_s=None)
@@ -180,23 +179,15 @@ class Node:
             self._draining.set()
         await self._stopped.wait()
 
-    async def __aenter__(self) -> Node:
-        self._group = await anyio.create_task_group().__aenter__()
-        self._group.start_soon(self.run)
-        return self
+    def started(self, group: anyio.abc.TaskGroup) -> None:
+        group.start_soon(self.run)
 
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> bool | None:
-        assert self._group is not None
-        if kind is None:
+    async def stopping(self, group: anyio.abc.TaskGroup, cleanly: bool) -> None:
+        """A block that ends cleanly drains the node; one that raised stops it at once."""
+        if cleanly:
             await self.drain()
         else:
-            self._group.cancel_scope.cancel()
-        return await self._group.__aexit__(kind, error, trace)
+            group.cancel_scope.cancel()
 
     async def _heartbeats(self) -> None:
         while True:
