@@ -29,7 +29,7 @@ from eventsched.ops.replay import check, golden_path, load_fixture, play, replay
 from eventsched.ops.verify import verify_cell
 from eventsched.projections.directory import list_in_directory
 from eventsched.sim.loadgen import LoadSpec, run_load
-from eventsched.store.client import Store, unlink_matching
+from eventsched.store.client import Store, principal_of, unlink_matching
 from eventsched.store.scripts import lua_source
 from eventsched.store.streams import text
 from tests.conftest import new_namespace
@@ -176,3 +176,16 @@ def test_the_drill_kills_a_master_and_loses_nothing(tmp_path: Path) -> None:
     assert result["out_of_order"] == 0
     assert result["cells_verified"] == result["cells"] == 6
     assert result["masters_after"] == 3 and result["workers_alive"] == 2
+
+
+def test_a_cluster_url_carries_its_user_to_the_client_and_to_principal_of() -> None:
+    url = "redis+cluster://es~c0~node~n1:se%40cret@127.0.0.1:7000,127.0.0.1:7001"
+    client = Store(url).client()  # connects on its first command: none is sent here
+    principal = principal_of(client)
+    assert principal is not None and (principal.cell, principal.role, principal.name) == (
+        "c0", "node", "n1",
+    )  # fmt: skip
+    assert client.connection_kwargs["password"] == "se@cret"  # type: ignore[attr-defined]
+    assert principal_of(Store("redis+cluster://127.0.0.1:7000").client()) is None
+    with pytest.raises(ValueError, match="a cluster URL is"):
+        Store("redis+cluster://127.0.0.1")
