@@ -222,7 +222,8 @@ def loadgen(
     as_json: AsJson = False,
 ) -> None:
     """Simulate nodes and sessions against cells a worker is applying: over several,
-    nodes spread evenly and sessions open in the cell the directory chooses."""
+    each language set's nodes in cells of their own, and each session in the cell the
+    directory chooses for its pair."""
     if redis_url.startswith(MEMORY_URL):
         raise ValueError("loadgen needs a worker in another process: give a redis:// URL")
     spec = LoadSpec(nodes=nodes, sessions=sessions, utterances=utterances, seed=seed)

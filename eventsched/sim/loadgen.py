@@ -141,11 +141,11 @@ def _fleet_plan(plan: _Plan, cells: Sequence[CellKeys]) -> dict[str, CellKeys]:
     up, where spreading every set thinly would leave one node of a pair per cell."""
     if len(cells) == 1:
         return {registration.node_id: cells[0] for registration in plan.nodes}
+    sets = len(PROFILES)  # node i has language set i % sets (_plan)
     chosen: dict[str, CellKeys] = {}
     for index, registration in enumerate(plan.nodes):
-        profile = index % len(PROFILES)
-        own = [keys for i, keys in enumerate(cells) if i % len(PROFILES) == profile % len(cells)]
-        chosen[registration.node_id] = own[(index // len(PROFILES)) % len(own)]
+        own = cells[index % sets :: sets] or [cells[index % sets % len(cells)]]
+        chosen[registration.node_id] = own[(index // sets) % len(own)]
     return chosen
 
 
@@ -182,7 +182,6 @@ async def run_load(
     nodes: dict[str, Node] = {}  # the running incarnation of each node
     sessions: list[Session] = []
     received = delivered = inversions = 0
-    by_name = {keys.cell: keys for keys in cells}
     node_cells = _fleet_plan(plan, cells)
 
     def node_of(registration: NodeRegistered) -> Node:
@@ -275,7 +274,7 @@ async def run_load(
             gateway = Gateway(
                 client,
                 cells[0].namespace,
-                only=set(by_name),
+                only={keys.cell for keys in cells},
                 block_ms=50,
                 resend_after_s=spec.resend_s,
                 max_sends=spec.max_sends,
