@@ -115,6 +115,7 @@ class Worker:
         self._trimmed_at: dict[str, float] = {}  # cell -> monotonic time of its last trim
         self._inboxes_from: dict[str, int] = {}  # cell -> the next node slice to trim
         self.cells: list[CellKeys] = []
+        self._known: set[CellKeys] = set()  # self.cells, for a look-up per cell and beat
         self.roles: list[Role] = []
         self.stats: dict[str, StatsBuilder] = {}
         self.ingress: dict[str, Ingress] = {}
@@ -141,8 +142,9 @@ class Worker:
 
     def add_cell(self, keys: CellKeys) -> None:
         """Work one more cell (at once, when running)."""
-        if keys in self.cells:
+        if keys in self._known:
             return
+        self._known.add(keys)
         kinds: dict[str, type[Applier] | type[GroupsApplier]] = {
             "dispatch": Applier,
             "groups": GroupsApplier,
@@ -241,6 +243,7 @@ class Worker:
         role is. Unreachable: the last assignment stands, and leases expire as ever."""
         assert self.all_cells_of is not None
         scanned_at = float("-inf")
+        shared_by: tuple[int, list[str]] = (0, [])  # (cells, members) self.assigned is for
         while not stop.is_set():
             try:
                 scan = time.monotonic() >= scanned_at + _SCAN_EVERY_S
@@ -249,8 +252,9 @@ class Worker:
                 if scan:
                     scanned_at = time.monotonic()
                 members = await membership.renew()
-                roles = [(keys.cell, role) for keys in self.cells for role in self.role_names]
-                self.assigned = assign(roles, members)
+                if (len(self.cells), members) != shared_by:  # else the same assignment
+                    roles = [(k.cell, role) for k in self.cells for role in self.role_names]
+                    self.assigned, shared_by = assign(roles, members), (len(self.cells), members)
             except _REFUSED as exc:
                 log.debug("worker %s: membership not renewed (%s)", self.name, exc)
             await self._pause(stop, self.lease_ms / 3000)
