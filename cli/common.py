@@ -20,11 +20,19 @@ __all__ = [
     "Namespace",
     "NotFound",
     "RedisUrl",
+    "cell_list",
     "run_on_cell",
     "run_with_client",
 ]
 
 T = TypeVar("T")
+
+
+def cell_list(cells: str, namespace: str) -> list[CellKeys]:
+    """The cells of a comma-separated list (``--cells c0,c1``, ``cells --add``); a name
+    that is no cell's is a one-line ValueError."""
+    return [CellKeys(cell.strip(), namespace) for cell in cells.split(",") if cell.strip()]
+
 
 DEFAULT_URL = "redis://127.0.0.1:6379"
 # Every command finds its Redis, cell and namespace the same way: the flag, else the

@@ -26,6 +26,7 @@ from .common import (
     Namespace,
     NotFound,
     RedisUrl,
+    cell_list,
     command_group,
     print_table,
     run_on_cell,
@@ -114,7 +115,7 @@ def cells(
 ) -> None:
     """The namespace's cells: each one's hash slot, on a Redis Cluster its master, and
     what its directory entry offers (nodes, sessions, free slots)."""
-    adding = [CellKeys(cell.strip(), namespace) for cell in add.split(",") if cell.strip()]
+    adding = cell_list(add, namespace)
 
     async def listed(client: RedisClient) -> list[dict[str, Any]]:
         await list_in_directory(client, adding)

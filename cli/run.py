@@ -34,7 +34,7 @@ from eventsched.sim.loadgen import Progress as LoadProgress
 from eventsched.store.client import MEMORY_URL, Store
 
 from . import logs
-from .common import DEFAULT_URL, Cell, Cells, Namespace, RedisUrl
+from .common import DEFAULT_URL, Cell, Cells, Namespace, RedisUrl, cell_list
 
 __all__ = ["register"]
 
@@ -43,10 +43,6 @@ Sessions = Annotated[int, typer.Option(min=1, max=100_000, help="simulated sessi
 Utterances = Annotated[int, typer.Option(min=1, max=100_000, help="utterances per session")]
 Seed = Annotated[int, typer.Option(help="seed of the simulation's choices")]
 AsJson = Annotated[bool, typer.Option("--json", help="print one JSON object as the last line")]
-
-
-def _cells(cells: str, namespace: str) -> list[CellKeys]:
-    return [CellKeys(cell.strip(), namespace) for cell in cells.split(",") if cell.strip()]
 
 
 def _report(console: Console, report: RunReport, as_json: bool) -> None:
@@ -169,7 +165,7 @@ def worker(
     consumer = name or f"{socket.gethostname()}-{os.getpid()}"
 
     async def main() -> None:
-        chosen = [] if all_cells else _cells(cells, namespace)
+        chosen = [] if all_cells else cell_list(cells, namespace)
         client = store.client()
         await client.ping()  # a wrong URL fails now, in one line, not in a silent retry
         stop = anyio.Event()
@@ -231,7 +227,9 @@ def loadgen(
     async def load(progress: LoadProgress) -> RunReport:
         client = Store(redis_url).client()
         try:
-            chosen = await find_cells(client, namespace) if all_cells else _cells(cells, namespace)
+            chosen = (
+                await find_cells(client, namespace) if all_cells else cell_list(cells, namespace)
+            )
             if not chosen:
                 raise ValueError(f"no cells in namespace {namespace!r} (eventsched cells --add)")
             return await run_load(client, chosen, spec, progress)
