@@ -1,11 +1,14 @@
 -- apply.lua: apply a batch of one cell's log entries, in log order, all or nothing:
--- the dispatch projection.
+-- the dispatch projection. A Redis Functions library with one function, called with
+-- FCALL (store/scripts.py loads it, named after its text, when Redis does not have it).
 --
 -- Folds node and pool events into the snapshot (node records, pool sorted sets by
 -- load, language index), makes the dispatch decision for every finalize, releases
 -- slots and retries on results, and on ticks enforces job deadlines and node liveness.
 -- Every decision is appended to the decisions stream, from which groups.lua builds the
--- sessions' ordered outputs. Then it writes the tracking marker and XACKs the batch.
+-- sessions' ordered outputs; when that projection is caught up, this call folds its own
+-- decisions there too (fold_made), so an outcome reaches its session with no worker
+-- between. Then it writes the tracking marker and XACKs the batch.
 -- Time is the log: `now` is the millisecond part of the entry being applied; nothing
 -- here reads a clock or a random number, and no table with string keys is iterated,
 -- so the same log gives the same bytes on every Redis.
@@ -33,20 +36,28 @@
 --                         since (the log ID of the latest change)
 -- KEYS[14] queued         hash: language pair -> how many jobs wait in its queue
 -- KEYS[15] waits          sorted set: waiting job id -> when its wait ends ms
+-- KEYS[16] stats          hash: statistics; append mode counts there the finalizes it
+--                         decided (fin_at_append), which waited for no worker
+-- KEYS[17] groups_lease   the group-state role's lease: decisions are folded here only
+--                         while some worker holds it
 --
 -- ARGV[1]  cell prefix, e.g. "es:{c0}:"; per-node/session keys are built from it and
 --          share the cell's hash tag
 -- ARGV[2]  consumer group to XACK
--- ARGV[3]  holder (worker name)
+-- ARGV[3]  holder (worker name; '' in append mode)
 -- ARGV[4..19] the defaults of the settings the settings hash does not hold (the log
 --          never changed them), named as in SETTING_NAMES below
--- ARGV[20] where the entries come from: 'log' (read from the log's group) or
---          'ingress' (read from principals' ingress streams, see run_ingress)
--- ARGV[21] log: the ID the tracking marker must have reached ('' for none; see
---          run_batch); ingress: unused
--- ARGV[22] entry count, then per entry: id, type, field count, fields...
+-- ARGV[20] group_max_utterances by default (until a c decision changes it)
+-- ARGV[21] where the entries come from: 'log' (read from the log's group),
+--          'ingress' (read from principals' ingress streams, see run_ingress) or
+--          'append' (a trusted producer's own events, see run_ingress)
+-- ARGV[22] log: the ID the tracking marker must have reached ('' for none; see
+--          run_batch); ingress: unused; append: a node's inbox entry to acknowledge
+--          ('' for none), as 'node_id id'
+-- ARGV[23] entry count, then per entry: id, type, field count, fields...
 --          ingress: per entry the source (node:n1), the count of the fields the log
---          gets, those fields, then as above with the entry's ingress ID as its id
+--          gets, those fields, then as above with the entry's ingress ID as its id;
+--          append: as ingress, with source and id ''
 --   reg   node max_concurrency pool_langs pairs gpu
 --   hb    node cpu_pct gpu_pct ('' without a GPU) mem_pct running_count
 --   drain node            undrain node          dereg node            tick (no fields)
@@ -57,19 +68,25 @@
 --   close session
 --   set   count, then per setting changed: name value (sorted by name)
 --   bad   reason nfields nbytes, then the first field name/value pairs (bounded)
--- Returns {applied, skipped_as_already_applied, dead_lettered, appended_unapplied},
--- {-1} when the lease is not held, {-2} when the marker falls short of ARGV[19], or
+-- Returns {applied, skipped_as_already_applied, dead_lettered, appended_unapplied,
+-- the log IDs appended (ingress and append modes)},
+-- {-1} when the lease is not held, {-2} when the marker falls short of ARGV[22], or
 -- {-3, id, error} when the entry `id` raised (the entries before it applied; see
 -- run_batch).
 
+-- A library (FUNCTION LOAD, store/scripts.py): everything above `apply` at the bottom
+-- is made once, when the library loads, so a call pays only for what it applies (as a
+-- script, making its 70 functions cost every call about as much as a heartbeat's fold,
+-- bench/dispatch_scale.py). What a call may change lives in the locals below and is set
+-- afresh at its start (`begin`, `reset_pools`): nothing of one call reaches the next.
+local KEYS, ARGV = {}, {}
+
 -- @include common
 
-local K_LOG, K_META, K_DEC, K_DLQ, K_POOLS, K_LIDX, K_NODES, K_DEADLINES, K_ALIVE, K_LEASE =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
-local K_IDLE, K_ENDED, K_SETTINGS, K_QUEUED, K_WAITS = KEYS[11], KEYS[12], KEYS[13],
-  KEYS[14], KEYS[15]
-local P, GROUP, HOLDER = ARGV[1], ARGV[2], ARGV[3]
-if not holds_lease(K_LEASE, HOLDER) then return {-1} end
+local K_LOG, K_META, K_DEC, K_DLQ, K_POOLS, K_LIDX, K_NODES, K_DEADLINES, K_ALIVE, K_LEASE
+local K_IDLE, K_ENDED, K_SETTINGS, K_QUEUED, K_WAITS, K_STATS
+local P, GROUP, HOLDER
+local MODE = 21 -- ARGV position of the mode, after the 17 defaults (tested)
 
 -- The settings in force: the cell's settings hash over the defaults in ARGV[4..19], in
 -- this order (settings.py as_argv, tested). A settings_changed entry changes them for
@@ -97,7 +114,8 @@ local function use_settings()
   QUEUE_WAIT_MS, QUEUE_MAX = s.queue_wait_ms, s.queue_max
 end
 
-do
+local function load_settings()
+  in_force = {}
   local stored = redis.call('HMGET', K_SETTINGS, unpack(SETTING_NAMES))
   for i, name in ipairs(SETTING_NAMES) do
     in_force[name] = tonumber(stored[i] or ARGV[3 + i])
@@ -123,13 +141,22 @@ local decided = 0 -- decisions made for the entry being applied
 -- Append a decision. Its ID is derived from the log entry that caused it (the j-th
 -- decision of entry ms-seq is ms-(seq*2^20+j)), so the decisions stream is the same on
 -- every backend and in every replay, and groups.lua's marker is too.
+local made -- this call's decisions, {id, fields by name}, while they are to be folded
 local function decide(...)
   local id = string.format('%d-%d', now_ms, now_seq * 1048576 + decided)
   decided = decided + 1
   redis.call('XADD', K_DEC, id, ...)
+  if made then -- as a read of the stream gives it: numbers as text, as XADD wrote them
+    local flat, fields = {...}, {}
+    for i = 1, #flat, 2 do
+      local value = flat[i + 1]
+      fields[flat[i]] = type(value) == 'number' and string.format('%.17g', value) or value
+    end
+    made[#made + 1] = {id, fields}
+  end
 end
 
-local dead_lettered = 0
+local dead_lettered = 0 -- in this call
 -- model/limits.py holds the same numbers (tested): what a dead letter keeps of an
 -- entry, and how many dead letters the stream keeps.
 local DLQ_COPY_FIELDS, DLQ_COPY_BYTES, DLQ_MAX_LEN = 4, 4096, 10000
@@ -660,14 +687,73 @@ end
 
 -- @include ingress
 
-local done, skipped, failed_id, failure, waiting
-local MODE = 4 + #SETTING_NAMES -- after the defaults: mode, after, then the entries
-if ARGV[MODE] == 'ingress' then
-  done, skipped, failed_id, failure, waiting = run_ingress(MODE + 2)
-else
-  done, skipped, failed_id, failure =
-    run_batch(K_META, 'applied', K_LOG, GROUP, MODE + 1, read_entry, apply_entry)
-  if not done then return {-2} end
+local GROUP_MAX, K_GROUPS_LEASE
+local GROUPS_GROUP = 'groups' -- the group-state projection's consumer group (tested)
+
+-- @include fold
+
+-- Whether this call folds its decisions: some worker holds the group-state role and its
+-- marker is at the newest decision, so nothing made before waits to be folded first.
+local function groups_caught_up()
+  if redis.call('EXISTS', K_GROUPS_LEASE) == 0 then return false end
+  local folded = redis.call('HGET', K_META, 'groups_applied') or '0-0'
+  local newest = redis.call('XREVRANGE', K_DEC, '+', '-', 'COUNT', 1)[1]
+  return newest == nil or newest[1] == folded
 end
-if failed_id then return {-3, failed_id, failure} end
-return {done, skipped, dead_lettered, waiting or 0}
+
+-- Fold this call's decisions in order, as groups.lua would next, and move that
+-- projection's marker and consumer group past them; one that raises stops the fold
+-- there, and it and those after it are left to the worker (groups.lua meets the error
+-- and sets it aside).
+local function fold_made()
+  GROUP_MAX = tonumber(redis.call('HGET', K_META, 'group_max') or ARGV[MODE - 1])
+  local folded, count = nil, 0
+  for _, decision in ipairs(made) do
+    if not pcall(fold_decision, decision[2]) then break end
+    folded, count = decision[1], count + 1
+  end
+  if not folded then return end
+  redis.call('HSET', K_META, 'groups_applied', folded)
+  local info = redis.call('XINFO', 'STREAM', K_DEC)
+  local added = 0
+  for i = 1, #info, 2 do
+    if info[i] == 'entries-added' then added = info[i + 1] end
+  end
+  -- NOGROUP (flushed) is left to the worker's reads, which make the group again.
+  redis.pcall('XGROUP', 'SETID', K_DEC, GROUPS_GROUP, folded, 'ENTRIESREAD',
+    added - (#made - count))
+end
+
+local function begin(keys, args)
+  KEYS, ARGV = keys, args
+  K_LOG, K_META, K_DEC, K_DLQ, K_POOLS, K_LIDX, K_NODES, K_DEADLINES, K_ALIVE, K_LEASE =
+    KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+  K_IDLE, K_ENDED, K_SETTINGS, K_QUEUED, K_WAITS, K_STATS = KEYS[11], KEYS[12], KEYS[13],
+    KEYS[14], KEYS[15], KEYS[16]
+  K_GROUPS_LEASE = KEYS[17]
+  P, GROUP, HOLDER = ARGV[1], ARGV[2], ARGV[3]
+  now_ms, now_seq, now_id, decided, dead_lettered, made, delivered = 0, 0, '', 0, 0, nil, {}
+  reset_pools()
+end
+
+local function apply(keys, args)
+  begin(keys, args)
+  -- A trusted producer's append holds no lease: it decides only what any holder would
+  -- decide next, at the log's tip (run_ingress), and only while some worker holds it.
+  if ARGV[MODE] ~= 'append' and not holds_lease(K_LEASE, HOLDER) then return {-1} end
+  load_settings()
+  if groups_caught_up() then made = {} end
+  local done, skipped, failed_id, failure, waiting, appended
+  if ARGV[MODE] == 'ingress' or ARGV[MODE] == 'append' then
+    done, skipped, failed_id, failure, waiting, appended = run_ingress(MODE + 2)
+  else
+    done, skipped, failed_id, failure =
+      run_batch(K_META, 'applied', K_LOG, GROUP, MODE + 1, read_entry, apply_entry)
+    if not done then return {-2} end
+  end
+  if failed_id then return {-3, failed_id, failure} end
+  if made and #made > 0 then fold_made() end
+  return {done, skipped, dead_lettered, waiting or 0, appended or {}}
+end
+
+-- @register apply

@@ -1,6 +1,7 @@
--- ingress.lua: admitting entries from confined principals' ingress streams; apply.lua
--- includes it after its handlers (it uses read_entry, apply_entry, K_META, K_LOG, GROUP,
--- P and S_INGRESS from there). No KEYS or ARGV of its own.
+-- ingress.lua: admitting entries from confined principals' ingress streams, and a
+-- trusted producer's appends; apply.lua includes it after its handlers (it uses
+-- read_entry, apply_entry, the K_ keys, GROUP, MODE, P, S_INGRESS, S_INBOX and
+-- INBOX_GROUP from there). No KEYS or ARGV of its own.
 
 -- Ingress: entries a worker took from principals' ingress streams, each with the fields
 -- the log gets (the source stamped, see dispatch/ingress.py). An entry is admitted once:
@@ -9,27 +10,38 @@
 -- the log waits to be applied, applied at that ID in this same call, the log group
 -- moved past it. Otherwise it waits in the log behind what is there, and the group
 -- delivers it in order; so the log stays the one ordered input either way.
+-- Append mode is the same for a trusted producer's events (source ''): nothing to
+-- delete, and applied at once only while a worker holds the dispatch role (a cell
+-- nobody works decides nothing until someone does). An entry whose apply raises is
+-- left waiting there: the worker meets it in the log and dead-letters it.
 local function run_ingress(pos)
+  local trusted = ARGV[MODE] == 'append'
   local applied = redis.call('HGET', K_META, 'applied') or '0-0'
   local newest = redis.call('XREVRANGE', K_LOG, '+', '-', 'COUNT', 1)[1]
   local caught_up = newest == nil or newest[1] == applied
+  if trusted and caught_up then caught_up = redis.call('EXISTS', K_LEASE) == 1 end
   local count = tonumber(ARGV[pos])
   pos = pos + 1
-  local done, skipped, waiting, failed_id, failure = 0, 0, 0, nil, nil
+  local done, skipped, waiting, failed_id, failure, decided = 0, 0, 0, nil, nil, 0
+  local appended = {}
   for _ = 1, count do
     local source, nlog = ARGV[pos], tonumber(ARGV[pos + 1])
     local log_fields = {}
     for i = 1, nlog do log_fields[i] = ARGV[pos + 1 + i] end
     local ingress_id, entry, id
     ingress_id, entry, pos = read_entry(pos + 2 + nlog)
-    if redis.call('XDEL', P .. S_INGRESS .. source, ingress_id) == 0 then
+    if not trusted and redis.call('XDEL', P .. S_INGRESS .. source, ingress_id) == 0 then
       skipped = skipped + 1 -- admitted before
     else
       id = redis.call('XADD', K_LOG, '*', unpack(log_fields))
+      appended[#appended + 1] = id
       if caught_up then
         local ok, err = pcall(apply_entry, id, entry)
         if ok then
           applied, done = id, done + 1
+          if entry.kind == 'fin' then decided = decided + 1 end
+        elseif trusted then
+          caught_up = false -- the worker's to dead-letter
         else
           failed_id = id
           failure = type(err) == 'table' and tostring(err.err) or tostring(err)
@@ -48,6 +60,11 @@ local function run_ingress(pos)
     end
     -- NOGROUP (flushed) is left to the worker's log reads, which make the group again.
     redis.pcall('XGROUP', 'SETID', K_LOG, GROUP, applied, 'ENTRIESREAD', added - waiting)
+    if trusted and decided > 0 then redis.call('HINCRBY', K_STATS, 'fin_at_append', decided) end
   end
-  return done, skipped, failed_id, failure, waiting
+  -- A node's result acknowledges its inbox entry in the same call, so a job is never
+  -- acknowledged without its result. NOGROUP (the cell lost the node) is ignored.
+  local node_id, inbox_id = string.match(trusted and ARGV[MODE + 1] or '', '^(.+) (%S+)$')
+  if node_id then redis.pcall('XACK', P .. S_INBOX .. node_id, INBOX_GROUP, inbox_id) end
+  return done, skipped, failed_id, failure, waiting, appended
 end

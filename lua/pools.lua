@@ -17,6 +17,10 @@ end
 -- change to the index clears it.
 local listed_pools = {}
 
+local function reset_pools() -- at the start of every call
+  changed_nodes, listed_pools = {}, {}
+end
+
 local function index_pool(name, langs, keep_sorted)
   listed_pools = {}
   local list = split(langs, ',')

@@ -11,9 +11,9 @@ import pytest
 
 from eventsched.dispatch import ingress as ingress_module
 from eventsched.dispatch.applier import Applier, Taken
-from eventsched.dispatch.entries import fields_args
 from eventsched.dispatch.ingress import PER_STREAM, Ingress
 from eventsched.dispatch.worker import Worker
+from eventsched.model.entries import fields_args
 from eventsched.model.events import (
     ENTRY_FIELD,
     Event,

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from eventsched.dispatch.applier import Applier
 from eventsched.model.keys import SCRIPT_KEYS, SUFFIXES, CellKeys
 from eventsched.store.client import Store, is_memory_url
-from eventsched.store.scripts import declared_keys, lua_source
+from eventsched.store.scripts import Library, declared_keys, is_library, lua_source
 from tests.harness import Cell, finalize, node, session
 from tests.servers import private_redis
 
@@ -56,16 +55,39 @@ async def flushable_cell(store_url: str, tmp_path: Path) -> AsyncIterator[Cell]:
 
 
 @pytest.mark.anyio
-async def test_dispatch_works_after_script_flush(flushable_cell: Cell) -> None:
+async def test_dispatch_works_after_scripts_and_functions_are_flushed(
+    flushable_cell: Cell,
+) -> None:
     cell = flushable_cell
     await cell.step(node("n1"), session("s1"))
     await cell.client.script_flush()
-    assert await cell.client.script_exists(Applier(cell.client, cell.keys).sha) == [False]
-    await cell.step(finalize("s1", 0))
+    await cell.client.function_flush()
+    assert await cell.client.function_list() == []
+    await cell.step(finalize("s1", 0))  # the apply library and the groups script again
     assert [d["node"] for d in await cell.decisions("d")] == ["n1"]
+    assert await cell.client.zrange(cell.keys.in_flight("s1"), 0, -1) == [b"0"]
+    library = Library(cell.client, "apply")
+    listed = await cell.client.function_list()
+    assert [dict(zip(f[::2], f[1::2], strict=True))[b"library_name"] for f in listed] == [
+        library.function.encode()
+    ]
+
+
+def test_a_library_is_named_after_its_text_and_registers_its_function() -> None:
+    library = Library(None, "apply")  # type: ignore[arg-type]  # nothing is called
+    assert library.code.startswith(f"#!lua name={library.function}\n")
+    assert library.code.endswith(f"redis.register_function('{library.function}', apply)\n")
+    assert "-- @register" not in library.code
+    assert is_library("apply") and not is_library("groups")
 
 
 def test_the_inbox_group_named_in_lua_matches_keys_py() -> None:
     from eventsched.model.keys import INBOX_GROUP
 
     assert f"local INBOX_GROUP = '{INBOX_GROUP}'" in lua_source("apply")
+
+
+def test_the_groups_group_named_in_lua_matches_keys_py() -> None:
+    from eventsched.model.keys import GROUPS_GROUP
+
+    assert f"local GROUPS_GROUP = '{GROUPS_GROUP}'" in lua_source("apply")

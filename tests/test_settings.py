@@ -31,6 +31,9 @@ def test_apply_lua_reads_its_defaults_in_the_order_python_passes_them() -> None:
     listed = re.search(r"local SETTING_NAMES = \{(.*?)\}", lua_source("apply"), re.DOTALL)
     assert listed is not None
     assert re.findall(r"'(\w+)'", listed.group(1)) == list(APPLY_ORDER)
+    # the mode's ARGV position follows the prefix, the group, the holder, the defaults
+    # and group_max_utterances's (for the decisions apply.lua folds, see fold.lua)
+    assert f"local MODE = {5 + len(APPLY_ORDER)} " in lua_source("apply")
     # every setting is read by one script: group_max_utterances by groups.lua
     assert {*APPLY_ORDER, "group_max_utterances"} == set(SETTING_NAMES)
 

@@ -42,7 +42,7 @@ from eventsched.model.events import (
     StageTimings,
 )
 from eventsched.model.keys import INBOX_GROUP, CellKeys
-from eventsched.store.append import queue_submit, source_of, submit
+from eventsched.store.append import decide_at_append, queue_submit, source_of, submit
 from eventsched.store.client import UNREACHABLE, RedisClient, is_cluster
 from eventsched.store.streams import text, xreadgroup_raw
 
@@ -292,15 +292,20 @@ class Node(Background):
             self._free.release()
 
     async def _report(self, job: Job, result: JobResult) -> None:
-        """The result appended and the job acknowledged in one transaction: one round
-        trip, and never an acknowledgement without its result. When the inbox group is
-        gone (the cell lost the node) there is nothing to acknowledge: the result is
-        still appended, and the cell ignores a result for a job it does not know. On a
-        cluster, two round trips in that order: redis-py's asyncio cluster pipeline runs
-        each command of a transaction in a thread of its own and blocks the event loop
-        meanwhile, which held every job of a load generator's nodes back (py-spy). A
-        node that dies between them runs the job again and the cell ignores the repeat."""
+        """The result appended and the job acknowledged in one call, never an
+        acknowledgement without its result: a trusted node's in the script that decides
+        it (store.append.decide_at_append), a confined one's in a transaction. When the
+        inbox group is gone (the cell lost the node) there is nothing to acknowledge:
+        the result is still appended, and the cell ignores a result for a job it does
+        not know. A confined node on a cluster takes two round trips in that order:
+        redis-py's asyncio cluster pipeline runs each command of a transaction in a
+        thread of its own and blocks the event loop meanwhile, which held every job of a
+        load generator's nodes back (py-spy). A node that dies between them runs the job
+        again and the cell ignores the repeat."""
         inbox = self.keys.inbox(self.node_id)
+        if self.source is None:
+            await decide_at_append(self.client, self.keys, result, (self.node_id, job.entry_id))
+            return
         if is_cluster(self.client):
             await submit(self.client, self.keys, self.source, result)
             with contextlib.suppress(ResponseError):  # NOGROUP: nothing to acknowledge

@@ -1,6 +1,6 @@
 """Apply a batch of log entries: validate in Python, then one EVALSHA of apply.lua.
 
-Python turns each entry into the flat fields apply.lua reads (dispatch.entries); an
+Python turns each entry into the flat fields apply.lua reads (model.entries); an
 entry that does not keep model.limits or does not validate becomes a ``bad`` entry,
 which the script dead-letters with its reason and a bounded copy of its fields in the
 same call that applies the rest of the batch.
@@ -17,7 +17,8 @@ from typing import Any, cast
 
 import anyio.lowlevel
 
-from eventsched.dispatch.entries import (
+from eventsched.dispatch.job_log import log_delivered
+from eventsched.model.entries import (
     MAX_REASON,
     Arg,
     admitted_fields,
@@ -26,11 +27,10 @@ from eventsched.dispatch.entries import (
     entry_args,
     fields_args,
 )
-from eventsched.dispatch.job_log import log_delivered
-from eventsched.model.keys import CellKeys
+from eventsched.model.keys import APPLIER_GROUP, GROUPS_GROUP, CellKeys
 from eventsched.model.settings import DEFAULTS
 from eventsched.store.client import RedisClient
-from eventsched.store.scripts import register
+from eventsched.store.scripts import callable_code
 from eventsched.store.streams import text
 
 __all__ = [
@@ -51,8 +51,6 @@ __all__ = [
     "retrieved",
 ]
 
-APPLIER_GROUP = "applier"  # reads the log
-GROUPS_GROUP = "groups"  # reads the decisions stream
 
 Entry = tuple[bytes, dict[bytes, bytes]]
 
@@ -113,7 +111,7 @@ class _ScriptProjection:
         self.keys = keys
         self.stream = self.stream_of(keys)
         self.lease_key = keys.lease(self.role)
-        self._script = register(client, self.script)
+        self._script = callable_code(client, self.script)
         self._script_keys = keys.script_keys(self.script)
         self._head: list[Arg] = [keys.prefix, self.group, holder, *self.default_args()]
 
@@ -131,10 +129,6 @@ class _ScriptProjection:
 
     def result(self, reply: list[Any]) -> BatchResult:
         raise NotImplementedError
-
-    @property
-    def sha(self) -> str:
-        return str(self._script.sha)
 
     def prepare(
         self,
@@ -290,7 +284,7 @@ class Applier(_ScriptProjection):
         return keys.log
 
     def default_args(self) -> list[Arg]:
-        return list(DEFAULTS.as_argv())
+        return [*DEFAULTS.as_argv(), DEFAULTS.group_max_utterances]
 
     def entry_args(self, entry_id: bytes, fields: dict[bytes, bytes]) -> tuple[str, list[Arg]]:
         kind, values = entry_args(entry_id, fields)

@@ -33,11 +33,12 @@ from eventsched.dispatch.lease import Lease
 from eventsched.dispatch.retention import retain, trim_inboxes
 from eventsched.dispatch.role import Role, ensure_group
 from eventsched.dispatch.sharing import Membership, RoleId, assign
-from eventsched.model.events import ENTRY_FIELD, Tick, encode_event
+from eventsched.model.events import Tick
 from eventsched.model.keys import PROJECTIONS, CellKeys
 from eventsched.projections.directory import find_cells, publish_offer
 from eventsched.projections.snapshot import applied_ms
 from eventsched.projections.stats import StatsBuilder, cell_shape
+from eventsched.store.append import decide_at_append
 from eventsched.store.client import UNREACHABLE, RedisClient
 from eventsched.store.streams import text, xrange_raw
 
@@ -66,7 +67,7 @@ _STATS_CHECK_S = 0.25  # how often the follower asks whether a stats window has 
 _BACKOFF_MIN_S = 0.05
 _BACKOFF_MAX_S = 2.0
 _SCAN_EVERY_S = 30.0  # --all-cells: the directory every beat, a SCAN for unlisted cells this often
-_TICK = encode_event(Tick())
+_TICK = Tick()
 # What a role loop waits out: Redis unreachable (a cluster failing over), or refusing.
 _REFUSED: tuple[type[Exception], ...] = (*UNREACHABLE, ResponseError)
 _REFUSED_OR_FAILED: tuple[type[Exception], ...] = (*_REFUSED, EntryFailed)
@@ -451,7 +452,7 @@ class Worker:
                     if not self.mine(keys.cell, "ticker"):
                         await lease.release()
                     elif await lease.keep():
-                        await self.client.xadd(keys.log, {ENTRY_FIELD: _TICK})
+                        await decide_at_append(self.client, keys, _TICK)
                 except UNREACHABLE:
                     lease.held = False  # the role loops log the outage once
                 if lease.held != ticking:

@@ -21,11 +21,13 @@ import re
 from dataclasses import dataclass
 
 __all__ = [
+    "APPLIER_GROUP",
     "APPLY_KEYS",
     "CELL_PATTERN",
     "CLAIM_KEYS",
     "DEFAULT_CELL",
     "DEFAULT_NAMESPACE",
+    "GROUPS_GROUP",
     "GROUPS_KEYS",
     "INBOX_GROUP",
     "LEASE_KEYS",
@@ -47,6 +49,8 @@ DEFAULT_NAMESPACE = "es"
 PROJECTIONS = ("dispatch", "groups")
 ROLES = (*PROJECTIONS, "ticker")  # each held by one worker per cell, under its lease
 INBOX_GROUP = "node"  # the consumer group a node reads its inbox through (apply.lua too)
+APPLIER_GROUP = "applier"  # the dispatch projection's consumer group on the log
+GROUPS_GROUP = "groups"  # the group-state projection's on the decisions stream (apply.lua too)
 DEFAULT_CELL = "c0"
 CELL_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 _NAMESPACE_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -86,6 +90,8 @@ APPLY_KEYS = (
     "settings",
     "queued",
     "waits",
+    "stats",
+    "groups_lease",
 )
 GROUPS_KEYS = ("decisions", "meta", "groups_lease")
 CLAIM_KEYS = ("stream", "dlq", "lease", "meta")

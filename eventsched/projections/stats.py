@@ -23,6 +23,7 @@ from eventsched.store.client import RedisClient
 from eventsched.store.streams import parse_id, text
 
 __all__ = [
+    "AT_APPEND",
     "BUCKETS_MS",
     "COUNTS",
     "LATENCIES",
@@ -60,6 +61,7 @@ REASONS = {
     "noticed": ("unknown_session", "session_closed"),
 }
 LATENCIES = ("dispatch", "e2e", "wait")  # histograms, in BUCKETS_MS
+AT_APPEND = "fin_at_append"  # finalizes apply.lua decided at their append, not yet published
 _TOTAL = "total:"  # the stats hash's cumulative fields: total:<count>, total:<kind>:<reason>,
 # total:<latency>:<bucket index>, total:<latency>:sum_ms (for /metrics)
 
@@ -146,7 +148,13 @@ class StatsBuilder:
         return self.window_start is not None and now_ms >= self.window_start + self.window_ms
 
     async def publish(self, client: RedisClient, keys: CellKeys, now_ms: int) -> dict[str, Any]:
-        """Write the window's snapshot with the cell's current shape; start a new window."""
+        """Write the window's snapshot with the cell's current shape; start a new window.
+        Finalizes decided in their own append's call (store.append.decide_at_append)
+        waited for no worker: taken from the script's count into the first bucket."""
+        at_append = int(await client.hget(keys.stats, AT_APPEND) or 0)
+        if at_append:
+            await client.hincrby(keys.stats, AT_APPEND, -at_append)  # what came since stays
+            self.dispatch[0] += at_append
         start = self.window_start if self.window_start is not None else now_ms
         seconds = self.window_ms / 1000
         rejected, failed, noticed = (

@@ -1,22 +1,41 @@
-"""Appending events to a cell's log."""
+"""Appending events to a cell's log, and a trusted producer's submit, which is decided in
+the same call when the cell has nothing waiting (``decide_at_append``)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Final
+from weakref import WeakKeyDictionary
 
 from redis.asyncio.client import Pipeline
 
+from eventsched.model.entries import Arg, fields_args
 from eventsched.model.events import ENTRY_FIELD, Event, encode_event
-from eventsched.model.keys import CellKeys
+from eventsched.model.keys import APPLIER_GROUP, CellKeys
+from eventsched.model.settings import DEFAULTS
 from eventsched.store.client import RedisClient, is_cluster, principal_of
+from eventsched.store.scripts import Library
+from eventsched.store.streams import text
 
-__all__ = ["append", "append_exact", "append_many", "queue_submit", "source_of", "submit"]
+__all__ = [
+    "append",
+    "append_exact",
+    "append_many",
+    "decide_at_append",
+    "queue_submit",
+    "source_of",
+    "submit",
+]
+
+_ENTRY: Final = ENTRY_FIELD.encode()
+_DEFAULTS: Final = [*DEFAULTS.as_argv(), DEFAULTS.group_max_utterances]
+_APPLY: WeakKeyDictionary[RedisClient, Library] = WeakKeyDictionary()
 
 
 async def append(client: RedisClient, keys: CellKeys, event: Event) -> str:
     """Append one event; returns its log ID, which is also its event time."""
     entry_id = await client.xadd(keys.log, {ENTRY_FIELD: encode_event(event)})
-    return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+    return text(entry_id)
 
 
 async def append_many(client: RedisClient, keys: CellKeys, events: Iterable[Event]) -> list[str]:
@@ -25,7 +44,30 @@ async def append_many(client: RedisClient, keys: CellKeys, events: Iterable[Even
         for event in events:
             pipe.xadd(keys.log, {ENTRY_FIELD: encode_event(event)})
         ids = await pipe.execute()
-    return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+    return [text(i) for i in ids]
+
+
+async def decide_at_append(
+    client: RedisClient, keys: CellKeys, event: Event, ack: tuple[str, str] | None = None
+) -> str:
+    """Append one event to the log and, when the log holds nothing unapplied and a worker
+    holds the cell's dispatch role, apply it there in the same script call (apply.lua's
+    append mode): no process stands between a finalize and its decision. Otherwise it
+    waits in the log and the worker applies it in order, as any append. Either way it is
+    applied at its own log ID with the arguments the worker would work out from the log
+    (model.entries, on the same bytes), so replay is byte for byte the same. ``ack``
+    (node id, inbox entry ID) acknowledges a node's job in the same call as its result.
+    Returns the log ID."""
+    raw = encode_event(event).encode()  # the bytes a read of the log gets
+    kind, values = fields_args({_ENTRY: raw})
+    acknowledged = "" if ack is None else f"{ack[0]} {ack[1]}"
+    args: list[Arg] = [keys.prefix, APPLIER_GROUP, "", *_DEFAULTS, "append", acknowledged, 1]
+    args += ["", 2, _ENTRY, raw, "", kind, len(values), *values]
+    apply = _APPLY.get(client)
+    if apply is None:
+        apply = _APPLY[client] = Library(client, "apply")
+    reply = await apply(keys=keys.script_keys("apply"), args=args)
+    return text(reply[4][0])
 
 
 def source_of(client: RedisClient, keys: CellKeys, role: str, name: str | None) -> str | None:
@@ -46,30 +88,27 @@ def source_of(client: RedisClient, keys: CellKeys, role: str, name: str | None) 
     return principal.source
 
 
-def queue_submit(pipe: Pipeline, keys: CellKeys, source: str | None, event: Event) -> None:
-    """Queue what sends ``event``: an append to the log from a trusted client (``source``
-    None), or from a confined principal an append to its own ingress and a ring of the
-    cell's bell naming it (model.principals: the worker admits it to the log)."""
-    if source is None:
-        pipe.xadd(keys.log, {ENTRY_FIELD: encode_event(event)})
-    else:
-        pipe.xadd(keys.ingress(source), {ENTRY_FIELD: encode_event(event)})
-        pipe.publish(keys.bell, source)
+def queue_submit(pipe: Pipeline, keys: CellKeys, principal_source: str, event: Event) -> None:
+    """Queue what a confined principal sends: an append to its own ingress and a ring of
+    the cell's bell naming it (model.principals: the worker admits it to the log)."""
+    pipe.xadd(keys.ingress(principal_source), {ENTRY_FIELD: encode_event(event)})
+    pipe.publish(keys.bell, principal_source)
 
 
 async def submit(client: RedisClient, keys: CellKeys, source: str | None, event: Event) -> str:
-    """Send one event (see ``queue_submit``) in one round trip; returns the ID Redis gave
-    it, in the log or in the ingress: a time on the server's clock either way."""
+    """Send one event in one round trip: from a trusted client (``source`` None) decided
+    at append, from a confined principal to its ingress (``queue_submit``). Returns the
+    ID Redis gave it, in the log or in the ingress: a time on the server's clock."""
     if source is None:
-        return await append(client, keys, event)
+        return await decide_at_append(client, keys, event)
     if is_cluster(client):  # a cluster pipeline refuses PUBLISH: two round trips
         entry_id = await client.xadd(keys.ingress(source), {ENTRY_FIELD: encode_event(event)})
         await client.publish(keys.bell, source)
-        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        return text(entry_id)
     async with client.pipeline(transaction=False) as pipe:
         queue_submit(pipe, keys, source, event)
         entry_id, _ = await pipe.execute()
-    return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+    return text(entry_id)
 
 
 def append_exact(

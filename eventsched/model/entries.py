@@ -1,7 +1,9 @@
 """What apply.lua gets for one entry: its kind and flat fields, or ``bad`` with a reason
 and a bounded copy when it does not keep model.limits, does not validate, or is not its
 source's to send (model.principals); and what the log gets for an entry admitted from
-an ingress stream. Pure functions: no Redis."""
+an ingress stream. Pure functions: no Redis. They are the model's because a trusted
+producer sends its events with these arguments too (store.append: decided at append),
+and must work them out exactly as the worker would from the log."""
 
 from __future__ import annotations
 
@@ -40,7 +42,6 @@ from eventsched.model.limits import (
     json_depth,
 )
 from eventsched.model.principals import refusal
-from eventsched.store.streams import text
 
 __all__ = [
     "MAX_REASON",
@@ -57,6 +58,10 @@ Arg = str | int | bytes
 MAX_REASON: Final = 200
 _EVENT, _SOURCE = ENTRY_FIELD.encode(), SOURCE_FIELD.encode()
 _REFUSED, _SIZE = b"refused", b"size"  # an entry refused at the door (admitted_fields)
+
+
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", "backslashreplace")  # as store.streams.text reads Redis
 
 
 def event_args(event: Event) -> tuple[str, list[Arg]]:
@@ -159,7 +164,7 @@ def fields_args(fields: dict[bytes, bytes]) -> tuple[str, list[Arg]]:
                 reason = f"too_deep: JSON nested beyond {MAX_JSON_DEPTH} levels"
         else:
             source = fields.get(_SOURCE)
-            reason = None if source is None else refusal(text(source), event)
+            reason = None if source is None else refusal(_text(source), event)
             if reason is None:
                 return event_args(event)
     return "bad", [reason[:MAX_REASON], *bounded_copy(fields)]
@@ -191,7 +196,7 @@ def _refused_args(fields: dict[bytes, bytes]) -> list[Arg]:
         if name.startswith(b"f:"):
             copy += [name[2:], value]
     numbers = [int(n) if n.isdigit() else 0 for n in (count, size)]
-    return [text(fields[_REFUSED])[:MAX_REASON], *numbers, *copy]
+    return [_text(fields[_REFUSED])[:MAX_REASON], *numbers, *copy]
 
 
 def bounded_copy(fields: dict[bytes, bytes]) -> list[Arg]:
