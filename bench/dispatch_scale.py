@@ -1,7 +1,7 @@
 """Redis time of a dispatch decision as the fleet grows (100 to 100,000 nodes).
 
 Runs on a private redis-server (started here on a free port, stopped by its pid), so
-INFO commandstats counts only this benchmark's EVALSHA calls. The cell is
+INFO commandstats counts only this benchmark's FCALLs of apply.lua. The cell is
 ``bench.fleet``'s: four configured pools, eight language pairs, mixed nodes beating with
 varied load. Sessions finalize in rounds, each round's jobs answered before the next, so
 every size decides with free slots. Prints, per fleet size: Redis microseconds per
@@ -36,19 +36,19 @@ __all__ = ["apply_measured", "measure"]
 SESSIONS = 400
 
 
-async def _evalsha_usec(client: RedisClient) -> tuple[int, int]:
+async def _apply_usec(client: RedisClient) -> tuple[int, int]:
     stats = await client.info("commandstats")
-    entry = stats.get("cmdstat_evalsha", {"usec": 0, "calls": 0})
+    entry = stats.get("cmdstat_fcall", {"usec": 0, "calls": 0})  # apply.lua, a library
     return int(entry["usec"]), int(entry["calls"])
 
 
 async def apply_measured(client: RedisClient, keys: CellKeys, batch: int) -> tuple[int, int]:
     """Apply everything pending with batches of ``batch``; returns (usec, calls)."""
-    usec_before, calls_before = await _evalsha_usec(client)
+    usec_before, calls_before = await _apply_usec(client)
     # The dispatch projection alone: groups.lua's folds would count in the same figures.
     worker = Worker(client, [keys], name="bench", batch_size=batch, projections=("dispatch",))
     await worker.drain()
-    usec_after, calls_after = await _evalsha_usec(client)
+    usec_after, calls_after = await _apply_usec(client)
     return usec_after - usec_before, calls_after - calls_before
 
 

@@ -8,7 +8,11 @@ rate. Latency runs from a finalize's *scheduled* time (so a gateway that falls b
 counts against the figure instead of hiding it) to its outcome reaching the session.
 ``cpu us`` is the scheduler's CPU time per finalize over the step, Redis's and the
 worker's (its result, delivery and the heartbeats around it included):
-``scheduler_cpu_us_per_finalize`` at 1,000/s.
+``scheduler_cpu_us_per_finalize`` at 1,000/s. When this run started the Redis itself
+(a child of this process, as bench/run.py's private server is), the scheduler (Redis
+and the worker) is pinned to one core and the load (the nodes and this gateway) to the
+other (``sched_setaffinity``, what ``taskset`` does), so each side has a core of its
+own and neither's figures are the other's scheduling noise; a given Redis is left be.
 
     python bench/e2e.py [--rates 500,1000,2000,3000] [--seconds 3]
 """
@@ -19,8 +23,8 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +56,7 @@ class Step:
     not_ok: int = 0
     elapsed_s: float = 0.0
     scheduler_cpu_s: float = 0.0  # Redis's and the worker's CPU time over the step
+    pinned: bool = False  # the scheduler and the load on a core each (see ``pinned``)
 
     @property
     def cpu_us_per_finalize(self) -> float:
@@ -102,6 +107,7 @@ async def _run_step(sessions: list[Session], step: Step, seconds: float) -> None
 class LiveCell:
     sessions: list[Session]
     worker_pid: int
+    nodes_pid: int
 
 
 async def scheduler_cpu_s(client: RedisClient, worker_pid: int) -> float:
@@ -132,7 +138,7 @@ async def live_sessions(
         await fleet.append_chunked(client, keys, first)
         with (
             spawn("worker", url, keys.namespace, keys.cell) as worker,
-            spawn("nodes", url, keys.namespace, keys.cell, str(nodes), str(slots)),
+            spawn("nodes", url, keys.namespace, keys.cell, str(nodes), str(slots)) as echo,
         ):
 
             async def fleet_up() -> bool:
@@ -144,9 +150,39 @@ async def live_sessions(
                     await gateway.open(s.session_id, s.src_lang, s.tgt_lang)
                     for s in fleet.sessions(sessions)
                 ]
-                yield LiveCell(opened, worker.pid)
+                yield LiveCell(opened, worker.pid, echo.pid)
     finally:
         await unlink_matching(client, f"{keys.namespace}:*")
+
+
+def _pin(pids: Sequence[int], cpus: set[int]) -> None:
+    """Every thread of each process onto ``cpus``."""
+    for pid in pids:
+        for thread in os.listdir(f"/proc/{pid}/task"):
+            os.sched_setaffinity(int(thread), cpus)
+
+
+def _parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        return int(stat.read().rpartition(")")[2].split()[1])
+
+
+@contextmanager
+def pinned(redis_pid: int, live: LiveCell) -> Iterator[bool]:
+    """The scheduler on the last core, the load on the first, while inside; whether it
+    pinned (only a Redis this process started, on a machine of two cores or more)."""
+    cpus = os.sched_getaffinity(0)
+    if len(cpus) < 2 or _parent_of(redis_pid) != os.getpid():
+        yield False
+        return
+    scheduler, load = [redis_pid, live.worker_pid], [live.nodes_pid, os.getpid()]
+    _pin(scheduler, {max(cpus)})
+    _pin(load, {min(cpus)})
+    try:
+        yield True
+    finally:
+        with suppress(FileNotFoundError, ProcessLookupError):  # a process that ended
+            _pin([*scheduler, *load], cpus)
 
 
 async def measure(url: str, rates: list[int], seconds: float) -> list[Step]:
@@ -156,13 +192,23 @@ async def measure(url: str, rates: list[int], seconds: float) -> list[Step]:
     first: list[Event] = [fleet.SETTINGS_CHANGED, fleet.POOLS]
     try:
         async with live_sessions(url, client, keys, first, NODES, 64, SESSIONS) as live:
-            for step in steps:
-                before = await scheduler_cpu_s(client, live.worker_pid)
-                await _run_step(live.sessions, step, seconds)
-                step.scheduler_cpu_s = await scheduler_cpu_s(client, live.worker_pid) - before
+            redis_pid = int((await client.info("server"))["process_id"])
+            with pinned(redis_pid, live) as pinning:
+                for step in steps:
+                    step.pinned = pinning
+                await _run_steps(client, live, steps, seconds)
     finally:
         await client.aclose()
     return steps
+
+
+async def _run_steps(
+    client: RedisClient, live: LiveCell, steps: list[Step], seconds: float
+) -> None:
+    for step in steps:
+        before = await scheduler_cpu_s(client, live.worker_pid)
+        await _run_step(live.sessions, step, seconds)
+        step.scheduler_cpu_s = await scheduler_cpu_s(client, live.worker_pid) - before
 
 
 def figures(steps: list[Step]) -> dict[str, float]:
@@ -172,6 +218,7 @@ def figures(steps: list[Step]) -> dict[str, float]:
         out[f"e2e_p99_ms_at_{step.rate}"] = step.pct(0.99)
         if step.rate == 1000:
             out["scheduler_cpu_us_per_finalize"] = step.cpu_us_per_finalize
+    out["e2e_pinned"] = int(all(step.pinned for step in steps))
     under = [s.rate for s in steps if s.pct(0.99) <= 50 and not s.not_ok]
     out["e2e_max_rate_p99_50ms"] = max(under, default=0)
     return out

@@ -114,12 +114,30 @@ local function use_settings()
   QUEUE_WAIT_MS, QUEUE_MAX = s.queue_wait_ms, s.queue_max
 end
 
+-- What in_force was last made from (kept from call to call: reading and converting the
+-- 16 settings cost a finalize's call an eighth of its instructions, callgrind): the
+-- cell's settings hash, its `since`, and the defaults. Only handlers.set writes that
+-- hash, and it moves `since` (it runs in this library, so in_force is already its own).
+local made_from_key, made_from_since, made_from_defaults = nil, nil, {}
+
 local function load_settings()
+  local since = redis.call('HGET', K_SETTINGS, 'since') or ''
+  local same = made_from_key == K_SETTINGS and made_from_since == since
+  for i = 1, #SETTING_NAMES do
+    if not same then break end
+    same = made_from_defaults[i] == ARGV[3 + i]
+  end
+  if same then
+    use_settings()
+    return
+  end
   in_force = {}
   local stored = redis.call('HMGET', K_SETTINGS, unpack(SETTING_NAMES))
   for i, name in ipairs(SETTING_NAMES) do
     in_force[name] = tonumber(stored[i] or ARGV[3 + i])
+    made_from_defaults[i] = ARGV[3 + i]
   end
+  made_from_key, made_from_since = K_SETTINGS, since
   use_settings()
 end
 
@@ -692,36 +710,23 @@ local GROUPS_GROUP = 'groups' -- the group-state projection's consumer group (te
 
 -- @include fold
 
--- Whether this call folds its decisions: some worker holds the group-state role and its
--- marker is at the newest decision, so nothing made before waits to be folded first.
-local function groups_caught_up()
-  if redis.call('EXISTS', K_GROUPS_LEASE) == 0 then return false end
-  local folded = redis.call('HGET', K_META, 'groups_applied') or '0-0'
-  local newest = redis.call('XREVRANGE', K_DEC, '+', '-', 'COUNT', 1)[1]
-  return newest == nil or newest[1] == folded
-end
-
--- Fold this call's decisions in order, as groups.lua would next, and move that
--- projection's marker and consumer group past them; one that raises stops the fold
--- there, and it and those after it are left to the worker (groups.lua meets the error
--- and sets it aside).
-local function fold_made()
-  GROUP_MAX = tonumber(redis.call('HGET', K_META, 'group_max') or ARGV[MODE - 1])
+-- Fold this call's decisions in order, as groups.lua would next (the caller checked
+-- that some worker holds that role and nothing made before waits to be folded), and
+-- move that projection's consumer group past them; returns the marker to write, or nil.
+-- One that raises stops the fold there, and it and those after it are left to the
+-- worker (groups.lua meets the error and sets it aside).
+local function fold_made(group_max, entries_read)
+  GROUP_MAX = tonumber(group_max or ARGV[MODE - 1])
   local folded, count = nil, 0
   for _, decision in ipairs(made) do
     if not pcall(fold_decision, decision[2]) then break end
     folded, count = decision[1], count + 1
   end
-  if not folded then return end
-  redis.call('HSET', K_META, 'groups_applied', folded)
-  local info = redis.call('XINFO', 'STREAM', K_DEC)
-  local added = 0
-  for i = 1, #info, 2 do
-    if info[i] == 'entries-added' then added = info[i + 1] end
+  if folded then
+    move_group(K_DEC, GROUPS_GROUP, folded, entries_read and entries_read + count,
+      #made - count)
   end
-  -- NOGROUP (flushed) is left to the worker's reads, which make the group again.
-  redis.pcall('XGROUP', 'SETID', K_DEC, GROUPS_GROUP, folded, 'ENTRIESREAD',
-    added - (#made - count))
+  return folded
 end
 
 local function begin(keys, args)
@@ -740,19 +745,33 @@ local function apply(keys, args)
   begin(keys, args)
   -- A trusted producer's append holds no lease: it decides only what any holder would
   -- decide next, at the log's tip (run_ingress), and only while some worker holds it.
-  if ARGV[MODE] ~= 'append' and not holds_lease(K_LEASE, HOLDER) then return {-1} end
+  local leases = redis.call('MGET', K_LEASE, K_GROUPS_LEASE)
+  if ARGV[MODE] ~= 'append' and leases[1] ~= HOLDER then return {-1} end
+  local meta = redis.call('HMGET', K_META, 'applied', 'group_max')
   load_settings()
-  if groups_caught_up() then made = {} end
-  local done, skipped, failed_id, failure, waiting, appended
+  -- Decisions are folded here while some worker holds the group-state role and that
+  -- projection has folded everything made before.
+  local folding, folds_read = false, false
+  if leases[2] then folding, folds_read = caught_up_group(K_DEC, GROUPS_GROUP) end
+  if folding then made = {} end
+  local done, skipped, failed_id, failure, waiting, applied, appended
+  local marks = {} -- the markers to write, in one HSET
   if ARGV[MODE] == 'ingress' or ARGV[MODE] == 'append' then
-    done, skipped, failed_id, failure, waiting, appended = run_ingress(MODE + 2)
+    done, skipped, failed_id, failure, waiting, applied, appended =
+      run_ingress(MODE + 2, meta[1] or '0-0', leases[1] ~= false)
+    if done > 0 then marks = {'applied', applied} end
   else
     done, skipped, failed_id, failure =
       run_batch(K_META, 'applied', K_LOG, GROUP, MODE + 1, read_entry, apply_entry)
     if not done then return {-2} end
   end
+  local folded = not failed_id and made and #made > 0 and fold_made(meta[2], folds_read)
+  if folded then
+    marks[#marks + 1] = 'groups_applied'
+    marks[#marks + 1] = folded
+  end
+  if #marks > 0 then redis.call('HSET', K_META, unpack(marks)) end
   if failed_id then return {-3, failed_id, failure} end
-  if made and #made > 0 then fold_made() end
   return {done, skipped, dead_lettered, waiting or 0, appended or {}}
 end
 

@@ -30,6 +30,38 @@ local function id_after(a, b)
   return ams > bms or (ams == bms and aseq > bseq)
 end
 
+-- Whether the consumer group `group` of `stream` has been handed every entry and has
+-- acknowledged each (so the projection it feeds has applied them all: a batch is
+-- acknowledged in the call that applies it), and its entries-read (false when Redis
+-- does not know it). XINFO GROUPS, not the newest entry: its reply stays small however
+-- large the entries are. A lag Redis does not know counts as not caught up.
+local function caught_up_group(stream, group)
+  local groups = redis.pcall('XINFO', 'GROUPS', stream)
+  if groups.err then return false, false end -- no stream yet, or flushed
+  for _, found in ipairs(groups) do
+    local info = {}
+    for i = 1, #found, 2 do info[found[i]] = found[i + 1] end
+    if info.name == group then
+      return info.lag == 0 and info.pending == 0, info['entries-read']
+    end
+  end
+  return false, false
+end
+
+-- Move a consumer group to `id`, past entries applied in this call rather than read
+-- through it, with its entries-read `entries_read` (false: unknown, so counted from the
+-- stream, `unread` of its entries left after `id`): its lag stays exact. NOGROUP
+-- (flushed) is left to the worker's reads, which make the group again.
+local function move_group(stream, group, id, entries_read, unread)
+  if not entries_read then
+    local info = redis.call('XINFO', 'STREAM', stream)
+    for i = 1, #info, 2 do
+      if info[i] == 'entries-added' then entries_read = info[i + 1] - unread end
+    end
+  end
+  redis.pcall('XGROUP', 'SETID', stream, group, id, 'ENTRIESREAD', entries_read)
+end
+
 -- Fencing: a worker applies only while it holds the role's lease. A worker that lost
 -- its lease (paused, partitioned) is refused here, atomically with the batch, so two
 -- workers never apply one cell's log at once.

@@ -14,12 +14,14 @@
 -- delete, and applied at once only while a worker holds the dispatch role (a cell
 -- nobody works decides nothing until someone does). An entry whose apply raises is
 -- left waiting there: the worker meets it in the log and dead-letters it.
-local function run_ingress(pos)
+-- Nothing waits in the log when its consumer group has been handed and has acknowledged
+-- every entry. `applied` is the marker as the call found it, `worked` whether a worker
+-- holds the role; the marker to write comes back second to last (the caller writes
+-- meta once).
+local function run_ingress(pos, applied, worked)
   local trusted = ARGV[MODE] == 'append'
-  local applied = redis.call('HGET', K_META, 'applied') or '0-0'
-  local newest = redis.call('XREVRANGE', K_LOG, '+', '-', 'COUNT', 1)[1]
-  local caught_up = newest == nil or newest[1] == applied
-  if trusted and caught_up then caught_up = redis.call('EXISTS', K_LEASE) == 1 end
+  local caught_up, entries_read = false, false
+  if worked or not trusted then caught_up, entries_read = caught_up_group(K_LOG, GROUP) end
   local count = tonumber(ARGV[pos])
   pos = pos + 1
   local done, skipped, waiting, failed_id, failure, decided = 0, 0, 0, nil, nil, 0
@@ -52,19 +54,12 @@ local function run_ingress(pos)
     end
   end
   if done > 0 then
-    redis.call('HSET', K_META, 'applied', applied)
-    local info = redis.call('XINFO', 'STREAM', K_LOG)
-    local added = 0
-    for i = 1, #info, 2 do
-      if info[i] == 'entries-added' then added = info[i + 1] end
-    end
-    -- NOGROUP (flushed) is left to the worker's log reads, which make the group again.
-    redis.pcall('XGROUP', 'SETID', K_LOG, GROUP, applied, 'ENTRIESREAD', added - waiting)
+    move_group(K_LOG, GROUP, applied, entries_read and entries_read + done, waiting)
     if trusted and decided > 0 then redis.call('HINCRBY', K_STATS, 'fin_at_append', decided) end
   end
   -- A node's result acknowledges its inbox entry in the same call, so a job is never
   -- acknowledged without its result. NOGROUP (the cell lost the node) is ignored.
   local node_id, inbox_id = string.match(trusted and ARGV[MODE + 1] or '', '^(.+) (%S+)$')
   if node_id then redis.pcall('XACK', P .. S_INBOX .. node_id, INBOX_GROUP, inbox_id) end
-  return done, skipped, failed_id, failure, waiting, appended
+  return done, skipped, failed_id, failure, waiting, applied, appended
 end

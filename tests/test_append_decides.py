@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import pytest
 
-from eventsched.model.events import Event
-from eventsched.model.keys import APPLIER_GROUP, INBOX_GROUP
+from eventsched.model.events import Event, SettingsChanged
+from eventsched.model.keys import APPLIER_GROUP, INBOX_GROUP, CellKeys
 from eventsched.model.limits import MAX_EVENT_BYTES
 from eventsched.ops.verify import verify_cell
 from eventsched.projections.stats import AT_APPEND, StatsBuilder
 from eventsched.store.append import decide_at_append, submit
+from eventsched.store.client import RedisClient
 from eventsched.store.streams import last_id, text, xreadgroup_raw
+from tests.conftest import new_namespace, remove_namespace
 from tests.harness import Cell, beat, finalize, node, ok, session
 
 pytestmark = pytest.mark.anyio
@@ -165,3 +167,25 @@ async def test_while_the_group_state_lags_decisions_wait_for_the_worker(cell: Ce
     assert [o["idx"] for o in await cell.outputs("s")] == ["0"]
     await trusted(cell, ok("s:1", 1, "n1"))
     assert [o["idx"] for o in await cell.outputs("s")] == ["0", "1"]
+
+
+async def test_each_cell_decides_by_its_own_settings_call_after_call(client: RedisClient) -> None:
+    """apply.lua keeps the settings it read from one call to the next: never another
+    cell's, never from before a change."""
+    namespace = new_namespace()
+    queued, rejecting = (Cell(client, CellKeys(name, namespace)) for name in ("c0", "c1"))
+    try:
+        for cell in (queued, rejecting):
+            await cell.append_live(node("n1", max_concurrency=1), session("a"), session("b"))
+            await cell.apply()
+        await trusted(rejecting, SettingsChanged(settings={"queue_wait_ms": 0}))
+        for cell in (queued, rejecting, queued, rejecting):  # one slot each: a takes it
+            await trusted(cell, finalize("a" if await cell.decisions("d") == [] else "b", 0))
+        assert [d["k"] for d in await queued.decisions()] == ["d", "w"]
+        assert [d["k"] for d in await rejecting.decisions()] == ["d", "x"]
+        # Changed back: the next finalize of that cell waits as the other's did.
+        await trusted(rejecting, SettingsChanged(settings={"queue_wait_ms": 5000}))
+        await trusted(rejecting, finalize("b", 1))
+        assert (await rejecting.decisions())[-1]["k"] == "w"
+    finally:
+        await remove_namespace(client, namespace)
