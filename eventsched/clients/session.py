@@ -1,7 +1,11 @@
 """The session client, for gateways: open sessions, finalize utterances, read each
 session's ordered outcomes, close. One reader task serves every session of the client
-with one blocking XREAD over all their output streams, so thousands of sessions need
-one connection for reading, not thousands.
+with one blocking XREAD over the output streams of the sessions that wait for an
+outcome, so thousands of sessions need one connection for reading, not thousands, and a
+read costs Redis what is awaited, not what is open. A session that starts waiting while
+the read is blocked rings the client's own wake stream (``CellKeys.wake``), which the
+read names too, so it returns and reads again with that session in it. (A confined
+gateway may write no key of its own: its read names every open session.)
 
     async with SessionClient(client, CellKeys()) as gateway:
         session = await gateway.open("s1", "en", "zh")
@@ -26,11 +30,14 @@ prefix in front of an ID that lacks it, and ``Session.session_id`` is the full n
 
 from __future__ import annotations
 
+import contextlib
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import anyio
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
 from eventsched.clients.background import Background
 from eventsched.clients.policy import Reason
@@ -52,6 +59,7 @@ _BUFFER = 10_000  # outcomes a slow reader may fall behind by before the reader 
 # ignored by the cell).
 DEFAULT_RESEND_S = 2 * DecisionSettings().job_timeout_ms / 1000
 _CHECK_S = 0.5  # how often the reader looks for finalizes due to be sent again
+_WAKE_TTL_MS = 600_000  # how long the wake stream of a client that went away stays
 
 
 @dataclass
@@ -91,9 +99,13 @@ class Session:
             duration_ms=duration_ms,
         )
         # Kept before the append, so an outcome that comes back at once finds it.
+        waiting = bool(self._unanswered)
         self._unanswered[utterance_index] = _Unanswered(event, 1, self.client.resend_due())
         try:
-            await self.client.emit(event)
+            if waiting:
+                await self.client.emit(event)
+            else:
+                await self.client.emit_read(self, event)
         except BaseException:
             del self._unanswered[utterance_index]
             raise
@@ -210,12 +222,49 @@ class SessionClient(Background):
         self._opened: list[Session] = []
         self._cursors: dict[str, str] = {}
         self._next_check = 0.0
+        # The wake stream (None for a confined gateway), where it was read to, and the
+        # streams the blocking read in flight names (None between reads).
+        self._wake = None if self.source is not None else keys.wake(uuid.uuid4().hex)
+        self._wake_cursor = "0-0"
+        self._reading: frozenset[str] | None = None
 
     def resend_due(self) -> float:
         return anyio.current_time() + self.resend_after_s
 
     async def emit(self, event: SessionOpened | UtteranceFinalized | SessionClosed) -> str:
         return await patiently(lambda: submit(self.redis, self.keys, self.source, event))
+
+    async def emit_read(self, session: Session, event: UtteranceFinalized) -> None:
+        """Send a finalize of a session that waited for nothing, so it needs reading:
+        when the blocking read does not name it, ring the wake stream meanwhile."""
+        stream = self.keys.output(session.session_id)
+        if self._wake is None or self._reading is None or stream in self._reading:
+            await self.emit(event)
+            return
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._ring, self._wake)
+            await self.emit(event)
+
+    async def _ring(self, wake: str) -> None:
+        """Wake the blocking read. Lost (Redis unreachable), it costs the outcome at
+        most ``block_ms``: the read's own timeout reads again with the session in it."""
+        with contextlib.suppress(RedisError, OSError):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.xadd(wake, {"w": "1"}, maxlen=1, approximate=False)
+                pipe.pexpire(wake, _WAKE_TTL_MS)
+                await pipe.execute()
+
+    def _to_read(self) -> dict[str, str]:
+        """The streams a read names and where each is read from."""
+        if self._wake is None:
+            return dict(self._cursors)
+        cursors = {
+            stream: cursor
+            for stream, cursor in self._cursors.items()
+            if self._sessions[stream]._unanswered
+        }
+        cursors[self._wake] = self._wake_cursor
+        return cursors
 
     def session_name(self, session_id: str) -> str:
         """The session's full ID: a confined gateway's sessions carry its name first."""
@@ -240,15 +289,23 @@ class SessionClient(Background):
         return self._sessions.pop(stream, None) is not None
 
     async def read_once(self) -> int:
-        """One multiplexed read over every open session; returns the entries read."""
-        if not self._cursors:
+        """One multiplexed read over the sessions that wait for an outcome (see the
+        module doc); returns the entries read."""
+        cursors = self._to_read()
+        if not cursors:
             await anyio.sleep(self.block_ms / 1000)
             return 0
-        cursors = dict(self._cursors)
-        reply = await patiently(lambda: xread_raw(self.redis, cursors, self.block_ms))
+        self._reading = frozenset(cursors)
+        try:
+            reply = await patiently(lambda: xread_raw(self.redis, cursors, self.block_ms))
+        finally:
+            self._reading = None
         read = 0
         for stream_name, entries in reply:
             stream = text(stream_name)
+            if stream == self._wake:
+                self._wake_cursor = text(entries[-1][0])
+                continue
             for entry_id, fields in entries:
                 session = self._sessions.get(stream)
                 if session is None:  # closed and complete

@@ -308,6 +308,12 @@ class CellKeys:
     def output(self, session_id: str) -> str:
         return self.prefix + SUFFIXES["output"] + session_id
 
+    def wake(self, reader: str) -> str:
+        """Stream: a session client's own, which it rings when a session needs reading
+        that its blocking read does not cover. In the cell's slot (read in one XREAD
+        with the outputs) but outside its pattern: no projection, never in its state."""
+        return f"{self.namespace}:wake:{{{self.cell}}}:{reader}"
+
     def group(self, session_id: str) -> str:
         return self.prefix + SUFFIXES["group"] + session_id
 
