@@ -52,8 +52,8 @@
 --          'ingress' (read from principals' ingress streams, see run_ingress) or
 --          'append' (a trusted producer's own events, see run_ingress)
 -- ARGV[22] log: the ID the tracking marker must have reached ('' for none; see
---          run_batch); ingress: unused; append: a node's inbox entry to acknowledge
---          ('' for none), as 'node_id id'
+--          run_batch); ingress: unused; append: '' or what the same call does besides
+--          (run_ingress): 'ack <node> <inbox id>' or 'wake <key>'
 -- ARGV[23] entry count, then per entry: id, type, field count, fields...
 --          ingress: per entry the source (node:n1), the count of the fields the log
 --          gets, those fields, then as above with the entry's ingress ID as its id;

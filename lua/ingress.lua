@@ -18,6 +18,8 @@
 -- every entry. `applied` is the marker as the call found it, `worked` whether a worker
 -- holds the role; the marker to write comes back second to last (the caller writes
 -- meta once).
+local WAKE_TTL_MS = 600000 -- a wake stream whose reader went away goes after this
+
 local function run_ingress(pos, applied, worked)
   local trusted = ARGV[MODE] == 'append'
   local caught_up, entries_read = false, false
@@ -58,8 +60,16 @@ local function run_ingress(pos, applied, worked)
     if trusted and decided > 0 then redis.call('HINCRBY', K_STATS, 'fin_at_append', decided) end
   end
   -- A node's result acknowledges its inbox entry in the same call, so a job is never
-  -- acknowledged without its result. NOGROUP (the cell lost the node) is ignored.
-  local node_id, inbox_id = string.match(trusted and ARGV[MODE + 1] or '', '^(.+) (%S+)$')
+  -- acknowledged without its result ('ack <node> <inbox id>'; NOGROUP, the cell lost
+  -- the node, is ignored). A gateway's finalize rings its reader's wake stream ('wake
+  -- <key>', keys.py CellKeys.wake: the cell's slot), so that read names the session.
+  local also = trusted and ARGV[MODE + 1] or ''
+  local node_id, inbox_id = string.match(also, '^ack (.+) (%S+)$')
   if node_id then redis.pcall('XACK', P .. S_INBOX .. node_id, INBOX_GROUP, inbox_id) end
+  local wake = string.match(also, '^wake (.+)$')
+  if wake then
+    redis.call('XADD', wake, 'MAXLEN', 1, '*', 'w', 1)
+    redis.call('PEXPIRE', wake, WAKE_TTL_MS)
+  end
   return done, skipped, failed_id, failure, waiting, applied, appended
 end

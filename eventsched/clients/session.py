@@ -4,7 +4,8 @@ with one blocking XREAD over the output streams of the sessions that wait for an
 outcome, so thousands of sessions need one connection for reading, not thousands, and a
 read costs Redis what is awaited, not what is open. A session that starts waiting while
 the read is blocked rings the client's own wake stream (``CellKeys.wake``), which the
-read names too, so it returns and reads again with that session in it. (A confined
+read names too (its finalize's own call rings it), so it returns and reads again with
+that session in it. (A confined
 gateway may write no key of its own: its read names every open session.)
 
     async with SessionClient(client, CellKeys()) as gateway:
@@ -30,14 +31,12 @@ prefix in front of an ID that lacks it, and ``Session.session_id`` is the full n
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import anyio
 from pydantic import ValidationError
-from redis.exceptions import RedisError
 
 from eventsched.clients.background import Background
 from eventsched.clients.policy import Reason
@@ -47,7 +46,7 @@ from eventsched.model.keys import CellKeys
 from eventsched.model.principals import session_prefix
 from eventsched.model.settings import DecisionSettings
 from eventsched.projections.groups import Outcome, outcome_of
-from eventsched.store.append import source_of, submit
+from eventsched.store.append import decide_at_append, source_of, submit
 from eventsched.store.client import RedisClient
 from eventsched.store.streams import id_after, text, xread_raw
 
@@ -59,7 +58,6 @@ _BUFFER = 10_000  # outcomes a slow reader may fall behind by before the reader 
 # ignored by the cell).
 DEFAULT_RESEND_S = 2 * DecisionSettings().job_timeout_ms / 1000
 _CHECK_S = 0.5  # how often the reader looks for finalizes due to be sent again
-_WAKE_TTL_MS = 600_000  # how long the wake stream of a client that went away stays
 
 
 @dataclass
@@ -236,23 +234,14 @@ class SessionClient(Background):
 
     async def emit_read(self, session: Session, event: UtteranceFinalized) -> None:
         """Send a finalize of a session that waited for nothing, so it needs reading:
-        when the blocking read does not name it, ring the wake stream meanwhile."""
+        when the blocking read does not name it, the finalize's own call rings the wake
+        stream (a trusted client's only: a confined one's read names every session)."""
         stream = self.keys.output(session.session_id)
-        if self._wake is None or self._reading is None or stream in self._reading:
+        wake = self._wake
+        if wake is None or self._reading is None or stream in self._reading:
             await self.emit(event)
             return
-        async with anyio.create_task_group() as group:
-            group.start_soon(self._ring, self._wake)
-            await self.emit(event)
-
-    async def _ring(self, wake: str) -> None:
-        """Wake the blocking read. Lost (Redis unreachable), it costs the outcome at
-        most ``block_ms``: the read's own timeout reads again with the session in it."""
-        with contextlib.suppress(RedisError, OSError):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.xadd(wake, {"w": "1"}, maxlen=1, approximate=False)
-                pipe.pexpire(wake, _WAKE_TTL_MS)
-                await pipe.execute()
+        await patiently(lambda: decide_at_append(self.redis, self.keys, event, wake=wake))
 
     def _to_read(self) -> dict[str, str]:
         """The streams a read names and where each is read from."""

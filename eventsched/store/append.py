@@ -48,7 +48,11 @@ async def append_many(client: RedisClient, keys: CellKeys, events: Iterable[Even
 
 
 async def decide_at_append(
-    client: RedisClient, keys: CellKeys, event: Event, ack: tuple[str, str] | None = None
+    client: RedisClient,
+    keys: CellKeys,
+    event: Event,
+    ack: tuple[str, str] | None = None,
+    wake: str | None = None,
 ) -> str:
     """Append one event to the log and, when the log holds nothing unapplied and a worker
     holds the cell's dispatch role, apply it there in the same script call (apply.lua's
@@ -56,12 +60,15 @@ async def decide_at_append(
     waits in the log and the worker applies it in order, as any append. Either way it is
     applied at its own log ID with the arguments the worker would work out from the log
     (model.entries, on the same bytes), so replay is byte for byte the same. ``ack``
-    (node id, inbox entry ID) acknowledges a node's job in the same call as its result.
+    (node id, inbox entry ID) acknowledges a node's job in the same call as its result;
+    ``wake`` (a ``CellKeys.wake`` stream) rings a session client's reader in it.
     Returns the log ID."""
     raw = encode_event(event).encode()  # the bytes a read of the log gets
     kind, values = fields_args({_ENTRY: raw})
-    acknowledged = "" if ack is None else f"{ack[0]} {ack[1]}"
-    args: list[Arg] = [keys.prefix, APPLIER_GROUP, "", *_DEFAULTS, "append", acknowledged, 1]
+    also = "" if ack is None else f"ack {ack[0]} {ack[1]}"
+    if wake is not None:
+        also = f"wake {wake}"
+    args: list[Arg] = [keys.prefix, APPLIER_GROUP, "", *_DEFAULTS, "append", also, 1]
     args += ["", 2, _ENTRY, raw, "", kind, len(values), *values]
     apply = _APPLY.get(client)
     if apply is None:
