@@ -139,6 +139,13 @@ class Cell:
             self._worker = Worker(self.client, [self.keys], name="test-worker")
         return await self._worker.drain()
 
+    async def stop(self) -> None:
+        """The worker goes and hands its roles back: until one applies again, appends
+        (decided at append ones too) wait in the log."""
+        if self._worker is not None:
+            await self._worker.release()
+            self._worker = None
+
     async def step(self, *events: Event) -> None:
         """Append the events at the current event time and apply them."""
         await self.append(*events)

@@ -6,7 +6,11 @@ the same call."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from eventsched.model.events import Event, SettingsChanged
 from eventsched.model.keys import APPLIER_GROUP, INBOX_GROUP, CellKeys
@@ -17,7 +21,7 @@ from eventsched.store.append import decide_at_append, submit
 from eventsched.store.client import RedisClient
 from eventsched.store.streams import last_id, text, xreadgroup_raw
 from tests.conftest import new_namespace, remove_namespace
-from tests.harness import Cell, beat, finalize, node, ok, session
+from tests.harness import Cell, beat, error, finalize, node, ok, session
 
 pytestmark = pytest.mark.anyio
 
@@ -189,3 +193,57 @@ async def test_each_cell_decides_by_its_own_settings_call_after_call(client: Red
         assert (await rejecting.decisions())[-1]["k"] == "w"
     finally:
         await remove_namespace(client, namespace)
+
+
+_STEP = st.one_of(
+    st.tuples(st.just("finalize"), st.integers(0, 2)),  # which session
+    st.tuples(st.just("answer"), st.integers(0, 30), st.booleans()),  # which job, ok
+    st.tuples(st.just("beat"), st.integers(0, 1)),  # which node
+    st.tuples(st.just("worker")),  # a worker applies what waits, and holds the roles
+    st.tuples(st.just("stop")),  # it goes: appends wait in the log
+    st.tuples(st.just("backlog")),  # a plain append: what follows waits behind it
+)
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    database=None,
+)
+@given(steps=st.lists(_STEP, min_size=1, max_size=20))
+async def test_any_interleaving_leaves_what_the_worker_alone_would(
+    cell: Cell, steps: list[tuple[Any, ...]]
+) -> None:
+    """Trusted appends decided at append or not, by whichever way each found the cell,
+    amid worker runs, stops and backlogs: verify refolds the whole log through the
+    worker's path alone and finds the same state (one cell for every example)."""
+    if not await cell.client.exists(cell.keys.node("n0")):
+        await cell.append_live(node("n0", max_concurrency=2), node("n1", max_concurrency=1))
+        await cell.append_live(*(session(f"s{i}") for i in range(3)))
+        await cell.apply()
+    indexes: dict[int, int] = vars(cell).setdefault("next_index", {})
+    for step in steps:
+        match step:
+            case ("finalize", which):
+                index = indexes.get(which, 0)
+                indexes[which] = index + 1
+                await trusted(cell, finalize(f"s{which}", index))
+            case ("answer", which, succeeded):
+                running = sorted((await cell.dispatched_to()).items())
+                if running:
+                    job_id, node_id = running[which % len(running)]
+                    attempt = int((await cell.hash(cell.keys.job(job_id))).get("att", 1))
+                    answer = ok if succeeded else error
+                    await trusted(cell, answer(job_id, attempt, node_id))
+            case ("beat", which):
+                await trusted(cell, beat(f"n{which}"))
+            case ("worker",):
+                await cell.apply()
+            case ("stop",):
+                await cell.stop()
+            case ("backlog",):
+                await cell.append_live(beat("n0"))
+    await cell.apply()
+    report = await verify_cell(cell.client, cell.keys)
+    assert report.ok, report.problems

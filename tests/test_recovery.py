@@ -28,11 +28,13 @@ class ForgetfulRedis(SessionClient):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.to_lose = to_lose
 
-    async def emit(self, event: SessionOpened | UtteranceFinalized | SessionClosed) -> str:
+    async def emit(
+        self, event: SessionOpened | UtteranceFinalized | SessionClosed, wake: str | None = None
+    ) -> str:
         if isinstance(event, UtteranceFinalized) and self.to_lose.get(event.utterance_index):
             self.to_lose[event.utterance_index] -= 1
             return "1-0"  # what a real append returns; the write is gone
-        return await super().emit(event)
+        return await super().emit(event, wake)
 
 
 def gateway_of(

@@ -229,7 +229,15 @@ class SessionClient(Background):
     def resend_due(self) -> float:
         return anyio.current_time() + self.resend_after_s
 
-    async def emit(self, event: SessionOpened | UtteranceFinalized | SessionClosed) -> str:
+    async def emit(
+        self, event: SessionOpened | UtteranceFinalized | SessionClosed, wake: str | None = None
+    ) -> str:
+        """Send one event (riding out outages); ``wake``: ring that wake stream in the same
+        call (a trusted client's finalize, see ``emit_read``)."""
+        if wake is not None:
+            return await patiently(
+                lambda: decide_at_append(self.redis, self.keys, event, wake=wake)
+            )
         return await patiently(lambda: submit(self.redis, self.keys, self.source, event))
 
     async def emit_read(self, session: Session, event: UtteranceFinalized) -> None:
@@ -237,11 +245,8 @@ class SessionClient(Background):
         when the blocking read does not name it, the finalize's own call rings the wake
         stream (a trusted client's only: a confined one's read names every session)."""
         stream = self.keys.output(session.session_id)
-        wake = self._wake
-        if wake is None or self._reading is None or stream in self._reading:
-            await self.emit(event)
-            return
-        await patiently(lambda: decide_at_append(self.redis, self.keys, event, wake=wake))
+        unread = self._reading is not None and stream not in self._reading
+        await self.emit(event, self._wake if unread else None)
 
     def _to_read(self) -> dict[str, str]:
         """The streams a read names and where each is read from."""

@@ -1,4 +1,4 @@
-"""Apply a batch of log entries: validate in Python, then one EVALSHA of apply.lua.
+"""Apply a batch of log entries: validate in Python, then one FCALL of apply.lua.
 
 Python turns each entry into the flat fields apply.lua reads (model.entries); an
 entry that does not keep model.limits or does not validate becomes a ``bad`` entry,
