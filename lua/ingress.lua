@@ -3,6 +3,8 @@
 -- read_entry, apply_entry, the K_ keys, GROUP, MODE, P, S_INGRESS, S_INBOX and
 -- INBOX_GROUP from there). No KEYS or ARGV of its own.
 
+local WAKE_TTL_MS = 600000 -- a wake stream whose reader went away goes after this
+
 -- Ingress: entries a worker took from principals' ingress streams, each with the fields
 -- the log gets (the source stamped, see dispatch/ingress.py). An entry is admitted once:
 -- deleting it from its ingress says it was still there. It is appended to the log with
@@ -18,8 +20,6 @@
 -- every entry. `applied` is the marker as the call found it, `worked` whether a worker
 -- holds the role; the marker to write comes back second to last (the caller writes
 -- meta once).
-local WAKE_TTL_MS = 600000 -- a wake stream whose reader went away goes after this
-
 local function run_ingress(pos, applied, worked)
   local trusted = ARGV[MODE] == 'append'
   local caught_up, entries_read = false, false

@@ -221,10 +221,16 @@ async def run_load(
 
     async def die_and_return(registration: NodeRegistered, fleet: anyio.abc.TaskGroup) -> None:
         """Run, go silent mid-run (no beats, no answers, nothing acknowledged), then
-        restart under the same id, which registers again and reads its pending jobs."""
+        restart under the same id, which registers again and reads its pending jobs.
+        It goes holding a job when it gets one soon enough: one that dies holding
+        nothing may never be missed, when the run ends before it would be lost."""
         async with anyio.create_task_group() as life:
-            life.start_soon(node_of(registration).run)
+            node = node_of(registration)
+            life.start_soon(node.run)
             await anyio.sleep(rng.uniform(0.2, 0.6) * spec.utterances * sum(spec.gap_ms) / 2000)
+            with anyio.move_on_after(spec.utterances * max(spec.gap_ms) / 1000):
+                while not node.running:
+                    await anyio.sleep(0.005)  # a local dict: nothing to wait on but time
             life.cancel_scope.cancel()
         await anyio.sleep(rng.randint(*spec.down_ms) / 1000)
         fleet.start_soon(node_of(registration).run)
