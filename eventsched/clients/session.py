@@ -5,8 +5,8 @@ outcome, so thousands of sessions need one connection for reading, not thousands
 read costs Redis what is awaited, not what is open. A session that starts waiting while
 the read is blocked rings the client's own wake stream (``CellKeys.wake``), which the
 read names too (its finalize's own call rings it), so it returns and reads again with
-that session in it. (A confined
-gateway may write no key of its own: its read names every open session.)
+that session in it. (A confined gateway may write no key of its own: its read names
+every open session.)
 
     async with SessionClient(client, CellKeys()) as gateway:
         session = await gateway.open("s1", "en", "zh")
@@ -97,13 +97,9 @@ class Session:
             duration_ms=duration_ms,
         )
         # Kept before the append, so an outcome that comes back at once finds it.
-        waiting = bool(self._unanswered)
         self._unanswered[utterance_index] = _Unanswered(event, 1, self.client.resend_due())
         try:
-            if waiting:
-                await self.client.emit(event)
-            else:
-                await self.client.emit_read(self, event)
+            await self.client.send_finalize(self, event)
         except BaseException:
             del self._unanswered[utterance_index]
             raise
@@ -233,17 +229,17 @@ class SessionClient(Background):
         self, event: SessionOpened | UtteranceFinalized | SessionClosed, wake: str | None = None
     ) -> str:
         """Send one event (riding out outages); ``wake``: ring that wake stream in the same
-        call (a trusted client's finalize, see ``emit_read``)."""
+        call (a trusted client's finalize, see ``send_finalize``)."""
         if wake is not None:
             return await patiently(
                 lambda: decide_at_append(self.redis, self.keys, event, wake=wake)
             )
         return await patiently(lambda: submit(self.redis, self.keys, self.source, event))
 
-    async def emit_read(self, session: Session, event: UtteranceFinalized) -> None:
-        """Send a finalize of a session that waited for nothing, so it needs reading:
-        when the blocking read does not name it, the finalize's own call rings the wake
-        stream (a trusted client's only: a confined one's read names every session)."""
+    async def send_finalize(self, session: Session, event: UtteranceFinalized) -> None:
+        """Send a finalize, whose session now waits for an outcome: when the blocking
+        read does not name it, the finalize's own call rings the wake stream (a trusted
+        client's only: a confined one's read names every session)."""
         stream = self.keys.output(session.session_id)
         unread = self._reading is not None and stream not in self._reading
         await self.emit(event, self._wake if unread else None)
