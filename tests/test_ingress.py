@@ -6,6 +6,8 @@ server: fakeredis has none.)"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 import pytest
 
@@ -24,6 +26,7 @@ from eventsched.model.events import (
 from eventsched.model.limits import DLQ_COPY_BYTES, MAX_EVENT_BYTES
 from eventsched.ops.verify import verify_cell
 from eventsched.store.append import submit
+from eventsched.store.client import is_cluster
 from eventsched.store.streams import parse_id, text, xrange_raw
 from tests.harness import Cell, beat, error, finalize, node, ok, session, wait_for
 
@@ -34,6 +37,20 @@ async def send(cell: Cell, source: str, *events: Event) -> list[str]:
     """Send as the principal ``source`` would, registered as ``eventsched acl`` does."""
     await cell.client.zadd(cell.keys.principals, {source: 0})
     return [await submit(cell.client, cell.keys, source, event) for event in events]
+
+
+async def bell_heard(cell: Cell) -> bool:
+    """Whether a subscription to the cell's bell is in place (on a cluster, on the node
+    serving the bell's slot, where the worker's subscription went)."""
+    client: Any = cell.client
+    if is_cluster(cell.client):
+        reply = await client.pubsub_numsub(
+            cell.keys.bell, target_nodes=client.get_node_from_key(cell.keys.bell)
+        )
+    else:
+        reply = await client.pubsub_numsub(cell.keys.bell)
+    counts = reply.values() if isinstance(reply, dict) else [reply]
+    return any(count for per_node in counts for _, count in per_node)
 
 
 async def log_entries(cell: Cell) -> list[tuple[str, dict[bytes, bytes]]]:
@@ -200,6 +217,7 @@ async def test_a_running_worker_wakes_on_the_bell_and_verify_passes(cell: Cell) 
             return worker.roles[0].taken
 
         await wait_for(taken)
+        await wait_for(lambda: bell_heard(cell))  # a bell rung before it is in place is lost
         # Not registered: no sweep finds these, only their bells.
         await submit(cell.client, cell.keys, "node:n1", node("n1"))
         await submit(cell.client, cell.keys, "gateway:g1", session("g1.s"))
