@@ -54,6 +54,19 @@ def _patient(client: redis.Redis, read: Callable[[redis.Redis], T]) -> T:
             time.sleep(0.05)
 
 
+def _holder(client: redis.Redis, timeout_s: float = 120) -> str:
+    """Who holds the dispatch role, once someone does. Appends are decided while the
+    role's lease stands, its holder alive or not, so progress does not say who holds it
+    now: between a killed holder's lease running out and its replacement's takeover,
+    nobody does."""
+    lease = KEYS.lease("dispatch")
+    deadline = time.monotonic() + timeout_s
+    while (holder := _patient(client, lambda c: cast(bytes | None, c.get(lease)))) is None:
+        assert time.monotonic() < deadline, "nobody took the dispatch role"
+        time.sleep(0.05)
+    return holder.decode()
+
+
 def test_killed_workers_and_a_redis_crash_lose_nothing(tmp_path: Path) -> None:
     server = RedisProcess(tmp_path, "--appendonly", "yes", "--appendfsync", "always")
     server.start()
@@ -94,9 +107,7 @@ def test_killed_workers_and_a_redis_crash_lose_nothing(tmp_path: Path) -> None:
                 server.kill()  # a crash; AOF with fsync always keeps what was acknowledged
                 server.start()
                 continue
-            holder = _patient(client, lambda c: cast(bytes | None, c.get(KEYS.lease("dispatch"))))
-            assert holder is not None, "nobody holds the dispatch role"
-            name = holder.decode()
+            name = _holder(client)
             workers[name].send_signal(signal.SIGKILL)
             workers[name].wait(timeout=10)
             kills += 1
