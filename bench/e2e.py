@@ -115,10 +115,15 @@ async def scheduler_cpu_s(client: RedisClient, worker_pid: int) -> float:
     private server counts this run only) and the worker process (/proc, user and system)."""
     info = await client.info("cpu")
     redis_s = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-    with open(f"/proc/{worker_pid}/stat", encoding="ascii") as stat:
-        fields = stat.read().rpartition(")")[2].split()
+    fields = _proc_stat(worker_pid)
     worker_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return redis_s + worker_s
+
+
+def _proc_stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (state, parent, ...)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        return stat.read().rpartition(")")[2].split()
 
 
 @asynccontextmanager
@@ -163,8 +168,7 @@ def _pin(pids: Sequence[int], cpus: set[int]) -> None:
 
 
 def _parent_of(pid: int) -> int:
-    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-        return int(stat.read().rpartition(")")[2].split()[1])
+    return int(_proc_stat(pid)[1])
 
 
 @contextmanager

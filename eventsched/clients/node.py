@@ -302,10 +302,10 @@ class Node(Background):
         thread of its own and blocks the event loop meanwhile, which held every job of a
         load generator's nodes back (py-spy). A node that dies between them runs the job
         again and the cell ignores the repeat."""
-        inbox = self.keys.inbox(self.node_id)
         if self.source is None:
             await decide_at_append(self.client, self.keys, result, (self.node_id, job.entry_id))
             return
+        inbox = self.keys.inbox(self.node_id)
         if is_cluster(self.client):
             await submit(self.client, self.keys, self.source, result)
             with contextlib.suppress(ResponseError):  # NOGROUP: nothing to acknowledge

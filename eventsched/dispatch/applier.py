@@ -19,13 +19,16 @@ import anyio.lowlevel
 
 from eventsched.dispatch.job_log import log_delivered
 from eventsched.model.entries import (
+    APPLY_DEFAULTS,
     MAX_REASON,
     Arg,
+    admitted_args,
     admitted_fields,
     as_fields,
     bounded_copy,
     entry_args,
     fields_args,
+    script_entry,
 )
 from eventsched.model.keys import APPLIER_GROUP, GROUPS_GROUP, CellKeys
 from eventsched.model.settings import DEFAULTS
@@ -225,11 +228,6 @@ def retrieved(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
-def _script_entry(entry_id: bytes, kind: str, values: list[Arg]) -> list[Arg]:
-    """One entry as apply.lua reads it: id, type, field count, fields."""
-    return [entry_id, kind, len(values), *values]
-
-
 # An entry taken from an ingress stream: its source (node:n1), ingress ID and fields.
 Taken = tuple[str, bytes, dict[bytes, bytes]]
 
@@ -262,8 +260,7 @@ class Applier(_ScriptProjection):
             spent += ENTRY_COST.get(kind, FULL_COST)
             if kind == "fin":  # for dispatch statistics: when the gateway appended it
                 finalize_ms.append(int(ingress_id.split(b"-", 1)[0]))
-            body += [source, len(log_fields), *log_fields]
-            body += _script_entry(ingress_id, kind, values)
+            body += admitted_args(source, log_fields, ingress_id, kind, values)
             position += 1
         count = position - start
         return Prepared([*self._head, "ingress", b"", count, *body], count, finalize_ms)
@@ -284,11 +281,11 @@ class Applier(_ScriptProjection):
         return keys.log
 
     def default_args(self) -> list[Arg]:
-        return [*DEFAULTS.as_argv(), DEFAULTS.group_max_utterances]
+        return list(APPLY_DEFAULTS)
 
     def entry_args(self, entry_id: bytes, fields: dict[bytes, bytes]) -> tuple[str, list[Arg]]:
         kind, values = entry_args(entry_id, fields)
-        return kind, _script_entry(entry_id, kind, values)
+        return kind, script_entry(entry_id, kind, values)
 
     def result(self, reply: list[Any]) -> BatchResult:
         applied, skipped, dead = (int(x) for x in reply[:3])
@@ -298,7 +295,7 @@ class Applier(_ScriptProjection):
         """Dead-letter one entry as it stands, past the marker and acknowledged, in
         place of applying it: for an entry the script fails on."""
         entry_id, fields = entry
-        body = _script_entry(entry_id, "bad", [reason[:MAX_REASON], *bounded_copy(fields)])
+        body = script_entry(entry_id, "bad", [reason[:MAX_REASON], *bounded_copy(fields)])
         self.result(await self.run(Prepared(self._call_args(b"", 1, body), 1, [])))
 
 

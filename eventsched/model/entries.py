@@ -40,28 +40,45 @@ from eventsched.model.limits import (
     fields_check,
     id_in_range,
     json_depth,
+    text,
 )
 from eventsched.model.principals import refusal
+from eventsched.model.settings import DEFAULTS
 
 __all__ = [
+    "APPLY_DEFAULTS",
     "MAX_REASON",
     "Arg",
+    "admitted_args",
     "admitted_fields",
     "as_fields",
     "bounded_copy",
     "entry_args",
     "event_args",
     "fields_args",
+    "script_entry",
 ]
 
 Arg = str | int | bytes
 MAX_REASON: Final = 200
 _EVENT, _SOURCE = ENTRY_FIELD.encode(), SOURCE_FIELD.encode()
 _REFUSED, _SIZE = b"refused", b"size"  # an entry refused at the door (admitted_fields)
+# What apply.lua takes after its prefix, group and holder: the defaults of the settings
+# it reads (ARGV[4..19]), then group_max_utterances's, for the decisions it folds.
+APPLY_DEFAULTS: Final = (*DEFAULTS.as_argv(), DEFAULTS.group_max_utterances)
 
 
-def _text(value: bytes) -> str:
-    return value.decode("utf-8", "backslashreplace")  # as store.streams.text reads Redis
+def script_entry(entry_id: bytes | str, kind: str, values: list[Arg]) -> list[Arg]:
+    """One entry as apply.lua reads it: id, type, field count, fields."""
+    return [entry_id, kind, len(values), *values]
+
+
+def admitted_args(
+    source: str, log_fields: list[bytes], entry_id: bytes | str, kind: str, values: list[Arg]
+) -> list[Arg]:
+    """One entry as apply.lua's ingress and append modes read it: its source ('' for a
+    trusted producer's own), the fields the log gets, then as ``script_entry``."""
+    return [source, len(log_fields), *log_fields, *script_entry(entry_id, kind, values)]
 
 
 def event_args(event: Event) -> tuple[str, list[Arg]]:
@@ -164,7 +181,7 @@ def fields_args(fields: dict[bytes, bytes]) -> tuple[str, list[Arg]]:
                 reason = f"too_deep: JSON nested beyond {MAX_JSON_DEPTH} levels"
         else:
             source = fields.get(_SOURCE)
-            reason = None if source is None else refusal(_text(source), event)
+            reason = None if source is None else refusal(text(source), event)
             if reason is None:
                 return event_args(event)
     return "bad", [reason[:MAX_REASON], *bounded_copy(fields)]
@@ -196,7 +213,7 @@ def _refused_args(fields: dict[bytes, bytes]) -> list[Arg]:
         if name.startswith(b"f:"):
             copy += [name[2:], value]
     numbers = [int(n) if n.isdigit() else 0 for n in (count, size)]
-    return [_text(fields[_REFUSED])[:MAX_REASON], *numbers, *copy]
+    return [text(fields[_REFUSED])[:MAX_REASON], *numbers, *copy]
 
 
 def bounded_copy(fields: dict[bytes, bytes]) -> list[Arg]:

@@ -27,6 +27,7 @@ __all__ = [
     "fields_check",
     "id_in_range",
     "json_depth",
+    "text",
 ]
 
 # The largest valid event is a pools configuration (256 pools) or a heartbeat listing
@@ -106,13 +107,19 @@ def entry_check(
     return fields_check(fields, name, stamp)
 
 
+def text(value: bytes | str) -> str:
+    """Bytes from Redis as text; bytes that are not UTF-8 are shown escaped (``\\xff``),
+    so nothing a producer wrote can stop a reader."""
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
+
+
 def fields_check(fields: dict[bytes, bytes], name: bytes, stamp: bytes | None = None) -> str | None:
     """``entry_check`` without the ID: for an ingress entry, whose ID never reaches the
     log."""
     if isinstance(fields, RepeatedFields):
         counts = Counter(k for k, _ in fields.pairs)
         repeated = min(k for k, n in counts.items() if n > 1)
-        return f"repeated_field: {repeated.decode('utf-8', 'backslashreplace')!r}"
+        return f"repeated_field: {text(repeated)!r}"
     raw = fields.get(name)
     expected = 2 if stamp is not None and stamp in fields else 1
     if raw is None or len(fields) != expected:

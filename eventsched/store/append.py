@@ -9,10 +9,9 @@ from weakref import WeakKeyDictionary
 
 from redis.asyncio.client import Pipeline
 
-from eventsched.model.entries import Arg, fields_args
+from eventsched.model.entries import APPLY_DEFAULTS, Arg, admitted_args, fields_args
 from eventsched.model.events import ENTRY_FIELD, Event, encode_event
 from eventsched.model.keys import APPLIER_GROUP, CellKeys
-from eventsched.model.settings import DEFAULTS
 from eventsched.store.client import RedisClient, is_cluster, principal_of
 from eventsched.store.scripts import Library
 from eventsched.store.streams import text
@@ -28,7 +27,6 @@ __all__ = [
 ]
 
 _ENTRY: Final = ENTRY_FIELD.encode()
-_DEFAULTS: Final = [*DEFAULTS.as_argv(), DEFAULTS.group_max_utterances]
 _APPLY: WeakKeyDictionary[RedisClient, Library] = WeakKeyDictionary()
 
 
@@ -68,8 +66,8 @@ async def decide_at_append(
     also = "" if ack is None else f"ack {ack[0]} {ack[1]}"
     if wake is not None:
         also = f"wake {wake}"
-    args: list[Arg] = [keys.prefix, APPLIER_GROUP, "", *_DEFAULTS, "append", also, 1]
-    args += ["", 2, _ENTRY, raw, "", kind, len(values), *values]
+    args: list[Arg] = [keys.prefix, APPLIER_GROUP, "", *APPLY_DEFAULTS, "append", also, 1]
+    args += admitted_args("", [_ENTRY, raw], "", kind, values)
     apply = _APPLY.get(client)
     if apply is None:
         apply = _APPLY[client] = Library(client, "apply")

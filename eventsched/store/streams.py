@@ -8,7 +8,7 @@ from typing import Any, cast
 
 from redis.asyncio.cluster import RedisCluster
 
-from eventsched.model.limits import RepeatedFields
+from eventsched.model.limits import RepeatedFields, text
 from eventsched.store.client import RedisClient
 
 __all__ = [
@@ -52,12 +52,6 @@ def next_id(entry_id: str) -> str:
 
 def id_after(a: str, b: str) -> bool:
     return parse_id(a) > parse_id(b)
-
-
-def text(value: bytes | str) -> str:
-    """Bytes from Redis as text; bytes that are not UTF-8 are shown escaped (``\\xff``),
-    so nothing a producer wrote can stop a reader."""
-    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
 
 
 async def xrange_raw(
