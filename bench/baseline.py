@@ -27,6 +27,7 @@ from bench import fleet
 from bench.alone import percentile
 from eventsched.dispatch.applier import APPLIER_GROUP, Applier
 from eventsched.dispatch.lease import Lease
+from eventsched.model.entries import node_pairs
 from eventsched.model.keys import CellKeys
 from eventsched.model.settings import DecisionSettings
 from eventsched.store.append import append
@@ -56,7 +57,7 @@ def _eligible(
         and int(fields[b"cpu"]) <= settings.cpu_max_pct
         and int(fields[b"gpu"]) <= settings.gpu_max_pct
         and int(fields[b"mem"]) <= settings.mem_max_pct
-        and f",{pair},".encode() in fields[b"pairs"]
+        and pair in node_pairs(text(fields[b"pairs"]))
         and int(fields[b"run"]) < int(fields[b"mc"])
         and int(fields.get(f"na:{pair}".encode(), b"0")) <= now_ms
     )

@@ -58,7 +58,8 @@
 --          ingress: per entry the source (node:n1), the count of the fields the log
 --          gets, those fields, then as above with the entry's ingress ID as its id;
 --          append: as ingress, with source and id ''
---   reg   node max_concurrency pool_langs pairs gpu
+--   reg   node max_concurrency pool_langs pairs gpu (pairs as the node record keeps
+--         them: '*,de,en,' every ordered pair of those languages, or ',de>en,')
 --   hb    node cpu_pct gpu_pct ('' without a GPU) mem_pct running_count
 --   drain node            undrain node          dereg node            tick (no fields)
 --   pools count, then per pool: name order langs
@@ -365,7 +366,7 @@ function handlers.reg(f)
   redis.call('HDEL', nk, 'drained') -- registering again starts afresh
   redis.call('HSET', nk, 'mc', f[2], 'run', old[1] or 0, 'hb', now_ms, 'st', 'up',
     'cpu', old[2] or 0, 'gpu', old[3] or 0, 'mem', old[4] or 0, 'langs', langs,
-    'pairs', ',' .. f[4] .. ',', 'gpu_desc', f[5], 'inpool', '0')
+    'pairs', f[4], 'gpu_desc', f[5], 'inpool', '0')
   redis.call('ZADD', K_NODES, 0, node_id)
   redis.call('ZADD', K_ALIVE, now_ms, node_id)
   -- The inbox is read through a consumer group, so a restarted node gets its

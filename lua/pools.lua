@@ -130,6 +130,25 @@ local function release(node_id, job_id)
   capacity_changed(node_id)
 end
 
+-- A node record's pairs field ('*,de,en,': every ordered pair of those languages; or
+-- ',de>en,en>de,', model.entries.stored_pairs) as a list of pairs, and whether it holds
+-- one pair (its needles ',de>en,', ',de,' and ',en,').
+local function node_pairs(stored)
+  if string.byte(stored, 1) ~= 42 then return split(stored, ',') end -- not '*'
+  local langs, listed = split(string.sub(stored, 2), ','), {}
+  for _, src in ipairs(langs) do
+    for _, tgt in ipairs(langs) do
+      if src ~= tgt then listed[#listed + 1] = src .. '>' .. tgt end
+    end
+  end
+  return listed
+end
+
+local function serves(stored, needle, src_needle, tgt_needle)
+  if string.byte(stored, 1) ~= 42 then return string.find(stored, needle, 1, true) end
+  return string.find(stored, src_needle, 2, true) and string.find(stored, tgt_needle, 2, true)
+end
+
 -- The least-loaded node of a pool that has a fresh heartbeat, serves the pair, is not
 -- inside a MODEL_NOT_AVAILABLE window for it and is not quarantined, with its fields
 -- (hb, pairs, mc, pools), or
@@ -139,6 +158,8 @@ end
 local function pick_in_pool(pool, pair, exclude)
   local key = P .. S_POOL .. pool
   local needle = ',' .. pair .. ','
+  local src, tgt = string.match(pair, '^(.-)>(.*)$')
+  local src_needle, tgt_needle = ',' .. src .. ',', ',' .. tgt .. ','
   local seen, page_size = 0, 4 -- the first few members usually serve: read more only then
   while seen < SCAN_LIMIT do
     local page = math.min(page_size, SCAN_LIMIT - seen)
@@ -148,7 +169,8 @@ local function pick_in_pool(pool, pair, exclude)
       if node_id ~= exclude then
         local f = redis.call('HMGET', P .. S_NODE .. node_id, 'hb', 'pairs', 'mc', 'pools',
           'na:' .. pair, 'quar')
-        if now_ms - tonumber(f[1]) <= FRESH_MS and string.find(f[2], needle, 1, true)
+        if now_ms - tonumber(f[1]) <= FRESH_MS
+          and serves(f[2], needle, src_needle, tgt_needle)
           and now_ms >= tonumber(f[5] or 0) and now_ms >= tonumber(f[6] or 0) then
           return node_id, f
         end

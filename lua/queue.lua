@@ -133,7 +133,7 @@ local function serve_changed()
   if #nodes > SERVE_ALL_AFTER then return serve_all() end
   local seen, pairs = {}, {}
   for _, node_id in ipairs(nodes) do
-    for _, pair in ipairs(split(redis.call('HGET', P .. S_NODE .. node_id, 'pairs'), ',')) do
+    for _, pair in ipairs(node_pairs(redis.call('HGET', P .. S_NODE .. node_id, 'pairs'))) do
       if not seen[pair] then
         seen[pair] = true
         pairs[#pairs + 1] = pair

@@ -239,6 +239,25 @@ async def test_step5_a_node_must_serve_every_stage_of_the_pair(cell: Cell) -> No
     assert (await cell.decisions("d"))[0]["node"] == "n3"
 
 
+async def test_step5_a_node_serving_every_pair_of_its_languages_serves_no_other(
+    cell: Cell,
+) -> None:
+    # n1 is pooled by en, ja and zh but serves only en<>zh (its record: every pair of en
+    # and zh); n2 serves en>ja too, n3 only en>ja of the three (its record lists it).
+    await cell.step(
+        node("n1", langs=("en", "zh"), semantic=("en", "ja", "zh")),
+        node("n2", langs=("en", "ja", "zh")),
+        node("n3", langs=("en", "ja"), asr=("en",), tts=("ja",), semantic=("en", "ja", "zh")),
+        session("s1", "en", "ja"),
+        session("s2", "en", "ja"),
+        session("s3", "en", "ja"),
+    )
+    assert (await cell.hash(cell.keys.node("n1")))["pairs"] == "*,en,zh,"
+    assert (await cell.hash(cell.keys.node("n3")))["pairs"] == ",en>ja,"
+    await cell.step(finalize("s1", 0), finalize("s2", 0), finalize("s3", 0))
+    assert sorted(d["node"] for d in await cell.decisions("d")) == ["n2", "n2", "n3"]
+
+
 async def test_step5_heartbeats_from_unknown_nodes_are_dead_lettered(cell: Cell) -> None:
     await cell.step(beat("ghost"), NodeDraining(node_id="ghost"), node("n1"))
     dead = await cell.dlq()

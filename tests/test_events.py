@@ -4,8 +4,11 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from eventsched.model.entries import node_pairs, stored_pairs
 from eventsched.model.events import (
     Event,
     JobResult,
@@ -129,6 +132,27 @@ def test_bad_events_are_rejected(raw: str) -> None:
 def test_a_node_serves_the_pairs_all_three_stages_cover() -> None:
     services = Services(asr=["en", "ja"], nmt=["en", "zh", "ja"], tts=["zh", "en"])
     assert services.pairs() == ["en>zh", "ja>en", "ja>zh"]
+
+
+_LANGS = st.lists(st.sampled_from(["de", "en", "es", "fr", "ja", "ko", "zh", "pt-BR"]), unique=True)
+
+
+@given(asr=_LANGS, nmt=_LANGS, tts=_LANGS)
+def test_a_node_record_names_exactly_the_pairs_its_services_cover(
+    asr: list[str], nmt: list[str], tts: list[str]
+) -> None:
+    pairs = Services(asr=asr, nmt=nmt, tts=tts).pairs()
+    assert node_pairs(stored_pairs(pairs)) == tuple(pairs)
+
+
+def test_a_node_serving_every_pair_of_its_languages_is_recorded_short() -> None:
+    # A hash value over hash-max-listpack-value (64 bytes by default) turns the whole
+    # node record into a hash table, four times the memory: six languages stay under it.
+    langs = ["de", "en", "es", "fr", "ja", "zh"]
+    every = stored_pairs(Services(asr=langs, nmt=langs, tts=langs).pairs())
+    assert every == "*,de,en,es,fr,ja,zh," and len(every) <= 64
+    assert stored_pairs(["en>zh"]) == ",en>zh,"  # not every pair of en and zh
+    assert stored_pairs([]) == ",,"
 
 
 def test_pool_languages_fall_back_to_the_services_without_semantic_repair() -> None:

@@ -56,7 +56,9 @@ __all__ = [
     "entry_args",
     "event_args",
     "fields_args",
+    "node_pairs",
     "script_entry",
+    "stored_pairs",
 ]
 
 Arg = str | int | bytes
@@ -66,6 +68,26 @@ _REFUSED, _SIZE = b"refused", b"size"  # an entry refused at the door (admitted_
 # What apply.lua takes after its prefix, group and holder: the defaults of the settings
 # it reads (ARGV[4..19]), then group_max_utterances's, for the decisions it folds.
 APPLY_DEFAULTS: Final = (*DEFAULTS.as_argv(), DEFAULTS.group_max_utterances)
+
+
+def stored_pairs(pairs: list[str]) -> str:
+    """A node record's ``pairs`` field: ``*,de,en,`` when the node serves every ordered
+    pair of those languages (most nodes), else each pair, ``,de>en,``. The short form
+    keeps the record within Redis's compact hash encoding (values up to
+    ``hash-max-listpack-value``, 64 bytes by default; four languages listed pair by pair
+    take 74, and the record then costs four times the memory)."""
+    langs = sorted({lang for pair in pairs for lang in pair.split(">")})
+    if len(langs) > 1 and len(set(pairs)) == len(langs) * (len(langs) - 1):
+        return "*," + ",".join(langs) + ","
+    return "," + ",".join(pairs) + ","
+
+
+def node_pairs(stored: str) -> tuple[str, ...]:
+    """The pairs a ``stored_pairs`` field names, sorted."""
+    if stored.startswith("*"):
+        langs = [lang for lang in stored[1:].split(",") if lang]
+        return tuple(sorted(f"{src}>{tgt}" for src in langs for tgt in langs if src != tgt))
+    return tuple(pair for pair in stored.split(",") if pair)
 
 
 def script_entry(entry_id: bytes | str, kind: str, values: list[Arg]) -> list[Arg]:
@@ -89,7 +111,7 @@ def event_args(event: Event) -> tuple[str, list[Arg]]:
                 event.node_id,
                 event.max_concurrency,
                 ",".join(event.pool_languages()),
-                ",".join(event.services.pairs()),
+                stored_pairs(event.services.pairs()),
                 event.gpu,
             ]
         case NodeHeartbeat():

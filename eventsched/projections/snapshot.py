@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, cast
 
+from eventsched.model.entries import node_pairs
 from eventsched.model.keys import CellKeys
 from eventsched.store.client import RedisClient
 from eventsched.store.streams import parse_id, read_hash, text
@@ -56,7 +57,7 @@ def _node_view(node_id: str, raw: dict[str, str]) -> NodeView:
         gpu_pct=int(raw["gpu"]) if raw["gpu"] else None,
         mem_pct=int(raw["mem"]),
         pools=tuple(p for p in raw.get("pools", "").split(",") if p),
-        pairs=tuple(p for p in raw["pairs"].split(",") if p),
+        pairs=node_pairs(raw["pairs"]),
         in_pools=raw.get("inpool") == "1",
         gpu=raw.get("gpu_desc", ""),
     )

@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from typing import Any, cast
 
+from eventsched.model.entries import node_pairs
 from eventsched.model.keys import ROLES, CellKeys
 from eventsched.store.client import RedisClient
 from eventsched.store.streams import parse_id, text
@@ -279,11 +280,12 @@ async def cell_shape(client: RedisClient, keys: CellKeys) -> dict[str, Any]:
             if st == "up":
                 entry["running"] += int(running or 0)
                 entry["capacity"] += int(capacity or 0)
+        served = node_pairs(pairs)
         if st != "gone":
-            catalog["pairs"].update(filter(None, pairs.split(",")))
+            catalog["pairs"].update(served)
             catalog["languages"].update(filter(None, langs.split(",")))
         if st == "up":
-            for pair in filter(None, pairs.split(",")):
+            for pair in served:
                 pair_slots[pair] += int(capacity or 0)
     sessions: Counter[str] = Counter()
     spoken: Counter[str] = Counter()
