@@ -152,9 +152,10 @@ local S_SESS, S_UTT, S_JOB, S_INGRESS = 'sess:', 'utt:', 'job:', 'in:'
 local S_QUEUE, S_QSESS = 'q:', 'qs:'
 
 local FULL = 1000 -- load score of a node with no free slot; pools are read below it
+local BELOW_FULL = '(1000' -- ZRANGEBYSCORE's bound for below FULL, as text
 local INBOX_GROUP = 'node' -- the consumer group a node reads its inbox through
 
-local now_ms, now_seq, now_id = 0, 0, ''
+local now_ms, now_seq, now_id, now_text = 0, 0, '', '0' -- now_text: now_ms as text
 local decided = 0 -- decisions made for the entry being applied
 
 -- Append a decision. Its ID is derived from the log entry that caused it (the j-th
@@ -219,19 +220,21 @@ end
 ---------------------------------------------------------------- jobs
 
 -- Try attempt `attempt` of a job: place it, reserve the slot, record it, hand it off.
--- `job` holds what the finalize said (id sid idx audio) and the session (src tgt pool);
+-- `job` holds what the finalize said (id sid idx audio, as text) and the session (src tgt
+-- pool);
 -- `extra` are more job-hash fields to write in the same HSET; `noted` more fields of the
 -- dispatch decision (queue.lua: the pair and how long it waited).
 local function start_attempt(job, attempt, exclude, extra, noted)
   local node_id, pool, node, why = place(job.src .. '>' .. job.tgt, job.pool, exclude)
   if not node_id then return nil, why end
-  local running = redis.call('HINCRBY', P .. S_NODE .. node_id, 'run', 1)
-  local score = load_score(running, tonumber(node[3]))
+  local running = redis.call('HINCRBY', P .. S_NODE .. node_id, 'run', '1')
+  local score = int_text(load_score(running, tonumber(node[3])))
   for _, member_of in ipairs(split(node[4], ',')) do
     redis.call('ZADD', P .. S_POOL .. member_of, 'XX', score, node_id)
   end
   redis.call('SADD', P .. S_NJOBS .. node_id, job.id)
-  local deadline = now_ms + TIMEOUT_MS
+  local deadline = int_text(now_ms + TIMEOUT_MS)
+  attempt = int_text(attempt)
   redis.call('ZADD', K_DEADLINES, deadline, job.id)
   local fields = {P .. S_JOB .. job.id, 'att', attempt, 'node', node_id, 'pool', pool,
                   'st', 'run', 'dl', deadline}
@@ -256,12 +259,12 @@ end
 -- outlast every attempt's wait and deadline; nor with one waiting, however late ticks
 -- come (queue.lua needs the session to place it).
 local function touch(session_id)
-  if EXPIRE_MS > 0 then redis.call('ZADD', K_IDLE, now_ms, session_id) end
+  if EXPIRE_MS > 0 then redis.call('ZADD', K_IDLE, now_text, session_id) end
 end
 
 local function finished(job_id, session_id)
   if EXPIRE_MS > 0 then
-    redis.call('ZADD', K_ENDED, now_ms, job_id)
+    redis.call('ZADD', K_ENDED, now_text, job_id)
     touch(session_id)
   end
 end
@@ -308,7 +311,8 @@ end
 
 -- @include queue
 
--- Release the slot of a job's current attempt on its node and record why it ended.
+-- Release the slot of a job's current attempt (as text) on its node and record why it
+-- ended.
 local function end_attempt(job_id, attempt, node_id, ok, err)
   release(node_id, job_id)
   decide('k', 'r', 'job', job_id, 'att', attempt, 'node', node_id,
@@ -348,9 +352,9 @@ local function move_jobs(node_id, err, exhausted)
   local jobs = redis.call('SMEMBERS', P .. S_NJOBS .. node_id)
   table.sort(jobs)
   for _, job_id in ipairs(jobs) do
-    local attempt = tonumber(redis.call('HGET', P .. S_JOB .. job_id, 'att'))
+    local attempt = redis.call('HGET', P .. S_JOB .. job_id, 'att')
     end_attempt(job_id, attempt, node_id, false, err)
-    retry_or_fail(job_id, attempt, node_id, err, exhausted)
+    retry_or_fail(job_id, tonumber(attempt), node_id, err, exhausted)
   end
 end
 
@@ -364,11 +368,11 @@ function handlers.reg(f)
   local old = redis.call('HMGET', nk, 'run', 'cpu', 'gpu', 'mem')
   leave_pools(node_id)
   redis.call('HDEL', nk, 'drained') -- registering again starts afresh
-  redis.call('HSET', nk, 'mc', f[2], 'run', old[1] or 0, 'hb', now_ms, 'st', 'up',
-    'cpu', old[2] or 0, 'gpu', old[3] or 0, 'mem', old[4] or 0, 'langs', langs,
+  redis.call('HSET', nk, 'mc', f[2], 'run', old[1] or '0', 'hb', now_text, 'st', 'up',
+    'cpu', old[2] or '0', 'gpu', old[3] or '0', 'mem', old[4] or '0', 'langs', langs,
     'pairs', f[4], 'gpu_desc', f[5], 'inpool', '0')
   redis.call('ZADD', K_NODES, 0, node_id)
-  redis.call('ZADD', K_ALIVE, now_ms, node_id)
+  redis.call('ZADD', K_ALIVE, now_text, node_id)
   -- The inbox is read through a consumer group, so a restarted node gets its
   -- unacknowledged jobs again. BUSYGROUP (already there) is expected.
   redis.pcall('XGROUP', 'CREATE', P .. S_INBOX .. node_id, INBOX_GROUP, '0', 'MKSTREAM')
@@ -379,7 +383,7 @@ end
 -- (unless it was draining when it went silent).
 function handlers.hb(f)
   local nk = P .. S_NODE .. f[1]
-  local old = redis.call('HMGET', nk, 'st', 'hb')
+  local old = redis.call('HMGET', nk, 'st', 'hb', 'run', 'mc', 'pools', 'inpool')
   local state = old[1]
   if not state then
     dead_letter_entry('unknown_node')
@@ -391,13 +395,14 @@ function handlers.hb(f)
     -- back as it was before it went silent: a node that was draining still drains
     state = redis.call('HGET', nk, 'drained') == '1' and 'drain' or 'up'
     redis.call('HDEL', nk, 'drained')
-    redis.call('HSET', nk, 'hb', now_ms, 'cpu', f[2], 'gpu', f[3], 'mem', f[4], 'nrun', f[5],
+    redis.call('HSET', nk, 'hb', now_text, 'cpu', f[2], 'gpu', f[3], 'mem', f[4], 'nrun', f[5],
       'st', state)
   else
-    redis.call('HSET', nk, 'hb', now_ms, 'cpu', f[2], 'gpu', f[3], 'mem', f[4], 'nrun', f[5])
+    redis.call('HSET', nk, 'hb', now_text, 'cpu', f[2], 'gpu', f[3], 'mem', f[4], 'nrun', f[5])
   end
-  if state ~= 'gone' then redis.call('ZADD', K_ALIVE, now_ms, f[1]) end
-  sync_membership(f[1])
+  if state ~= 'gone' then redis.call('ZADD', K_ALIVE, now_text, f[1]) end
+  -- the record as just written: no second read
+  sync_membership(f[1], {state, f[2], f[3], f[4], old[3], old[4], old[5], old[6]})
 end
 
 local function set_state(node_id, state)
@@ -468,10 +473,9 @@ function handlers.tick()
     'LIMIT', 0, TICK_JOBS)
   for _, job_id in ipairs(late) do
     local j = redis.call('HMGET', P .. S_JOB .. job_id, 'att', 'node')
-    local attempt = tonumber(j[1])
-    end_attempt(job_id, attempt, j[2], false, 'TIMED_OUT')
+    end_attempt(job_id, j[1], j[2], false, 'TIMED_OUT')
     strike(j[2])
-    retry_or_fail(job_id, attempt, j[2], 'TIMED_OUT', 'timed_out')
+    retry_or_fail(job_id, tonumber(j[1]), j[2], 'TIMED_OUT', 'timed_out')
   end
   tick_queues()
   if EXPIRE_MS > 0 then expire() end
@@ -531,11 +535,11 @@ local function unserved(session_id, index, cut, reason)
 end
 
 function handlers.fin(f)
-  local session_id, index, cut = f[1], tonumber(f[2]), f[3]
+  local session_id, index, cut, index_text = f[1], tonumber(f[2]), f[3], f[2]
   local sk = P .. S_SESS .. session_id
   local s = redis.call('HMGET', sk, 'src', 'tgt', 'pool', 'closed', 'tb', 'tbt', 'top')
   if not s[1] then
-    unserved(session_id, index, cut, 'unknown_session')
+    unserved(session_id, index_text, cut, 'unknown_session')
     return
   end
   -- step 1: a repeat (of a job: its record exists; of a rejection: noted in the utt
@@ -548,22 +552,22 @@ function handlers.fin(f)
     return
   end
   if s[4] == '1' then
-    unserved(session_id, index, cut, 'session_closed')
+    unserved(session_id, index_text, cut, 'session_closed')
     return
   end
   touch(session_id)
-  top = math.max(top, index)
+  if index > top then top = index_text else top = s[7] end
   -- step 2: a token bucket in milli-tokens, refilled by event time
   local tokens = math.min(BURST * 1000, tonumber(s[5]) + (now_ms - tonumber(s[6])) * RATE)
   if tokens < 1000 then
     redis.call('HSET', sk, 'top', top)
-    reject(session_id, index, cut, 'rate_limited')
+    reject(session_id, index_text, cut, 'rate_limited')
     return
   end
-  local job = {id = session_id .. ':' .. index, sid = session_id, idx = index,
+  local job = {id = session_id .. ':' .. index_text, sid = session_id, idx = index_text,
                audio = f[4], src = s[1], tgt = s[2], pool = s[3]}
-  local record = {'sid', session_id, 'idx', index, 'cut', cut, 'audio', f[4], 'dur', f[5],
-                  'fin', now_id}
+  local record = {'sid', session_id, 'idx', index_text, 'cut', cut, 'audio', f[4],
+                  'dur', f[5], 'fin', now_id}
   -- steps 3-8, the finalize's own fields going into the same job record write; behind
   -- finalizes of its pair that wait, it waits too: first come, first served
   local pair = s[1] .. '>' .. s[2]
@@ -571,15 +575,15 @@ function handlers.fin(f)
   local placed, pool_or_why = nil, 'no_capacity'
   if not behind then placed, pool_or_why = start_attempt(job, 1, '', record) end
   if placed and pool_or_why ~= s[3] then
-    redis.call('HSET', sk, 'tb', tokens - 1000, 'tbt', now_ms, 'top', top,
+    redis.call('HSET', sk, 'tb', tokens - 1000, 'tbt', now_text, 'top', top,
       'pool', pool_or_why)
   else
-    redis.call('HSET', sk, 'tb', tokens - 1000, 'tbt', now_ms, 'top', top)
+    redis.call('HSET', sk, 'tb', tokens - 1000, 'tbt', now_text, 'top', top)
   end
   if placed then return end
   if pool_or_why == 'no_capacity' then
     record[#record + 1] = 'att'
-    record[#record + 1] = 0
+    record[#record + 1] = '0'
     local waits, why = enqueue(job, 1, '', '', record)
     if waits then
       if behind then serve({pair}) end
@@ -587,7 +591,7 @@ function handlers.fin(f)
     end
     pool_or_why = why
   end
-  reject(session_id, index, cut, pool_or_why)
+  reject(session_id, index_text, cut, pool_or_why)
 end
 
 -- MODEL_NOT_AVAILABLE: the node is not offered this pair for a while (the seeds'
@@ -629,7 +633,7 @@ function handlers.res(f)
   end
   if j[3] ~= 'run' then return end -- a duplicate
   if QUARANTINE_AFTER > 0 then redis.call('HDEL', P .. S_NODE .. node_id, 'strikes') end
-  end_attempt(job_id, attempt, node_id, ok, err)
+  end_attempt(job_id, f[2], node_id, ok, err)
   if not ok then
     if err == 'MODEL_NOT_AVAILABLE' and UNAVAILABLE_MS > 0 then
       hold_off_pair(node_id, job_id)
@@ -639,7 +643,7 @@ function handlers.res(f)
   end
   redis.call('HSET', jk, 'st', 'done')
   finished(job_id, j[5])
-  decide('k', 'o', 'job', job_id, 'att', attempt, 'node', node_id,
+  decide('k', 'o', 'job', job_id, 'att', f[2], 'node', node_id,
     'sid', j[5], 'idx', j[6], 'cut', j[4], 'asr', f[6], 'nmt', f[7], 'tts', f[8],
     'tts_ms', f[9], 'timings', f[10], 'fin', j[7], 'at', now_id)
 end
@@ -699,7 +703,7 @@ end
 
 local function apply_entry(id, entry)
   now_id, decided = id, 0
-  now_ms, now_seq = id_parts(id)
+  now_ms, now_seq, now_text = id_parts(id)
   handlers[entry.kind](entry.fields)
   if #changed_nodes > 0 then serve_changed() end
 end
@@ -738,7 +742,8 @@ local function begin(keys, args)
     KEYS[14], KEYS[15], KEYS[16]
   K_GROUPS_LEASE = KEYS[17]
   P, GROUP, HOLDER = ARGV[1], ARGV[2], ARGV[3]
-  now_ms, now_seq, now_id, decided, dead_lettered, made, delivered = 0, 0, '', 0, 0, nil, {}
+  now_ms, now_seq, now_id, now_text = 0, 0, '', '0'
+  decided, dead_lettered, made, delivered = 0, 0, nil, {}
   reset_pools()
 end
 

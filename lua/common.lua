@@ -18,16 +18,34 @@ local function split(text, sep)
   end
 end
 
+-- Stream IDs here are as Redis writes them: ms-seq, decimal, no leading zeros. Plain
+-- finds, not patterns: matching '^(%d+)-(%d+)$' took 1,800 instructions an ID.
+
+-- An ID's ms and seq as numbers, and its ms as written.
 local function id_parts(id)
-  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
-  return tonumber(ms), tonumber(seq)
+  local dash = string.find(id, '-', 1, true)
+  local ms = string.sub(id, 1, dash - 1)
+  return tonumber(ms), tonumber(string.sub(id, dash + 1)), ms
 end
 
--- a > b, comparing stream IDs as (ms, seq) integers, never as strings ("10-0" < "9-0")
+-- An integer as the text a redis.call argument gets. A number argument is written with
+-- %.17g, the float path of printf, at 2,600 instructions each (callgrind, Redis 7.0):
+-- a tenth of a decision's, before the integers it sends went as text.
+local function int_text(n)
+  return string.format('%d', n)
+end
+
+-- a > b, comparing stream IDs as (ms, seq) integers ("10-0" > "9-0", "1-10" > "1-9")
+-- without parsing either (a 13-digit number costs strtod thousands of instructions): a
+-- longer ms is larger; ms of one length compare as text, and when they are equal the
+-- longer seq is larger, else the larger text.
 local function id_after(a, b)
-  local ams, aseq = id_parts(a)
-  local bms, bseq = id_parts(b)
-  return ams > bms or (ams == bms and aseq > bseq)
+  local a_dash, b_dash = string.find(a, '-', 1, true), string.find(b, '-', 1, true)
+  if a_dash ~= b_dash then return a_dash > b_dash end
+  if #a == #b then return a > b end
+  local a_ms, b_ms = string.sub(a, 1, a_dash), string.sub(b, 1, b_dash)
+  if a_ms ~= b_ms then return a_ms > b_ms end
+  return #a > #b
 end
 
 -- Whether the consumer group `group` of `stream` has been handed every entry and has

@@ -7,7 +7,8 @@
 -- Key suffixes; keys.py SUFFIXES holds the same strings (tested).
 local S_INFL, S_HELD, S_OUT, S_GRP = 'infl:', 'held:', 'out:', 'grp:'
 
-local OUTPUT_MAX_LEN = 1000 -- model/limits.py holds the same number (tested)
+-- model/limits.py holds the same number (tested); text, as every integer sent to Redis
+local OUTPUT_MAX_LEN = '1000'
 
 local OUT_FIELDS = {'st', 'reason', 'err', 'cut', 'job', 'att', 'node', 'asr', 'nmt',
                     'tts', 'tts_ms', 'timings'}
@@ -15,36 +16,39 @@ local OUT_FIELDS = {'st', 'reason', 'err', 'cut', 'job', 'att', 'node', 'asr', '
 local fold_ms, fold_at = 0, ''
 local delivered = {} -- session, index pairs, for the worker's boundary logs
 
+-- Integers go to Redis as text (common.lua int_text).
 local function update_group(session_id, values)
   local st, cut, asr, nmt, tts_ms = values[1], values[4], values[8], values[9], values[11]
   local gk = P .. S_GRP .. session_id
   local g = redis.call('HMGET', gk, 'gid', 'n', 'asr', 'nmt', 'ended', 'tts_until')
-  local gid, count, asr_all, nmt_all = tonumber(g[1] or 0), tonumber(g[2] or 0), g[3], g[4]
+  local gid, count, asr_all, nmt_all = g[1] or '0', tonumber(g[2] or 0), g[3], g[4]
   if not g[1] or g[5] == '1' or count >= GROUP_MAX then
-    gid, count, asr_all, nmt_all = gid + 1, 0, '', ''
+    gid, count, asr_all, nmt_all = int_text(tonumber(gid) + 1), 0, '', ''
   end
   if st == 'ok' then
     if asr ~= '' then asr_all = (asr_all == '' and asr) or (asr_all .. ' ' .. asr) end
     if nmt ~= '' then nmt_all = (nmt_all == '' and nmt) or (nmt_all .. ' ' .. nmt) end
   end
-  local tts_until = tonumber(g[6] or 0)
+  local tts_until = g[6] or '0'
   if st == 'ok' and tonumber(tts_ms) > 0 then
-    tts_until = math.max(fold_ms, tts_until) + tonumber(tts_ms)
+    tts_until = int_text(math.max(fold_ms, tonumber(tts_until)) + tonumber(tts_ms))
   end
-  return gid, {gk, 'gid', gid, 'n', count + 1, 'asr', asr_all, 'nmt', nmt_all,
+  return gid, {gk, 'gid', gid, 'n', int_text(count + 1), 'asr', asr_all, 'nmt', nmt_all,
     'ended', (cut == 'max_length') and '0' or '1', 'tts_until', tts_until}
 end
 
 -- The XADD of utterance `index`'s output entry: at its own place (index+1)-0, or right
 -- after the last entry when that place is taken or passed; the stream keeps its newest
--- OUTPUT_MAX_LEN entries (exact trimming: the same on every backend).
+-- OUTPUT_MAX_LEN entries (exact trimming: the same on every backend). Indexes are text
+-- here, as the decisions and the in-flight sets hold them.
 local function output_entry(session_id, index)
   local stream = P .. S_OUT .. session_id
-  local id = string.format('%d-0', index + 1)
-  local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
+  local position = tonumber(index)
+  local id = string.format('%d-0', position + 1)
+  local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', '1')[1]
   if last then
     local ms, seq = id_parts(last[1])
-    if ms > index then id = string.format('%d-%d', ms, seq + 1) end
+    if ms > position then id = string.format('%d-%d', ms, seq + 1) end
   end
   return {stream, 'MAXLEN', OUTPUT_MAX_LEN, id, 'idx', index}
 end
@@ -75,8 +79,8 @@ local function settle(session_id, index, outcome)
   local values = {}
   for i, name in ipairs(OUT_FIELDS) do values[i] = outcome[name] or '' end
   local infl = P .. S_INFL .. session_id
-  local first = redis.call('ZRANGE', infl, 0, 0)[1]
-  if tonumber(first) ~= index then
+  local first = redis.call('ZRANGE', infl, '0', '0')[1]
+  if first ~= index then
     local held = {P .. S_HELD .. session_id .. ':' .. index}
     for i, name in ipairs(OUT_FIELDS) do
       held[#held + 1] = name
@@ -88,12 +92,12 @@ local function settle(session_id, index, outcome)
   deliver(session_id, index, values)
   redis.call('ZREM', infl, index)
   while true do
-    local next_index = redis.call('ZRANGE', infl, 0, 0)[1]
+    local next_index = redis.call('ZRANGE', infl, '0', '0')[1]
     if not next_index then return end
     local hk = P .. S_HELD .. session_id .. ':' .. next_index
     local waiting = redis.call('HMGET', hk, unpack(OUT_FIELDS))
     if not waiting[1] then return end
-    deliver(session_id, tonumber(next_index), waiting)
+    deliver(session_id, next_index, waiting)
     redis.call('DEL', hk)
     redis.call('ZREM', infl, next_index)
   end
@@ -110,16 +114,16 @@ folds.w = folds.d
 
 function folds.x(e)
   redis.call('ZADD', P .. S_INFL .. e.sid, e.idx, e.idx)
-  settle(e.sid, tonumber(e.idx), {st = 'rejected', reason = e.reason, cut = e.cut})
+  settle(e.sid, e.idx, {st = 'rejected', reason = e.reason, cut = e.cut})
 end
 
 function folds.f(e)
-  settle(e.sid, tonumber(e.idx), {st = 'failed', reason = e.reason, err = e.err,
+  settle(e.sid, e.idx, {st = 'failed', reason = e.reason, err = e.err,
     cut = e.cut, job = e.job, att = e.att, node = e.node})
 end
 
 function folds.o(e)
-  settle(e.sid, tonumber(e.idx), {st = 'ok', cut = e.cut, job = e.job, att = e.att,
+  settle(e.sid, e.idx, {st = 'ok', cut = e.cut, job = e.job, att = e.att,
     node = e.node, asr = e.asr, nmt = e.nmt, tts = e.tts, tts_ms = e.tts_ms,
     timings = e.timings})
 end
@@ -127,7 +131,7 @@ end
 -- A notice: no utterance of the session's order (the session is unknown or closed),
 -- so no group, no in-flight entry, nothing held.
 function folds.n(e)
-  local args = output_entry(e.sid, tonumber(e.idx))
+  local args = output_entry(e.sid, e.idx)
   for _, pair in ipairs({{'st', 'notice'}, {'reason', e.reason}, {'cut', e.cut},
       {'grp', '0'}, {'at', fold_at}}) do
     args[#args + 1] = pair[1]

@@ -77,9 +77,12 @@ end
 
 -- Keep a node in its pools' sorted sets exactly while it can take work: up and not
 -- overloaded. Freshness is checked when it is picked, since it changes with time alone.
-local function sync_membership(node_id)
+-- `f`: the node's st cpu gpu mem run mc pools inpool as they stand, when the caller has
+-- them (a heartbeat), else read here.
+local SYNC_FIELDS = {'st', 'cpu', 'gpu', 'mem', 'run', 'mc', 'pools', 'inpool'}
+local function sync_membership(node_id, f)
   local nk = P .. S_NODE .. node_id
-  local f = redis.call('HMGET', nk, 'st', 'cpu', 'gpu', 'mem', 'run', 'mc', 'pools', 'inpool')
+  f = f or redis.call('HMGET', nk, unpack(SYNC_FIELDS))
   -- gpu '' is a node without a GPU: the GPU threshold does not apply to it
   local wanted = f[1] == 'up' and tonumber(f[2]) <= CPU_MAX
     and (f[3] == '' or tonumber(f[3]) <= GPU_MAX)
@@ -110,7 +113,7 @@ local function rescore(node_id, running)
   local nk = P .. S_NODE .. node_id
   local f = redis.call('HMGET', nk, 'mc', 'pools', 'inpool')
   if f[3] == '1' then
-    local score = load_score(running, tonumber(f[1]))
+    local score = int_text(load_score(running, tonumber(f[1])))
     for _, pool in ipairs(split(f[2], ',')) do
       redis.call('ZADD', P .. S_POOL .. pool, 'XX', score, node_id)
     end
@@ -119,10 +122,10 @@ end
 
 local function release(node_id, job_id)
   local nk = P .. S_NODE .. node_id
-  local running = redis.call('HINCRBY', nk, 'run', -1)
+  local running = redis.call('HINCRBY', nk, 'run', '-1')
   if running < 0 then
     running = 0
-    redis.call('HSET', nk, 'run', 0)
+    redis.call('HSET', nk, 'run', '0')
   end
   redis.call('SREM', P .. S_NJOBS .. node_id, job_id)
   redis.call('ZREM', K_DEADLINES, job_id)
@@ -164,7 +167,8 @@ local function pick_in_pool(pool, pair, exclude)
   while seen < SCAN_LIMIT do
     local page = math.min(page_size, SCAN_LIMIT - seen)
     page_size = 16
-    local ids = redis.call('ZRANGEBYSCORE', key, '-inf', '(' .. FULL, 'LIMIT', seen, page)
+    local ids = redis.call('ZRANGEBYSCORE', key, '-inf', BELOW_FULL, 'LIMIT',
+      int_text(seen), int_text(page))
     for _, node_id in ipairs(ids) do
       if node_id ~= exclude then
         local f = redis.call('HMGET', P .. S_NODE .. node_id, 'hb', 'pairs', 'mc', 'pools',

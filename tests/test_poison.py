@@ -69,7 +69,7 @@ def test_the_scripts_keep_the_limits_limits_py_names() -> None:
     )
     claimed = re.search(r"local DLQ_MAX_LEN = (\d+)", lua_source("claim"))
     assert claimed and int(claimed.group(1)) == DLQ_MAX_LEN
-    kept = re.search(r"local OUTPUT_MAX_LEN = (\d+)", lua_source("groups"))
+    kept = re.search(r"local OUTPUT_MAX_LEN = '(\d+)'", lua_source("groups"))
     assert kept and int(kept.group(1)) == OUTPUT_MAX_LEN
 
 

@@ -12,6 +12,7 @@ import pytest
 from eventsched.model.keys import SCRIPT_KEYS, SUFFIXES, CellKeys
 from eventsched.store.client import Store, is_memory_url
 from eventsched.store.scripts import Library, declared_keys, is_library, lua_source
+from eventsched.store.streams import text
 from tests.harness import Cell, finalize, node, session
 from tests.servers import private_redis
 
@@ -91,3 +92,47 @@ def test_the_groups_group_named_in_lua_matches_keys_py() -> None:
     from eventsched.model.keys import GROUPS_GROUP
 
     assert f"local GROUPS_GROUP = '{GROUPS_GROUP}'" in lua_source("apply")
+
+
+@pytest.mark.anyio
+async def test_stream_ids_compare_and_split_as_integers_in_lua(cell: Cell) -> None:
+    # common.lua compares IDs without parsing them: by the length of their ms, then as text.
+    ids = [
+        "0-0",
+        "0-1",
+        "1-0",
+        "9-0",
+        "9-10",
+        "9-9",
+        "10-0",
+        "99-100",
+        "100-0",
+        "1700000000000-0",
+        "1700000000000-11",
+        "1700000000000-2",
+        "1700000000001-0",
+    ]
+    probe = (
+        lua_source("common")
+        + """
+local out = {}
+for i = 1, #ARGV, 2 do
+  local ms, seq, ms_text = id_parts(ARGV[i])
+  out[#out + 1] = (id_after(ARGV[i], ARGV[i + 1]) and '1' or '0') .. ' ' .. ms_text .. ' '
+    .. int_text(ms) .. ' ' .. int_text(seq)
+end
+return out
+"""
+    )
+    pairs = [(a, b) for a in ids for b in ids]
+    found = await cell.client.eval(probe, 0, *[part for pair in pairs for part in pair])
+
+    def parts(entry_id: str) -> tuple[int, int]:
+        ms, seq = entry_id.split("-")
+        return int(ms), int(seq)
+
+    expected = [
+        f"{int(parts(a) > parts(b))} {a.split('-')[0]} {parts(a)[0]} {parts(a)[1]}"
+        for a, b in pairs
+    ]
+    assert [text(line) for line in found] == expected
