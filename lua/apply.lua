@@ -234,7 +234,7 @@ local function start_attempt(job, attempt, exclude, extra, noted)
   end
   redis.call('SADD', P .. S_NJOBS .. node_id, job.id)
   local deadline = int_text(now_ms + TIMEOUT_MS)
-  attempt = int_text(attempt)
+  attempt = attempt == 1 and '1' or int_text(attempt)
   redis.call('ZADD', K_DEADLINES, deadline, job.id)
   local fields = {P .. S_JOB .. job.id, 'att', attempt, 'node', node_id, 'pool', pool,
                   'st', 'run', 'dl', deadline}

@@ -13,9 +13,25 @@ local function load_score(running, max_concurrency)
   return math.floor(running * FULL / max_concurrency)
 end
 
--- The language index as this call has read it (pair -> listed pools, or false); every
--- change to the index clears it.
+-- The language index as this call has read it (pair -> its listing, or false); every
+-- change to the index clears it. A listing holds the pair's pools in order and the
+-- needles pick_in_pool looks for in a node's pairs field (serves).
 local listed_pools = {}
+
+local function listing(pair)
+  local listed = listed_pools[pair]
+  if listed == nil then
+    local pools = redis.call('HGET', K_LIDX, pair)
+    listed = false
+    if pools then
+      local src, tgt = string.match(pair, '^(.-)>(.*)$')
+      listed = {pools = split(pools, ','), needle = ',' .. pair .. ',',
+                src = ',' .. src .. ',', tgt = ',' .. tgt .. ',', na = 'na:' .. pair}
+    end
+    listed_pools[pair] = listed
+  end
+  return listed
+end
 
 local function reset_pools() -- at the start of every call
   changed_nodes, listed_pools = {}, {}
@@ -158,23 +174,18 @@ end
 -- nil. Members are read in load order (ties by node id, the sorted set's own order), a
 -- page at a time, and at most SCAN_LIMIT are examined: the cost does not grow with the
 -- pool.
-local function pick_in_pool(pool, pair, exclude)
+local function pick_in_pool(pool, listed, exclude)
   local key = P .. S_POOL .. pool
-  local needle = ',' .. pair .. ','
-  local src, tgt = string.match(pair, '^(.-)>(.*)$')
-  local src_needle, tgt_needle = ',' .. src .. ',', ',' .. tgt .. ','
-  local seen, page_size = 0, 4 -- the first few members usually serve: read more only then
+  local seen, page = 0, math.min(4, SCAN_LIMIT) -- the first few usually serve: more only then
   while seen < SCAN_LIMIT do
-    local page = math.min(page_size, SCAN_LIMIT - seen)
-    page_size = 16
     local ids = redis.call('ZRANGEBYSCORE', key, '-inf', BELOW_FULL, 'LIMIT',
-      int_text(seen), int_text(page))
+      seen == 0 and '0' or int_text(seen), page == 4 and '4' or int_text(page))
     for _, node_id in ipairs(ids) do
       if node_id ~= exclude then
         local f = redis.call('HMGET', P .. S_NODE .. node_id, 'hb', 'pairs', 'mc', 'pools',
-          'na:' .. pair, 'quar')
+          listed.na, 'quar')
         if now_ms - tonumber(f[1]) <= FRESH_MS
-          and serves(f[2], needle, src_needle, tgt_needle)
+          and serves(f[2], listed.needle, listed.src, listed.tgt)
           and now_ms >= tonumber(f[5] or 0) and now_ms >= tonumber(f[6] or 0) then
           return node_id, f
         end
@@ -182,6 +193,7 @@ local function pick_in_pool(pool, pair, exclude)
     end
     if #ids < page then return nil end
     seen = seen + #ids
+    page = math.min(16, SCAN_LIMIT - seen)
   end
   return nil
 end
@@ -189,24 +201,20 @@ end
 -- Candidate pools for the pair: the session's preferred pool first, then the language
 -- index's order. Returns node, pool, node fields, or nil, nil, nil and the reason.
 local function place(pair, preferred, exclude)
-  local listed = listed_pools[pair]
-  if listed == nil then
-    listed = redis.call('HGET', K_LIDX, pair)
-    listed_pools[pair] = listed
-  end
+  local listed = listing(pair)
   if not listed then return nil, nil, nil, 'no_pool' end
-  local pools = split(listed, ',')
-  if preferred ~= '' then
+  local pools = listed.pools
+  if preferred ~= '' and pools[1] ~= preferred then
     for i, pool in ipairs(pools) do
-      if pool == preferred then
-        table.remove(pools, i)
-        table.insert(pools, 1, pool)
+      if pool == preferred then -- a copy with it first: the listing is kept for the call
+        pools = {pool, unpack(pools, 1, i - 1)}
+        for j = i + 1, #listed.pools do pools[#pools + 1] = listed.pools[j] end
         break
       end
     end
   end
   for _, pool in ipairs(pools) do
-    local node_id, fields = pick_in_pool(pool, pair, exclude)
+    local node_id, fields = pick_in_pool(pool, listed, exclude)
     if node_id then return node_id, pool, fields end
   end
   return nil, nil, nil, 'no_capacity'
