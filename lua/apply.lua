@@ -45,16 +45,16 @@
 --          share the cell's hash tag
 -- ARGV[2]  consumer group to XACK
 -- ARGV[3]  holder (worker name; '' in append mode)
--- ARGV[4..19] the defaults of the settings the settings hash does not hold (the log
---          never changed them), named as in SETTING_NAMES below
--- ARGV[20] group_max_utterances by default (until a c decision changes it)
--- ARGV[21] where the entries come from: 'log' (read from the log's group),
+-- ARGV[4]  the defaults, space-separated: of the settings the settings hash does not
+--          hold (the log never changed them), in the order of SETTING_NAMES below,
+--          then group_max_utterances's (until a c decision changes it)
+-- ARGV[5]  where the entries come from: 'log' (read from the log's group),
 --          'ingress' (read from principals' ingress streams, see run_ingress) or
 --          'append' (a trusted producer's own events, see run_ingress)
--- ARGV[22] log: the ID the tracking marker must have reached ('' for none; see
+-- ARGV[6]  log: the ID the tracking marker must have reached ('' for none; see
 --          run_batch); ingress: unused; append: '' or what the same call does besides
 --          (run_ingress): 'ack <node> <inbox id>' or 'wake <key>'
--- ARGV[23] entry count, then per entry: id, type, field count, fields...
+-- ARGV[7]  entry count, then per entry: id, type, field count, fields...
 --          ingress: per entry the source (node:n1), the count of the fields the log
 --          gets, those fields, then as above with the entry's ingress ID as its id;
 --          append: as ingress, with source and id ''
@@ -71,7 +71,7 @@
 --   bad   reason nfields nbytes, then the first field name/value pairs (bounded)
 -- Returns {applied, skipped_as_already_applied, dead_lettered, appended_unapplied,
 -- the log IDs appended (ingress and append modes)},
--- {-1} when the lease is not held, {-2} when the marker falls short of ARGV[22], or
+-- {-1} when the lease is not held, {-2} when the marker falls short of ARGV[6], or
 -- {-3, id, error} when the entry `id` raised (the entries before it applied; see
 -- run_batch).
 
@@ -87,9 +87,9 @@ local KEYS, ARGV = {}, {}
 local K_LOG, K_META, K_DEC, K_DLQ, K_POOLS, K_LIDX, K_NODES, K_DEADLINES, K_ALIVE, K_LEASE
 local K_IDLE, K_ENDED, K_SETTINGS, K_QUEUED, K_WAITS, K_STATS
 local P, GROUP, HOLDER
-local MODE = 21 -- ARGV position of the mode, after the 17 defaults (tested)
+local MODE = 5 -- ARGV position of the mode, after the defaults (tested)
 
--- The settings in force: the cell's settings hash over the defaults in ARGV[4..19], in
+-- The settings in force: the cell's settings hash over the defaults in ARGV[4], in
 -- this order (settings.py as_argv, tested). A settings_changed entry changes them for
 -- the entries after it in this same call (handlers.set), so a batch of any size
 -- decides as one entry at a time would.
@@ -119,26 +119,24 @@ end
 -- 16 settings cost a finalize's call an eighth of its instructions, callgrind): the
 -- cell's settings hash, its `since`, and the defaults. Only handlers.set writes that
 -- hash, and it moves `since` (it runs in this library, so in_force is already its own).
-local made_from_key, made_from_since, made_from_defaults = nil, nil, {}
+local made_from_key, made_from_since, made_from_defaults = nil, nil, nil
+local default_group_max -- the last of the defaults, for fold_made
 
 local function load_settings()
   local since = redis.call('HGET', K_SETTINGS, 'since') or ''
-  local same = made_from_key == K_SETTINGS and made_from_since == since
-  for i = 1, #SETTING_NAMES do
-    if not same then break end
-    same = made_from_defaults[i] == ARGV[3 + i]
-  end
-  if same then
+  if made_from_key == K_SETTINGS and made_from_since == since
+      and made_from_defaults == ARGV[4] then
     use_settings()
     return
   end
   in_force = {}
+  local defaults = split(ARGV[4], ' ')
   local stored = redis.call('HMGET', K_SETTINGS, unpack(SETTING_NAMES))
   for i, name in ipairs(SETTING_NAMES) do
-    in_force[name] = tonumber(stored[i] or ARGV[3 + i])
-    made_from_defaults[i] = ARGV[3 + i]
+    in_force[name] = tonumber(stored[i] or defaults[i])
   end
-  made_from_key, made_from_since = K_SETTINGS, since
+  default_group_max = defaults[#SETTING_NAMES + 1]
+  made_from_key, made_from_since, made_from_defaults = K_SETTINGS, since, ARGV[4]
   use_settings()
 end
 
@@ -721,7 +719,7 @@ local GROUPS_GROUP = 'groups' -- the group-state projection's consumer group (te
 -- One that raises stops the fold there, and it and those after it are left to the
 -- worker (groups.lua meets the error and sets it aside).
 local function fold_made(group_max, entries_read)
-  GROUP_MAX = tonumber(group_max or ARGV[MODE - 1])
+  GROUP_MAX = tonumber(group_max or default_group_max)
   local folded, count = nil, 0
   for _, decision in ipairs(made) do
     if not pcall(fold_decision, decision[2]) then break end

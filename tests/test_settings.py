@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from eventsched.dispatch.worker import Worker
+from eventsched.model.entries import APPLY_DEFAULTS
 from eventsched.model.events import SettingsChanged, decode_event
 from eventsched.model.settings import APPLY_ORDER, DEFAULTS, SETTING_NAMES, check_changes
 from eventsched.ops.rebuild import rebuild_groups
@@ -31,9 +32,14 @@ def test_apply_lua_reads_its_defaults_in_the_order_python_passes_them() -> None:
     listed = re.search(r"local SETTING_NAMES = \{(.*?)\}", lua_source("apply"), re.DOTALL)
     assert listed is not None
     assert re.findall(r"'(\w+)'", listed.group(1)) == list(APPLY_ORDER)
-    # the mode's ARGV position follows the prefix, the group, the holder, the defaults
-    # and group_max_utterances's (for the decisions apply.lua folds, see fold.lua)
-    assert f"local MODE = {5 + len(APPLY_ORDER)} " in lua_source("apply")
+    # the mode's ARGV position follows the prefix, the group, the holder and the
+    # defaults, one argument: APPLY_ORDER's, then group_max_utterances's (for the
+    # decisions apply.lua folds, see fold.lua)
+    assert "local MODE = 5 " in lua_source("apply")
+    [defaults] = APPLY_DEFAULTS
+    assert defaults.split(" ") == [
+        str(getattr(DEFAULTS, name)) for name in (*APPLY_ORDER, "group_max_utterances")
+    ]
     # every setting is read by one script: group_max_utterances by groups.lua
     assert {*APPLY_ORDER, "group_max_utterances"} == set(SETTING_NAMES)
 

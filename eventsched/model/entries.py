@@ -65,9 +65,12 @@ Arg = str | int | bytes
 MAX_REASON: Final = 200
 _EVENT, _SOURCE = ENTRY_FIELD.encode(), SOURCE_FIELD.encode()
 _REFUSED, _SIZE = b"refused", b"size"  # an entry refused at the door (admitted_fields)
-# What apply.lua takes after its prefix, group and holder: the defaults of the settings
-# it reads (ARGV[4..19]), then group_max_utterances's, for the decisions it folds.
-APPLY_DEFAULTS: Final = (*DEFAULTS.as_argv(), DEFAULTS.group_max_utterances)
+# What apply.lua takes after its prefix, group and holder (ARGV[4], one argument: FCALL
+# makes a Lua string of each, every call): the defaults of the settings it reads, then
+# group_max_utterances's, for the decisions it folds, space-separated.
+APPLY_DEFAULTS: Final = (
+    " ".join(str(value) for value in (*DEFAULTS.as_argv(), DEFAULTS.group_max_utterances)),
+)
 
 
 def stored_pairs(pairs: list[str]) -> str:

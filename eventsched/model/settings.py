@@ -118,7 +118,8 @@ class DecisionSettings(BaseModel):
         return {name: value for name, value in self.model_dump().items() if base[name] != value}
 
     def as_argv(self) -> list[int]:
-        """The values apply.lua takes as its defaults (ARGV[4..17]), in its order."""
+        """The values apply.lua takes as its defaults (model.entries.APPLY_DEFAULTS), in
+        its order."""
         return [getattr(self, name) for name in APPLY_ORDER]
 
 
