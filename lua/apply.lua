@@ -713,12 +713,15 @@ local GROUPS_GROUP = 'groups' -- the group-state projection's consumer group (te
 
 -- @include fold
 
--- Fold this call's decisions in order, as groups.lua would next (the caller checked
--- that some worker holds that role and nothing made before waits to be folded), and
--- move that projection's consumer group past them; returns the marker to write, or nil.
--- One that raises stops the fold there, and it and those after it are left to the
--- worker (groups.lua meets the error and sets it aside).
-local function fold_made(group_max, entries_read)
+-- Fold this call's decisions in order, as groups.lua would next, when nothing made
+-- before them waits to be folded (the caller checked that some worker holds that role),
+-- and move that projection's consumer group past them; returns the marker to write, or
+-- nil. Checked here, after the decisions, so that a call which decides nothing (a
+-- heartbeat) does not ask. One that raises stops the fold there, and it and those after
+-- it are left to the worker (groups.lua meets the error and sets it aside).
+local function fold_made(group_max)
+  local caught_up, entries_read = caught_up_group(K_DEC, GROUPS_GROUP, #made)
+  if not caught_up then return nil end
   GROUP_MAX = tonumber(group_max or default_group_max)
   local folded, count = nil, 0
   for _, decision in ipairs(made) do
@@ -754,10 +757,8 @@ local function apply(keys, args)
   local meta = redis.call('HMGET', K_META, 'applied', 'group_max')
   load_settings()
   -- Decisions are folded here while some worker holds the group-state role and that
-  -- projection has folded everything made before.
-  local folding, folds_read = false, false
-  if leases[2] then folding, folds_read = caught_up_group(K_DEC, GROUPS_GROUP) end
-  if folding then made = {} end
+  -- projection has folded everything made before (fold_made).
+  if leases[2] then made = {} end
   local done, skipped, failed_id, failure, waiting, applied, appended
   local marks = {} -- the markers to write, in one HSET
   if ARGV[MODE] == 'ingress' or ARGV[MODE] == 'append' then
@@ -769,7 +770,7 @@ local function apply(keys, args)
       run_batch(K_META, 'applied', K_LOG, GROUP, MODE + 1, read_entry, apply_entry)
     if not done then return {-2} end
   end
-  local folded = not failed_id and made and #made > 0 and fold_made(meta[2], folds_read)
+  local folded = not failed_id and made and #made > 0 and fold_made(meta[2])
   if folded then
     marks[#marks + 1] = 'groups_applied'
     marks[#marks + 1] = folded

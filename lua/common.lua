@@ -50,17 +50,18 @@ end
 
 -- Whether the consumer group `group` of `stream` has been handed every entry and has
 -- acknowledged each (so the projection it feeds has applied them all: a batch is
--- acknowledged in the call that applies it), and its entries-read (false when Redis
--- does not know it). XINFO GROUPS, not the newest entry: its reply stays small however
--- large the entries are. A lag Redis does not know counts as not caught up.
-local function caught_up_group(stream, group)
+-- acknowledged in the call that applies it), but the `added` (default 0) this call has
+-- just appended, and its entries-read (false when Redis does not know it). XINFO
+-- GROUPS, not the newest entry: its reply stays small however large the entries are.
+-- A lag Redis does not know counts as not caught up.
+local function caught_up_group(stream, group, added)
   local groups = redis.pcall('XINFO', 'GROUPS', stream)
   if groups.err then return false, false end -- no stream yet, or flushed
   for _, found in ipairs(groups) do
     local info = {}
     for i = 1, #found, 2 do info[found[i]] = found[i + 1] end
     if info.name == group then
-      return info.lag == 0 and info.pending == 0, info['entries-read']
+      return info.lag == (added or 0) and info.pending == 0, info['entries-read']
     end
   end
   return false, false
