@@ -310,9 +310,9 @@ end
 -- @include queue
 
 -- Release the slot of a job's current attempt (as text) on its node and record why it
--- ended.
-local function end_attempt(job_id, attempt, node_id, ok, err)
-  release(node_id, job_id)
+-- ended. `node_fields`: as release takes them, when the caller has read them.
+local function end_attempt(job_id, attempt, node_id, ok, err, node_fields)
+  release(node_id, job_id, node_fields)
   decide('k', 'r', 'job', job_id, 'att', attempt, 'node', node_id,
     'ok', ok and '1' or '0', 'err', err, 'at', now_id)
 end
@@ -569,7 +569,8 @@ function handlers.fin(f)
   -- steps 3-8, the finalize's own fields going into the same job record write; behind
   -- finalizes of its pair that wait, it waits too: first come, first served
   local pair = s[1] .. '>' .. s[2]
-  local behind = QUEUE_WAIT_MS > 0 and redis.call('HEXISTS', K_QUEUED, pair) == 1
+  local behind = QUEUE_WAIT_MS > 0 and not queue_empty()
+    and redis.call('HEXISTS', K_QUEUED, pair) == 1
   local placed, pool_or_why = nil, 'no_capacity'
   if not behind then placed, pool_or_why = start_attempt(job, 1, '', record) end
   if placed and pool_or_why ~= s[3] then
@@ -615,7 +616,10 @@ function handlers.res(f)
     dead_letter_entry('unknown_job')
     return
   end
-  if redis.call('EXISTS', P .. S_NODE .. node_id) == 0 then
+  -- the node's record, read once for the checks here and the release (every record has
+  -- mc: registering writes it)
+  local n = redis.call('HMGET', P .. S_NODE .. node_id, 'mc', 'pools', 'inpool', 'strikes')
+  if not n[1] then
     dead_letter_entry('unknown_node')
     return
   end
@@ -630,8 +634,10 @@ function handlers.res(f)
     return
   end
   if j[3] ~= 'run' then return end -- a duplicate
-  if QUARANTINE_AFTER > 0 then redis.call('HDEL', P .. S_NODE .. node_id, 'strikes') end
-  end_attempt(job_id, f[2], node_id, ok, err)
+  if QUARANTINE_AFTER > 0 and n[4] then -- an answer clears the node's timeouts
+    redis.call('HDEL', P .. S_NODE .. node_id, 'strikes')
+  end
+  end_attempt(job_id, f[2], node_id, ok, err, n)
   if not ok then
     if err == 'MODEL_NOT_AVAILABLE' and UNAVAILABLE_MS > 0 then
       hold_off_pair(node_id, job_id)
@@ -744,7 +750,7 @@ local function begin(keys, args)
   K_GROUPS_LEASE = KEYS[17]
   P, GROUP, HOLDER = ARGV[1], ARGV[2], ARGV[3]
   now_ms, now_seq, now_id, now_text = 0, 0, '', '0'
-  decided, dead_lettered, made, delivered = 0, 0, nil, {}
+  decided, dead_lettered, made, delivered, nothing_queued = 0, 0, nil, {}, nil
   reset_pools()
 end
 

@@ -125,9 +125,10 @@ local function join_pools(node_id, langs)
   sync_membership(node_id)
 end
 
-local function rescore(node_id, running)
+-- `f`: the node's mc pools inpool, when the caller has them (a result), else read here.
+local function rescore(node_id, running, f)
   local nk = P .. S_NODE .. node_id
-  local f = redis.call('HMGET', nk, 'mc', 'pools', 'inpool')
+  f = f or redis.call('HMGET', nk, 'mc', 'pools', 'inpool')
   if f[3] == '1' then
     local score = int_text(load_score(running, tonumber(f[1])))
     for _, pool in ipairs(split(f[2], ',')) do
@@ -136,7 +137,7 @@ local function rescore(node_id, running)
   end
 end
 
-local function release(node_id, job_id)
+local function release(node_id, job_id, node_fields)
   local nk = P .. S_NODE .. node_id
   local running = redis.call('HINCRBY', nk, 'run', '-1')
   if running < 0 then
@@ -145,7 +146,7 @@ local function release(node_id, job_id)
   end
   redis.call('SREM', P .. S_NJOBS .. node_id, job_id)
   redis.call('ZREM', K_DEADLINES, job_id)
-  rescore(node_id, running)
+  rescore(node_id, running, node_fields)
   capacity_changed(node_id)
 end
 

@@ -17,6 +17,15 @@ local SERVE_MAX = 64 -- placements one serve makes at most (a tick serves the re
 local QUEUE_LOOK = 8 -- waiting jobs looked at when the head is a retry kept off a node
 local SERVE_ALL_AFTER = 16 -- more nodes changed than this: serve every queue instead
 
+-- Whether no job waits in any queue, as far as this call knows (nil: not asked since
+-- the call began or a queue shrank), so that a batch asks once rather than at every
+-- finalize and release. begin() sets it nil at each call's start.
+local nothing_queued
+local function queue_empty()
+  if nothing_queued == nil then nothing_queued = redis.call('HLEN', K_QUEUED) == 0 end
+  return nothing_queued
+end
+
 -- Wait for a slot. `job` is as start_attempt takes it, `attempt` the attempt waiting,
 -- `exclude` the node a retry keeps off, `err` what ended the attempt before it; `extra`
 -- more job-record fields. Returns nil and the reason when it may not wait.
@@ -28,6 +37,7 @@ local function enqueue(job, attempt, exclude, err, extra)
   end
   redis.call('ZADD', P .. S_QUEUE .. pair, (attempt == 1 and CLASS or 0) + now_ms, job.id)
   redis.call('HINCRBY', K_QUEUED, pair, 1)
+  nothing_queued = false
   local until_ms = now_ms + QUEUE_WAIT_MS
   redis.call('ZADD', K_WAITS, until_ms, job.id)
   redis.call('ZADD', P .. S_QSESS .. job.sid, job.idx, job.idx)
@@ -45,6 +55,7 @@ local function leave_queue(job)
   local pair = job.src .. '>' .. job.tgt
   redis.call('ZREM', P .. S_QUEUE .. pair, job.id)
   if redis.call('HINCRBY', K_QUEUED, pair, -1) <= 0 then redis.call('HDEL', K_QUEUED, pair) end
+  nothing_queued = nil
   redis.call('ZREM', K_WAITS, job.id)
   redis.call('ZREM', P .. S_QSESS .. job.sid, job.idx)
 end
@@ -129,7 +140,7 @@ end
 local function serve_changed()
   local nodes = changed_nodes
   changed_nodes = {}
-  if redis.call('HLEN', K_QUEUED) == 0 then return end
+  if queue_empty() then return end
   if #nodes > SERVE_ALL_AFTER then return serve_all() end
   local seen, pairs = {}, {}
   for _, node_id in ipairs(nodes) do
@@ -157,7 +168,7 @@ local function tick_queues()
       string.format('(%d', now_ms), 'LIMIT', 0, TICK_JOBS)) do
     give_up(job_id, 'queue_timeout')
   end
-  if redis.call('HLEN', K_QUEUED) > 0 then serve_all() end
+  if not queue_empty() then serve_all() end
 end
 
 -- A closed session's waiting jobs end now.
