@@ -218,10 +218,9 @@ end
 ---------------------------------------------------------------- jobs
 
 -- Try attempt `attempt` of a job: place it, reserve the slot, record it, hand it off.
--- `job` holds what the finalize said (id sid idx audio, as text) and the session (src tgt
--- pool);
--- `extra` are more job-hash fields to write in the same HSET; `noted` more fields of the
--- dispatch decision (queue.lua: the pair and how long it waited).
+-- `job` holds what the finalize said (id sid idx audio, as text) and the session (src
+-- tgt pool); `extra` are more job-hash fields to write in the same HSET; `noted` more
+-- fields of the dispatch decision (queue.lua: the pair and how long it waited).
 local function start_attempt(job, attempt, exclude, extra, noted)
   local node_id, pool, node, why = place(job.src .. '>' .. job.tgt, job.pool, exclude)
   if not node_id then return nil, why end

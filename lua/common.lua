@@ -28,9 +28,9 @@ local function id_parts(id)
   return tonumber(ms), tonumber(string.sub(id, dash + 1)), ms
 end
 
--- An integer as the text a redis.call argument gets. A number argument is written with
--- %.17g, the float path of printf, at 2,600 instructions each (callgrind, Redis 7.0):
--- a tenth of a decision's, before the integers it sends went as text.
+-- An integer as text, for a redis.call argument: Redis 7.0 writes a number argument
+-- with %.17g, printf's float path, at 2,600 instructions each (callgrind), which was a
+-- tenth of a decision's cost while integers went as numbers.
 local function int_text(n)
   return string.format('%d', n)
 end
@@ -50,10 +50,10 @@ end
 
 -- Whether the consumer group `group` of `stream` has been handed every entry and has
 -- acknowledged each (so the projection it feeds has applied them all: a batch is
--- acknowledged in the call that applies it), but the `added` (default 0) this call has
--- just appended, and its entries-read (false when Redis does not know it). XINFO
--- GROUPS, not the newest entry: its reply stays small however large the entries are.
--- A lag Redis does not know counts as not caught up.
+-- acknowledged in the call that applies it), all but the `added` entries this call has
+-- just appended (default 0); and its entries-read (false when Redis does not know it).
+-- XINFO GROUPS, not the newest entry: its reply stays small however large the entries
+-- are. A lag Redis does not know counts as not caught up.
 local function caught_up_group(stream, group, added)
   local groups = redis.pcall('XINFO', 'GROUPS', stream)
   if groups.err then return false, false end -- no stream yet, or flushed

@@ -152,9 +152,9 @@ end
 
 -- A node record's pairs field ('*,de,en,': every ordered pair of those languages; or
 -- ',de>en,en>de,', model.entries.stored_pairs) as a list of pairs, and whether it holds
--- one pair (its needles ',de>en,', ',de,' and ',en,').
+-- one pair (its needles ',de>en,', ',de,' and ',en,'); byte 42 is '*'.
 local function node_pairs(stored)
-  if string.byte(stored, 1) ~= 42 then return split(stored, ',') end -- not '*'
+  if not stored or string.byte(stored, 1) ~= 42 then return split(stored, ',') end
   local langs, listed = split(string.sub(stored, 2), ','), {}
   for _, src in ipairs(langs) do
     for _, tgt in ipairs(langs) do
