@@ -34,18 +34,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
-import redis
 
 if __package__ in (None, ""):  # run as a script: the checkout's root on the path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import fleet
+from bench.alone import until
 from bench.dispatch_scale import apply_measured
 from eventsched.dispatch.worker import DEFAULT_BATCH, Worker
 from eventsched.model.events import SettingsChanged
 from eventsched.model.keys import CellKeys
 from eventsched.store.append import decide_at_append, submit
-from eventsched.store.client import RedisClient, Store
+from eventsched.store.client import UNREACHABLE, RedisClient, Store
 from eventsched.store.streams import text, xrange_raw
 from tests.harness import Cell, beat, finalize, node, ok, session
 from tests.servers import free_port
@@ -99,13 +99,13 @@ class Counted:
         return int(summary.split()[1]) / max(events, 1)
 
     async def ready(self, client: RedisClient) -> None:
-        with anyio.fail_after(120):  # valgrind takes seconds to start Redis
-            while True:
-                try:
-                    await client.ping()
-                    return
-                except redis.ConnectionError:
-                    await anyio.sleep(0.1)
+        async def answers() -> bool:
+            try:
+                return bool(await client.ping())
+            except UNREACHABLE:
+                return False
+
+        await until(answers, "redis-server under valgrind", 120)  # it takes seconds
 
     def stop(self) -> None:
         self._process.terminate()
