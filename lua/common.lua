@@ -58,11 +58,17 @@ local function caught_up_group(stream, group, added)
   local groups = redis.pcall('XINFO', 'GROUPS', stream)
   if groups.err then return false, false end -- no stream yet, or flushed
   for _, found in ipairs(groups) do
-    local info = {}
-    for i = 1, #found, 2 do info[found[i]] = found[i + 1] end
-    if info.name == group then
-      return info.lag == (added or 0) and info.pending == 0, info['entries-read']
+    -- by name, in whatever order: no table of the fields (growing one cost more than
+    -- the command)
+    local name, pending, lag, entries_read
+    for i = 1, #found, 2 do
+      local field = found[i]
+      if field == 'name' then name = found[i + 1]
+      elseif field == 'pending' then pending = found[i + 1]
+      elseif field == 'lag' then lag = found[i + 1]
+      elseif field == 'entries-read' then entries_read = found[i + 1] end
     end
+    if name == group then return lag == (added or 0) and pending == 0, entries_read end
   end
   return false, false
 end

@@ -30,14 +30,13 @@ local function run_ingress(pos, applied, worked)
   local appended = {}
   for _ = 1, count do
     local source, nlog = ARGV[pos], tonumber(ARGV[pos + 1])
-    local log_fields = {}
-    for i = 1, nlog do log_fields[i] = ARGV[pos + 1 + i] end
+    local log_first = pos + 2 -- the fields the log gets: ARGV[log_first .. log_first + nlog - 1]
     local ingress_id, entry, id
     ingress_id, entry, pos = read_entry(pos + 2 + nlog)
     if not trusted and redis.call('XDEL', P .. S_INGRESS .. source, ingress_id) == 0 then
       skipped = skipped + 1 -- admitted before
     else
-      id = redis.call('XADD', K_LOG, '*', unpack(log_fields))
+      id = redis.call('XADD', K_LOG, '*', unpack(ARGV, log_first, log_first + nlog - 1))
       appended[#appended + 1] = id
       if caught_up then
         local ok, err = pcall(apply_entry, id, entry)
