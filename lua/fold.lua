@@ -37,20 +37,23 @@ local function update_group(session_id, values)
     'ended', (cut == 'max_length') and '0' or '1', 'tts_until', tts_until}
 end
 
--- The XADD of utterance `index`'s output entry: at its own place (index+1)-0, or right
--- after the last entry when that place is taken or passed; the stream keeps its newest
--- OUTPUT_MAX_LEN entries (exact trimming: the same on every backend). Indexes are text
--- here, as the decisions and the in-flight sets hold them.
-local function output_entry(session_id, index)
+-- Append utterance `index`'s output entry (`fields`: name/value pairs after idx) at its
+-- own place (index+1)-0, or right after the last entry when that place is taken or
+-- passed; the stream keeps its newest OUTPUT_MAX_LEN entries (exact trimming: the same
+-- on every backend). Indexes are text here, as the decisions and the in-flight sets
+-- hold them. Its own place is tried first: Redis refuses an ID at or below the
+-- stream's last, and only then is the last entry read (reading it every time, texts and
+-- all, cost a result's call a twentieth of its instructions).
+local function add_output(session_id, index, fields)
   local stream = P .. S_OUT .. session_id
-  local position = tonumber(index)
-  local id = string.format('%d-0', position + 1)
+  local placed = redis.pcall('XADD', stream, 'MAXLEN', OUTPUT_MAX_LEN,
+    string.format('%d-0', tonumber(index) + 1), 'idx', index, unpack(fields))
+  if type(placed) ~= 'table' or not placed.err then return end
   local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', '1')[1]
-  if last then
-    local ms, seq = id_parts(last[1])
-    if ms > position then id = string.format('%d-%d', ms, seq + 1) end
-  end
-  return {stream, 'MAXLEN', OUTPUT_MAX_LEN, id, 'idx', index}
+  if not last then error(placed) end -- refused for another reason
+  local ms, seq = id_parts(last[1])
+  redis.call('XADD', stream, 'MAXLEN', OUTPUT_MAX_LEN, string.format('%d-%d', ms, seq + 1),
+    'idx', index, unpack(fields))
 end
 
 local function deliver(session_id, index, values)
@@ -59,16 +62,16 @@ local function deliver(session_id, index, values)
   group_write[#group_write + 1] = index
   -- ASR_FINAL and NMT_DONE land in one write (the seeds' merged group lock).
   redis.call('HSET', unpack(group_write))
-  local args = output_entry(session_id, index)
+  local fields = {}
   for i, name in ipairs(OUT_FIELDS) do
-    args[#args + 1] = name
-    args[#args + 1] = values[i]
+    fields[#fields + 1] = name
+    fields[#fields + 1] = values[i]
   end
-  args[#args + 1] = 'grp'
-  args[#args + 1] = gid
-  args[#args + 1] = 'at'
-  args[#args + 1] = fold_at
-  redis.call('XADD', unpack(args))
+  fields[#fields + 1] = 'grp'
+  fields[#fields + 1] = gid
+  fields[#fields + 1] = 'at'
+  fields[#fields + 1] = fold_at
+  add_output(session_id, index, fields)
   delivered[#delivered + 1] = session_id
   delivered[#delivered + 1] = index
 end
@@ -131,13 +134,8 @@ end
 -- A notice: no utterance of the session's order (the session is unknown or closed),
 -- so no group, no in-flight entry, nothing held.
 function folds.n(e)
-  local args = output_entry(e.sid, e.idx)
-  for _, pair in ipairs({{'st', 'notice'}, {'reason', e.reason}, {'cut', e.cut},
-      {'grp', '0'}, {'at', fold_at}}) do
-    args[#args + 1] = pair[1]
-    args[#args + 1] = pair[2]
-  end
-  redis.call('XADD', unpack(args))
+  add_output(e.sid, e.idx, {'st', 'notice', 'reason', e.reason, 'cut', e.cut, 'grp', '0',
+    'at', fold_at})
 end
 
 function folds.e(e)
