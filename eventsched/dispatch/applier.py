@@ -88,7 +88,9 @@ class EntryFailed(Exception):
 # are cut by cost, so one holds Redis about as long whatever it carries.
 ENTRY_COST = {"hb": 1, "res": 3}
 FULL_COST = 4
-_IN_FLIGHT = 2
+# Calls in flight at once: building one's arguments takes about as long as Redis takes
+# to run one, so with two Redis often had nothing queued while the next was built.
+_IN_FLIGHT = 3
 
 
 @dataclass
@@ -179,9 +181,9 @@ class _ScriptProjection:
 
     async def apply_in_calls(self, entries: Sequence[Entry], budget: int) -> list[Prepared]:
         """Apply ``entries`` in order, in calls of ``budget`` each (see ``prepare``);
-        returns the calls. Two calls are in flight at once: Redis runs one while the
-        next waits behind it, and the one after is prepared here meanwhile, so neither
-        side waits for the other. Each call after the first is refused unless the one
+        returns the calls. Three calls are in flight at once (``_IN_FLIGHT``): Redis runs
+        one while the next wait behind it, and the one after is prepared here meanwhile,
+        so neither side waits for the other. Each call after the first is refused unless the one
         before it applied (``after``), so a failure cannot leave a gap."""
         calls: list[Prepared] = []
         in_flight: deque[tuple[Prepared, asyncio.Future[list[Any]]]] = deque()
@@ -205,9 +207,9 @@ class _ScriptProjection:
                 try:
                     reply = await oldest
                 except OutOfOrder:
-                    # The two calls travel on two connections and may reach Redis in
-                    # either order; this one went first, was refused, and goes again
-                    # now that the one ahead has applied.
+                    # The calls travel on connections of their own and may reach
+                    # Redis out of order; this one went ahead of one before it, was
+                    # refused, and goes again now that those ahead have applied.
                     reply = await self.run(prepared)
                 self._returned(prepared, reply, calls)
         finally:

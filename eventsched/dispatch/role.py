@@ -35,7 +35,11 @@ __all__ = ["READ_CALLS", "Role", "ensure_group"]
 
 log = logging.getLogger("eventsched.worker")
 
-READ_CALLS = 4  # a read takes several calls' worth (dispatch.worker, DEFAULT_BATCH)
+# A read takes many calls' worth of finalizes (dispatch.worker DEFAULT_BATCH each): a
+# heartbeat costs a quarter of one, so with four a read of heartbeats was one call and
+# nothing overlapped it (bench/throughput.py: heartbeat folds 26-29k/s -> 41-46k/s with
+# sixteen and three calls in flight, applier._IN_FLIGHT).
+READ_CALLS = 16
 _CLAIM_PAGE = 100
 
 
