@@ -387,7 +387,7 @@ function handlers.hb(f)
     return
   end
   -- a beat after a silence makes the node pickable again: queues may be served
-  if now_ms - tonumber(old[2]) > FRESH_MS then capacity_changed(f[1]) end
+  if now_ms - num(old[2]) > FRESH_MS then capacity_changed(f[1]) end
   if state == 'lost' then
     -- back as it was before it went silent: a node that was draining still drains
     state = redis.call('HGET', nk, 'drained') == '1' and 'drain' or 'up'
@@ -555,7 +555,7 @@ function handlers.fin(f)
   touch(session_id)
   if index > top then top = index_text else top = s[7] end
   -- step 2: a token bucket in milli-tokens, refilled by event time
-  local tokens = math.min(BURST * 1000, tonumber(s[5]) + (now_ms - tonumber(s[6])) * RATE)
+  local tokens = math.min(BURST * 1000, num(s[5]) + (now_ms - num(s[6])) * RATE)
   if tokens < 1000 then
     redis.call('HSET', sk, 'top', top)
     reject(session_id, index_text, cut, 'rate_limited')

@@ -100,9 +100,9 @@ local function sync_membership(node_id, f)
   local nk = P .. S_NODE .. node_id
   f = f or redis.call('HMGET', nk, unpack(SYNC_FIELDS))
   -- gpu '' is a node without a GPU: the GPU threshold does not apply to it
-  local wanted = f[1] == 'up' and tonumber(f[2]) <= CPU_MAX
-    and (f[3] == '' or tonumber(f[3]) <= GPU_MAX)
-    and tonumber(f[4]) <= MEM_MAX
+  local wanted = f[1] == 'up' and num(f[2]) <= CPU_MAX
+    and (f[3] == '' or num(f[3]) <= GPU_MAX)
+    and num(f[4]) <= MEM_MAX
   if wanted and f[8] ~= '1' then
     local score = load_score(tonumber(f[5]), tonumber(f[6]))
     for _, pool in ipairs(split(f[7], ',')) do
@@ -185,9 +185,9 @@ local function pick_in_pool(pool, listed, exclude)
       if node_id ~= exclude then
         local f = redis.call('HMGET', P .. S_NODE .. node_id, 'hb', 'pairs', 'mc', 'pools',
           listed.na, 'quar')
-        if now_ms - tonumber(f[1]) <= FRESH_MS
+        if now_ms - num(f[1]) <= FRESH_MS
           and serves(f[2], listed.needle, listed.src, listed.tgt)
-          and now_ms >= tonumber(f[5] or 0) and now_ms >= tonumber(f[6] or 0) then
+          and now_ms >= num(f[5] or 0) and now_ms >= num(f[6] or 0) then
           return node_id, f
         end
       end
