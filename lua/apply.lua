@@ -697,7 +697,8 @@ end
 
 ---------------------------------------------------------------- the batch
 
--- (A table made from unpack is sized once; filled one by one, it grew by doubling.)
+-- An entry's fields: a table made from unpack is sized once (filled one by one, it grew
+-- by doubling).
 local function read_entry(pos)
   local id, kind, nfields = ARGV[pos], ARGV[pos + 1], tonumber(ARGV[pos + 2])
   local fields = {unpack(ARGV, pos + 3, pos + 2 + nfields)}

@@ -30,7 +30,7 @@ local function run_ingress(pos, applied, worked)
   local appended = {}
   for _ = 1, count do
     local source, nlog = ARGV[pos], tonumber(ARGV[pos + 1])
-    local log_first = pos + 2 -- the fields the log gets: ARGV[log_first .. log_first + nlog - 1]
+    local log_first = pos + 2 -- the fields the log gets: nlog of them from here
     local ingress_id, entry, id
     ingress_id, entry, pos = read_entry(pos + 2 + nlog)
     if not trusted and redis.call('XDEL', P .. S_INGRESS .. source, ingress_id) == 0 then

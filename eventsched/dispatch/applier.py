@@ -182,9 +182,10 @@ class _ScriptProjection:
     async def apply_in_calls(self, entries: Sequence[Entry], budget: int) -> list[Prepared]:
         """Apply ``entries`` in order, in calls of ``budget`` each (see ``prepare``);
         returns the calls. Three calls are in flight at once (``_IN_FLIGHT``): Redis runs
-        one while the next wait behind it, and the one after is prepared here meanwhile,
-        so neither side waits for the other. Each call after the first is refused unless the one
-        before it applied (``after``), so a failure cannot leave a gap."""
+        one while the others wait behind it, and the one after them is prepared here
+        meanwhile, so neither side waits for the other. Each call after the first is
+        refused unless the one before it applied (``after``), so a failure cannot leave
+        a gap."""
         calls: list[Prepared] = []
         in_flight: deque[tuple[Prepared, asyncio.Future[list[Any]]]] = deque()
         position, after = 0, b""
