@@ -8,7 +8,9 @@ rate. Latency runs from a finalize's *scheduled* time (so a gateway that falls b
 counts against the figure instead of hiding it) to its outcome reaching the session.
 ``cpu us`` is the scheduler's CPU time per finalize over the step, Redis's and the
 worker's (its result, delivery and the heartbeats around it included):
-``scheduler_cpu_us_per_finalize`` at 1,000/s. When this run started the Redis itself
+``scheduler_cpu_us_per_finalize`` at 1,000/s; ``load us`` the load's, the echo nodes'
+and this gateway's (when it nears a core, the load, not the scheduler, is what falls
+behind). When this run started the Redis itself
 (a child of this process, as bench/run.py's private server is), the scheduler (Redis
 and the worker) is pinned to one core and the load (the nodes and this gateway) to the
 other (``sched_setaffinity``, what ``taskset`` does), so each side has a core of its
@@ -56,11 +58,16 @@ class Step:
     not_ok: int = 0
     elapsed_s: float = 0.0
     scheduler_cpu_s: float = 0.0  # Redis's and the worker's CPU time over the step
+    load_cpu_s: float = 0.0  # the echo nodes' and this gateway's
     pinned: bool = False  # the scheduler and the load on a core each (see ``pinned``)
 
     @property
     def cpu_us_per_finalize(self) -> float:
-        return round(self.scheduler_cpu_s / self.sent * 1e6) if self.sent else float("inf")
+        return _per_finalize(self.scheduler_cpu_s, self.sent)
+
+    @property
+    def load_us_per_finalize(self) -> float:
+        return _per_finalize(self.load_cpu_s, self.sent)
 
     def pct(self, fraction: float) -> float:
         if len(self.latencies_ms) < self.sent:
@@ -115,9 +122,22 @@ async def scheduler_cpu_s(client: RedisClient, worker_pid: int) -> float:
     private server counts this run only) and the worker process (/proc, user and system)."""
     info = await client.info("cpu")
     redis_s = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-    fields = _proc_stat(worker_pid)
-    worker_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return redis_s + worker_s
+    return redis_s + process_cpu_s(worker_pid)
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds a process has used so far (/proc, user and system)."""
+    fields = _proc_stat(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _load_cpu_s(live: LiveCell) -> float:
+    """CPU seconds the load has used so far: the echo nodes' process and this one."""
+    return process_cpu_s(live.nodes_pid) + process_cpu_s(os.getpid())
+
+
+def _per_finalize(cpu_s: float, sent: int) -> float:
+    return round(cpu_s / sent * 1e6) if sent else float("inf")
 
 
 def _proc_stat(pid: int) -> list[str]:
@@ -210,9 +230,10 @@ async def _run_steps(
     client: RedisClient, live: LiveCell, steps: list[Step], seconds: float
 ) -> None:
     for step in steps:
-        before = await scheduler_cpu_s(client, live.worker_pid)
+        before, load_before = await scheduler_cpu_s(client, live.worker_pid), _load_cpu_s(live)
         await _run_step(live.sessions, step, seconds)
         step.scheduler_cpu_s = await scheduler_cpu_s(client, live.worker_pid) - before
+        step.load_cpu_s = _load_cpu_s(live) - load_before
 
 
 def figures(steps: list[Step]) -> dict[str, float]:
@@ -231,12 +252,15 @@ def figures(steps: list[Step]) -> dict[str, float]:
 async def main(rates: list[int], seconds: float) -> None:
     with private_server() as url:
         steps = await measure(url, rates, seconds)
-    print(f"{'offered/s':>10}{'sent/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'not ok':>8}{'cpu us':>8}")
+    print(
+        f"{'offered/s':>10}{'sent/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'not ok':>8}"
+        f"{'cpu us':>8}{'load us':>9}"
+    )
     for step in steps:
         print(
             f"{step.rate:>10}{step.sent / step.elapsed_s:>10.0f}"
             f"{step.pct(0.5):>10}{step.pct(0.99):>10}{step.not_ok:>8}"
-            f"{step.cpu_us_per_finalize:>8}"
+            f"{step.cpu_us_per_finalize:>8}{step.load_us_per_finalize:>9}"
         )
 
 
