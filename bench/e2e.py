@@ -9,8 +9,9 @@ counts against the figure instead of hiding it) to its outcome reaching the sess
 ``cpu us`` is the scheduler's CPU time per finalize over the step, Redis's and the
 worker's (its result, delivery and the heartbeats around it included):
 ``scheduler_cpu_us_per_finalize`` at 1,000/s; ``load us`` the load's, the echo nodes'
-and this gateway's (when it nears a core, the load, not the scheduler, is what falls
-behind). When this run started the Redis itself
+and this gateway's (``load_cpu_us_per_finalize`` at 1,000/s: when it nears a core, the
+load, not the scheduler, is what falls behind, and ``e2e_sent_per_s_at_*`` falls short
+of the offered rate). When this run started the Redis itself
 (a child of this process, as bench/run.py's private server is), the scheduler (Redis
 and the worker) is pinned to one core and the load (the nodes and this gateway) to the
 other (``sched_setaffinity``, what ``taskset`` does), so each side has a core of its
@@ -241,8 +242,11 @@ def figures(steps: list[Step]) -> dict[str, float]:
     for step in steps:
         out[f"e2e_p50_ms_at_{step.rate}"] = step.pct(0.5)
         out[f"e2e_p99_ms_at_{step.rate}"] = step.pct(0.99)
+        # what the gateway got out: below the offered rate, the load fell behind
+        out[f"e2e_sent_per_s_at_{step.rate}"] = round(step.sent / step.elapsed_s)
         if step.rate == 1000:
             out["scheduler_cpu_us_per_finalize"] = step.cpu_us_per_finalize
+            out["load_cpu_us_per_finalize"] = step.load_us_per_finalize
     out["e2e_pinned"] = int(all(step.pinned for step in steps))
     under = [s.rate for s in steps if s.pct(0.99) <= 50 and not s.not_ok]
     out["e2e_max_rate_p99_50ms"] = max(under, default=0)

@@ -91,18 +91,20 @@ local function drop_memberships(node_id, pools)
   redis.call('HSET', P .. S_NODE .. node_id, 'inpool', '0')
 end
 
--- Keep a node in its pools' sorted sets exactly while it can take work: up and not
--- overloaded. Freshness is checked when it is picked, since it changes with time alone.
--- `f`: the node's st cpu gpu mem run mc pools inpool as they stand, when the caller has
--- them (a heartbeat), else read here.
+-- Whether a node in state `state` with these loads (as text) may be offered work: up
+-- and not overloaded. Freshness is checked when it is picked, since it changes with
+-- time alone. gpu '' is a node without a GPU: the GPU threshold does not apply to it.
+local function wanted_in_pools(state, cpu, gpu, mem)
+  return state == 'up' and num(cpu) <= CPU_MAX and (gpu == '' or num(gpu) <= GPU_MAX)
+    and num(mem) <= MEM_MAX
+end
+
+-- Keep a node in its pools' sorted sets exactly while wanted_in_pools says so.
 local SYNC_FIELDS = {'st', 'cpu', 'gpu', 'mem', 'run', 'mc', 'pools', 'inpool'}
-local function sync_membership(node_id, f)
+local function sync_membership(node_id)
   local nk = P .. S_NODE .. node_id
-  f = f or redis.call('HMGET', nk, unpack(SYNC_FIELDS))
-  -- gpu '' is a node without a GPU: the GPU threshold does not apply to it
-  local wanted = f[1] == 'up' and num(f[2]) <= CPU_MAX
-    and (f[3] == '' or num(f[3]) <= GPU_MAX)
-    and num(f[4]) <= MEM_MAX
+  local f = redis.call('HMGET', nk, unpack(SYNC_FIELDS))
+  local wanted = wanted_in_pools(f[1], f[2], f[3], f[4])
   if wanted and f[8] ~= '1' then
     local score = load_score(tonumber(f[5]), tonumber(f[6]))
     for _, pool in ipairs(split(f[7], ',')) do
