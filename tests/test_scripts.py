@@ -31,7 +31,7 @@ def test_the_cell_passes_as_many_keys_as_each_script_declares() -> None:
 
 
 def test_the_key_suffixes_built_in_lua_match_keys_py() -> None:
-    source = lua_source("apply") + lua_source("groups")
+    source = lua_source("apply") + lua_source("groups") + lua_source("records")
     lua_suffixes = set(re.findall(r"S_\w+(?:, S_\w+)* = ('[a-z_]+:'(?:, '[a-z_]+:')*)", source))
     found = {s.strip("' ") for group in lua_suffixes for s in group.split(",")}
     assert found == set(SUFFIXES.values())

@@ -21,10 +21,11 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from eventsched.dispatch.worker import Worker
-from eventsched.model.events import Tick
-from eventsched.projections.stats import StatsBuilder, read_stats
+from eventsched.model.events import NodeDraining, SessionClosed, Tick
+from eventsched.projections import stats
+from eventsched.projections.stats import StatsBuilder, cell_shape, read_stats
 from tests.conftest import REAL_AVAILABLE, REAL_URL, new_namespace
-from tests.harness import Cell, error, finalize, node, ok, session
+from tests.harness import Cell, beat, error, finalize, node, ok, session
 
 
 def test_windows_count_decisions_and_bucket_latencies() -> None:
@@ -44,6 +45,27 @@ def test_windows_count_decisions_and_bucket_latencies() -> None:
     }
     assert builder.e2e[6] == 1  # 80 ms falls in the (50, 100] bucket
     assert builder.dispatch[2] == 2  # 3 ms in (2, 5]
+
+
+@pytest.mark.anyio
+async def test_the_cell_is_read_in_pages_that_miss_and_repeat_no_record(
+    cell: Cell, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await cell.step(
+        *(node(f"n{i}", max_concurrency=3) for i in range(5)),
+        node("j0", langs=("en", "ja")),
+        NodeDraining(node_id="n4"),
+        *(session(f"s{i}") for i in range(7)),
+        SessionClosed(session_id="s6"),
+    )
+    await cell.step(beat("n3", cpu=99))  # over cpu_max_pct: out of its pool
+    whole = await cell_shape(cell.client, cell.keys)
+    assert whole["nodes_by_state"] == {"ready": 4, "overloaded": 1, "drain": 1}
+    assert whole["sessions"] == {"open": 6, "closed": 1}
+    assert whole["pairs_in_use"] == {"en>zh": 6}
+    assert whole["pair_slots"] == {"en>ja": 2, "en>zh": 12, "ja>en": 2, "zh>en": 12}
+    monkeypatch.setattr(stats, "_RECORDS_PAGE", 2)  # four pages of nodes, a SCAN's of sessions
+    assert await cell_shape(cell.client, cell.keys) == whole
 
 
 @pytest.mark.anyio

@@ -34,6 +34,7 @@ __all__ = [
     "LEASE_KEYS",
     "MEMBERS_KEYS",
     "PROJECTIONS",
+    "RECORDS_KEYS",
     "REQUEUE_KEYS",
     "ROLES",
     "SCRIPT_KEYS",
@@ -99,6 +100,7 @@ CLAIM_KEYS = ("stream", "dlq", "lease", "meta")
 LEASE_KEYS = ("lease",)
 REQUEUE_KEYS = ("dlq", "log", "requeued")
 STATE_KEYS = ("meta", "decisions")
+RECORDS_KEYS = ("nodes",)
 MEMBERS_KEYS = ("workers",)
 SCRIPT_KEYS = {
     "members": MEMBERS_KEYS,
@@ -108,6 +110,7 @@ SCRIPT_KEYS = {
     "lease": LEASE_KEYS,
     "requeue": REQUEUE_KEYS,
     "state": STATE_KEYS,
+    "records": RECORDS_KEYS,
 }
 
 

@@ -19,8 +19,9 @@ from collections import Counter
 from typing import Any, cast
 
 from eventsched.model.entries import node_pairs
-from eventsched.model.keys import ROLES, CellKeys
+from eventsched.model.keys import ROLES, SUFFIXES, CellKeys
 from eventsched.store.client import RedisClient
+from eventsched.store.scripts import register
 from eventsched.store.streams import parse_id, text
 
 __all__ = [
@@ -250,14 +251,30 @@ async def _queues(
     }
 
 
-async def _records(client: RedisClient, pattern: str, fields: list[str]) -> list[list[str]]:
-    """``fields`` of every hash matching ``pattern`` ('' for a missing one)."""
-    names = [text(k) async for k in client.scan_iter(match=pattern, count=1000)]
-    async with client.pipeline(transaction=False) as pipe:
-        for name in names:
-            pipe.hmget(name, fields)
-        found = cast(list[list[bytes | None]], await pipe.execute())
-    return [[text(v) if v else "" for v in record] for record in found]
+_RECORDS_PAGE = 256  # records a records.lua call reads: about a millisecond of Redis
+
+
+async def _records(
+    client: RedisClient, keys: CellKeys, kind: str, fields: list[str]
+) -> list[list[str]]:
+    """``fields`` of every record of ``kind`` (a SUFFIXES name: ``node`` or ``session``),
+    '' for a missing one, a page per call (lua/records.lua)."""
+    read = register(client, "records")
+    records: list[list[str]] = []
+    start = "0"
+    while True:
+        reply = cast(
+            list[bytes],
+            await read(
+                keys=keys.script_keys("records"),
+                args=[keys.prefix, SUFFIXES[kind], start, _RECORDS_PAGE, *fields],
+            ),
+        )
+        values = [text(value) for value in reply[1:]]
+        records += [values[i : i + len(fields)] for i in range(0, len(values), len(fields))]
+        start = text(reply[0])
+        if start == "0":
+            return records
 
 
 async def cell_shape(client: RedisClient, keys: CellKeys) -> dict[str, Any]:
@@ -271,7 +288,11 @@ async def cell_shape(client: RedisClient, keys: CellKeys) -> dict[str, Any]:
     pools: dict[str, dict[str, int]] = {}
     catalog: dict[str, Counter[str]] = {"pairs": Counter(), "languages": Counter()}
     pair_slots: Counter[str] = Counter()  # slots of up nodes serving each pair
-    for record in await _records(client, keys.node("*"), fields):
+    # Most nodes list the same pairs and languages: each listing is split once, for all
+    # the nodes (not gone) that have it and for the slots of those up.
+    listed: Counter[tuple[str, str]] = Counter()
+    listed_slots: Counter[str] = Counter()
+    for record in await _records(client, keys, "node", fields):
         st, inpool, member_of, running, capacity, pairs, langs = record
         nodes["ready" if st == "up" and inpool == "1" else "overloaded" if st == "up" else st] += 1
         for pool in filter(None, member_of.split(",")):
@@ -280,16 +301,21 @@ async def cell_shape(client: RedisClient, keys: CellKeys) -> dict[str, Any]:
             if st == "up":
                 entry["running"] += int(running or 0)
                 entry["capacity"] += int(capacity or 0)
-        served = node_pairs(pairs)
         if st != "gone":
-            catalog["pairs"].update(served)
-            catalog["languages"].update(filter(None, langs.split(",")))
+            listed[pairs, langs] += 1
         if st == "up":
-            for pair in served:
-                pair_slots[pair] += int(capacity or 0)
+            listed_slots[pairs] += int(capacity or 0)
+    for (pairs, langs), count in listed.items():
+        for pair in node_pairs(pairs):
+            catalog["pairs"][pair] += count
+        for lang in filter(None, langs.split(",")):
+            catalog["languages"][lang] += count
+    for pairs, slots in listed_slots.items():
+        for pair in node_pairs(pairs):
+            pair_slots[pair] += slots
     sessions: Counter[str] = Counter()
     spoken: Counter[str] = Counter()
-    for src, tgt, closed in await _records(client, keys.session("*"), ["src", "tgt", "closed"]):
+    for src, tgt, closed in await _records(client, keys, "session", ["src", "tgt", "closed"]):
         sessions["closed" if closed == "1" else "open"] += 1
         if closed != "1":
             spoken[f"{src}>{tgt}"] += 1
