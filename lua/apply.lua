@@ -399,7 +399,7 @@ function handlers.hb(f)
   end
   if state ~= 'gone' then redis.call('ZADD', K_ALIVE, now_text, f[1]) end
   -- Most beats leave the node in or out of its pools as it was: only a change reads the
-  -- rest of the record (a read of all of it cost a beat a twelfth of its instructions).
+  -- rest of the record (a read of all of it cost a beat a seventh of its instructions).
   if wanted_in_pools(state, f[2], f[3], f[4]) ~= (old[3] == '1') then
     sync_membership(f[1])
   end

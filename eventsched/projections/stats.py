@@ -251,14 +251,16 @@ async def _queues(
     }
 
 
-_RECORDS_PAGE = 256  # records a records.lua call reads: about a millisecond of Redis
+_RECORDS_PAGE = 256  # records a records.lua call reads: under a millisecond of Redis
 
 
 async def _records(
     client: RedisClient, keys: CellKeys, kind: str, fields: list[str]
 ) -> list[list[str]]:
     """``fields`` of every record of ``kind`` (a SUFFIXES name: ``node`` or ``session``),
-    '' for a missing one, a page per call (lua/records.lua)."""
+    '' for a missing one, a page per call (lua/records.lua). Between pages the cell goes
+    on: as with any SCAN, a record made or removed meanwhile may be read twice or not at
+    all, which a window's picture can bear."""
     read = register(client, "records")
     records: list[list[str]] = []
     start = "0"
